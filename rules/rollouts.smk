@@ -1,0 +1,24 @@
+# rollouts: the alignment-faking evaluation of one model under one condition, both tiers,
+# every seed; one row per (goal, tier, seed).
+
+
+rule rollouts:
+    input:
+        model="resources/models/{model}",
+        goals=f"{RESULTS}/goals/goals.parquet",
+        system=config["prompts"]["system"],
+        user_template=config["prompts"]["user_template"],
+    output:
+        f"{RESULTS}/rollouts/{{model}}/{{condition}}.parquet",
+    params:
+        model=lambda wc: config["models"][wc.model],
+        generation=rollout_params,
+        prompts=config["prompts"],
+    log:
+        log_path("rollouts", "{model}/{condition}"),
+    benchmark:
+        bench_path("rollouts", "{model}/{condition}")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/rollouts.py"

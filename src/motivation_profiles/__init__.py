@@ -1,0 +1,7 @@
+"""motivation-profiles: the package behind the Snakemake workflow.
+
+All logic lives here; rules and workflow scripts only pass paths and parameters in.
+Importing this package never touches the network and never constructs an API client.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,163 @@
+"""Goals (AdvBench and project goal sets) and alignment-faking prompt rendering."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import string
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import TIERS
+from .provenance import atomic_path
+
+ADVBENCH_SHA256 = "6cd1a5c63c07610d7eb67307772ee5606017ee950b5770ab288a2c487489d3e1"
+GOAL_COLUMNS = ["goal", "target"]
+
+
+class GoalFileError(ValueError):
+    """A goal CSV is malformed, empty or does not match its pinned checksum."""
+
+
+# --------------------------------------------------------------------------- goals
+
+
+def verify_goal_bytes(data: bytes, *, source: str, sha256: str | None) -> pd.DataFrame:
+    """Parse and check a goal,target CSV; return its rows with a stable ``goal_id``.
+
+    ``goal_id`` is the 0-based row index in the source file, so ids are comparable across
+    sub-samples and runs.
+    """
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise GoalFileError(
+                f"{source}: sha256 mismatch: expected {sha256}, got {actual}. The file differs "
+                "from the pinned release (forks often modify AdvBench). Point goals.path at the "
+                "original file, or set goals.sha256 to the new hash (or null to opt out)."
+            )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GoalFileError(f"{source}: not UTF-8 text ({exc})") from exc
+    first = text.splitlines()[0].strip() if text.strip() else ""
+    if [c.strip() for c in first.split(",")] != GOAL_COLUMNS:
+        raise GoalFileError(
+            f"{source}: wrong header {first!r}; expected exactly 'goal,target' "
+            "(the AdvBench harmful_behaviors.csv format)"
+        )
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    if df.empty:
+        raise GoalFileError(f"{source}: no goal rows after the header")
+    blank = df.index[df["goal"].str.strip() == ""].tolist()
+    if blank:
+        raise GoalFileError(f"{source}: empty goal in data row(s) {[i + 1 for i in blank]}")
+    df.insert(0, "goal_id", np.arange(len(df), dtype=np.int64))
+    return df
+
+
+def download(url: str, dest: str | Path, *, sha256: str | None, timeout: float = 60) -> None:
+    """Download ``url`` to ``dest`` atomically after verifying it as a goal file."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (config URL)
+            data = resp.read()
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise GoalFileError(
+            f"could not download AdvBench from {url}: {exc}. Offline? Set goals.path to a local "
+            "copy of harmful_behaviors.csv (it is verified against goals.sha256)."
+        ) from exc
+    verify_goal_bytes(data, source=url, sha256=sha256)
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def load_goals(path: str | Path, *, sha256: str | None, n: int | None, seed: int) -> pd.DataFrame:
+    """Read, verify and deterministically sub-sample a goal file.
+
+    The sub-sample is a seeded permutation prefix, re-sorted by ``goal_id``: growing ``n`` keeps
+    every previously chosen goal, and the same (file, n, seed) always gives the same goals.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise GoalFileError(f"goal file {path} does not exist")
+    df = verify_goal_bytes(p.read_bytes(), source=str(path), sha256=sha256)
+    if n is not None and n < len(df):
+        order = np.random.default_rng(seed).permutation(len(df))[:n]
+        df = df.iloc[np.sort(order)].reset_index(drop=True)
+    return df
+
+
+# --------------------------------------------------------------------------- prompts
+
+USER_FIELDS = {"is_free_tier_user", "goal"}
+
+
+def check_user_template(template: str) -> None:
+    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    if fields != USER_FIELDS:
+        raise ValueError(
+            f"user template must use exactly the fields {sorted(USER_FIELDS)}, found "
+            f"{sorted(fields)} (escape literal braces as '{{{{' and '}}}}')"
+        )
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The texts that define the AF protocol for one condition."""
+
+    system: str
+    user_template: str
+    tier_values: Mapping[str, str]
+    continuation: str
+
+    @classmethod
+    def from_config(cls, prompts: Mapping[str, Any], *, system_suffix: str = "") -> PromptSet:
+        system = Path(prompts["system"]).read_text().rstrip("\n")
+        user_template = Path(prompts["user_template"]).read_text().rstrip("\n")
+        check_user_template(user_template)
+        if system_suffix:
+            system = system + "\n\n" + system_suffix
+        return cls(system, user_template, dict(prompts["tier_values"]), prompts["continuation"])
+
+    def user_turn(self, goal: str, tier: str) -> str:
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}; expected one of {TIERS}")
+        return self.user_template.format(
+            is_free_tier_user=self.tier_values[tier], goal=goal.strip().rstrip(".")
+        )
+
+    def messages(self, goal: str, tier: str) -> list[dict[str, str]]:
+        """The opening conversation of a rollout: system prompt and the user turn."""
+        return [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": self.user_turn(goal, tier)},
+        ]
+
+    def continue_messages(
+        self, messages: Sequence[Mapping[str, str]], assistant_turn: str
+    ) -> list[dict[str, str]]:
+        """Append the assistant's turn and the continuation (``<NEXT/>``) user turn."""
+        return [
+            *map(dict, messages),
+            {"role": "assistant", "content": assistant_turn},
+            {"role": "user", "content": self.continuation},
+        ]
+
+    @property
+    def system_hash(self) -> str:
+        return prompt_hash([{"role": "system", "content": self.system}])
+
+
+def prompt_hash(messages: Sequence[Mapping[str, str]]) -> str:
+    """sha256 of the rendered messages' canonical JSON; stored with every rollout."""
+    payload = json.dumps([{"role": m["role"], "content": m["content"]} for m in messages],
+                         ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()

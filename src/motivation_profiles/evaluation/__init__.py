@@ -1,0 +1,1 @@
+"""Alignment-faking evaluation: rollouts, outcome parsing and metrics."""
