@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny random-weight Llama checkpoints and config builders for DAG tests."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SPEC = {
+    "source": "random",
+    "random": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "intermediate_size": 128, "seed": 0},
+    "display_name": "tiny-random-llama",
+    "backend": "hf",
+    "dtype": "float32",
+    "device": "cpu",
+    "batch_size": 4,
+    "max_model_len": 2048,
+    "params_b": 0.001,
+}
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from motivation_profiles.models import prepare_model
+
+    return prepare_model("tiny", TINY_SPEC, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from motivation_profiles.models import load_model
+
+    return load_model(tiny_model_dir)
+
+
+def load_repo_config(name: str = "config.yaml") -> dict:
+    with open(REPO / name) as fh:
+        return yaml.safe_load(fh)
+
+
+def absolutize(config: dict) -> dict:
+    """Point the config's resource paths at this checkout, so a workflow can run in a tmp dir."""
+    cfg = copy.deepcopy(config)
+    for key in ("system", "user_template"):
+        cfg["prompts"][key] = str(REPO / cfg["prompts"][key])
+    if cfg["goals"]["path"]:
+        cfg["goals"]["path"] = str(REPO / cfg["goals"]["path"])
+    return cfg
+
+
+def tiny_config(**rollout_overrides) -> dict:
+    cfg = absolutize(load_repo_config())
+    cfg["models"] = {"tiny": copy.deepcopy(TINY_SPEC)}
+    cfg["goals"]["n"] = 3
+    cfg["rollouts"].update({"seeds": [0, 1], "max_new_tokens": 8, "max_turns": 2})
+    cfg["rollouts"].update(rollout_overrides)
+    cfg["metrics"]["bootstrap_samples"] = 200
+    return cfg
+
+
+def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 600,
+                  check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repo's workflow in ``workdir`` with ``config`` (written next to it)."""
+    cfg_path = workdir / "test-config.yaml"
+    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--configfile", str(cfg_path), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table from a run's output."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith("Job stats:"))
+    except StopIteration:
+        return counts
+    for line in lines[start + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        if parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts

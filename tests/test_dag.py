@@ -1,0 +1,46 @@
+"""Dry runs of the shipped configs list exactly the expected jobs; bad configs fail first."""
+
+from __future__ import annotations
+
+import copy
+
+from conftest import absolutize, job_counts, load_repo_config, run_snakemake
+
+
+def test_embedded_config_dry_run(tmp_path):
+    proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n")
+    assert job_counts(proc.stdout + proc.stderr) == {
+        "prepare_model": 1, "goals": 1, "rollouts": 1, "metrics": 1, "figure_baseline": 1,
+        "all": 1,
+    }
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_paper_config_dry_run_without_network(tmp_path):
+    cfg = absolutize(load_repo_config("configs/paper.yaml"))
+    proc = run_snakemake(tmp_path, cfg, "-n", timeout=120)
+    out = proc.stdout + proc.stderr
+    assert job_counts(out) == {
+        "advbench": 1, "goals": 1, "prepare_model": 4, "rollouts": 4, "metrics": 4,
+        "figure_baseline": 1, "all": 1,
+    }
+    for model in ("llama-3.1-70b", "llama-3.1-405b", "qwen-2.5-72b", "qwq-32b"):
+        assert f"results/rollouts/{model}/baseline.parquet" in out
+    assert not (tmp_path / "resources").exists()  # nothing downloaded
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    cfg = absolutize(load_repo_config())
+    bad = copy.deepcopy(cfg)
+    bad["rollouts"]["temperature"] = "hot"
+    proc = run_snakemake(tmp_path, bad, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "rollouts.temperature" in out
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_figures_target_only_needs_metrics(tmp_path):
+    proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n", "figures")
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["figure_baseline"] == 1 and "all" not in counts
