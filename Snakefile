@@ -1,22 +1,12 @@
 # motivation-profiles: reproduces "Building Comparative Motivation Profiles with Instrumental
 # Interventions" as a file-level DAG. All logic lives in src/motivation_profiles; rules only
-# wire paths and parameters. See README.md and ../shared/DESIGN.md-derived docs in docs/.
-
-import os
+# wire paths and parameters. See README.md.
 
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 configfile: "config.yaml"
-
-# Jobs import the package from this checkout (also inside --use-conda envs and SLURM jobs,
-# which re-parse this file), so the code that ran is the code in the commit recorded in
-# every output's provenance.
-_SRC = os.path.join(workflow.basedir, "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p
-)
 
 
 include: "rules/common.smk"

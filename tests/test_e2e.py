@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from conftest import absolutize, job_counts, load_repo_config, run_snakemake, tiny_config
+
 from motivation_profiles.provenance import read_provenance
 
 

@@ -1,5 +1,11 @@
 """Snakemake script for rule `rollouts`: see motivation_profiles.workflow.rollouts."""
 
-from motivation_profiles.workflow import rollouts, run
+import sys
+from pathlib import Path
 
-run(snakemake, rollouts)  # noqa: F821 (injected by Snakemake)
+# Import the package from this checkout, also inside --use-conda envs where it is not installed.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821 (Snakemake)
+
+from motivation_profiles.workflow import rollouts, run  # noqa: E402
+
+run(snakemake, rollouts)  # noqa: F821
