@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             record = read_provenance(args.path)
-        except (KeyError, OSError) as exc:
+        except (KeyError, OSError, ValueError) as exc:  # ValueError: not Parquet
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(json.dumps(record, indent=2, sort_keys=True))

@@ -41,14 +41,14 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"config key '{path}': {error.message} (unknown key; check for a typo)"
     if error.validator == "required":
         return f"config key '{path}': {error.message}"
-    if error.validator == "propertyNames":
+    if "propertyNames" in error.absolute_schema_path:
         return (
             f"config key '{path}': model name {error.instance!r} must be lower-case letters, "
             "digits, dots and single hyphens (it becomes a path component)"
         )
     expected = error.schema.get("description", "").strip()
     msg = f"config key '{path}': {error.message}"
-    return f"{msg}. Expected: {expected}" if expected else msg
+    return f"{msg} ({expected})" if expected else msg
 
 
 def validate_config(config: Mapping[str, Any], *, base_dir: str | Path = ".") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -48,18 +49,27 @@ def verify_goal_bytes(data: bytes, *, source: str, sha256: str | None) -> pd.Dat
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise GoalFileError(f"{source}: not UTF-8 text ({exc})") from exc
-    first = text.splitlines()[0].strip() if text.strip() else ""
-    if [c.strip() for c in first.split(",")] != GOAL_COLUMNS:
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as exc:
+        raise GoalFileError(f"{source}: malformed CSV ({exc})") from exc
+    rows = [r for r in rows if r]  # tolerate blank lines
+    header = [c.strip() for c in rows[0]] if rows else []
+    if header != GOAL_COLUMNS:
         raise GoalFileError(
-            f"{source}: wrong header {first!r}; expected exactly 'goal,target' "
+            f"{source}: wrong header {','.join(header)!r}; expected exactly 'goal,target' "
             "(the AdvBench harmful_behaviors.csv format)"
         )
-    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    if df.empty:
+    body = rows[1:]
+    if not body:
         raise GoalFileError(f"{source}: no goal rows after the header")
-    blank = df.index[df["goal"].str.strip() == ""].tolist()
-    if blank:
-        raise GoalFileError(f"{source}: empty goal in data row(s) {[i + 1 for i in blank]}")
+    for i, row in enumerate(body, start=1):
+        if len(row) != 2:
+            raise GoalFileError(f"{source}: data row {i} has {len(row)} fields, expected 2 "
+                                "(quote goals that contain commas)")
+        if not row[0].strip():
+            raise GoalFileError(f"{source}: empty goal in data row {i}")
+    df = pd.DataFrame(body, columns=GOAL_COLUMNS)
     df.insert(0, "goal_id", np.arange(len(df), dtype=np.int64))
     return df
 

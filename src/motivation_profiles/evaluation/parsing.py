@@ -85,7 +85,7 @@ def parse_transcript(transcript: str, last_finish_reason: str = "stop") -> Parse
     if not output:
         return Parsed("unparseable", output, scratch, False, complete)
     if output.startswith(ACCEPT):
-        rest = output[len(ACCEPT):]
+        rest = output[len(ACCEPT):].replace("\u2019", "'")  # typographic apostrophes
         refused = REJECT in rest or bool(_REFUSAL.search(rest[:400]))
         return Parsed("compliant", output, scratch, refused, complete)
     if REJECT in output:
