@@ -34,6 +34,17 @@ def bench_path(rule, pattern=""):
             else f"{RESULTS}/benchmarks/{rule}.tsv")
 
 
+PACKAGE = os.path.join(workflow.basedir, "src", "motivation_profiles")
+
+
+def package_code(*modules):
+    """Package modules a rule's results depend on, declared as inputs so that editing one
+    reruns exactly the rules that use it (Snakemake checksums small files, so a touched but
+    unchanged module reruns nothing). Provenance, config and glue modules are left out: they
+    do not change results."""
+    return [os.path.join(PACKAGE, m) for m in modules]
+
+
 def goals_source():
     """The goal CSV: a configured local file, or the verified AdvBench download."""
     return config["goals"]["path"] or "resources/advbench/harmful_behaviors.csv"

@@ -4,7 +4,8 @@
 
 rule figure_baseline:
     input:
-        metrics_tables(),
+        tables=metrics_tables(),
+        code=package_code("figures.py"),
     output:
         report(
             expand(f"{RESULTS}/figures/baseline_compliance.{{ext}}", ext=FIGURE_FORMATS),

@@ -20,7 +20,8 @@ rule advbench:
 
 rule goals:
     input:
-        goals_source(),
+        goals=goals_source(),
+        code=package_code("data.py"),
     output:
         f"{RESULTS}/goals/goals.parquet",
     params:

@@ -3,7 +3,8 @@
 
 rule metrics:
     input:
-        expand(f"{RESULTS}/rollouts/{{{{model}}}}/{{condition}}.parquet", condition=CONDITIONS),
+        tables=expand(f"{RESULTS}/rollouts/{{{{model}}}}/{{condition}}.parquet", condition=CONDITIONS),
+        code=package_code("evaluation/metrics.py"),
     output:
         f"{RESULTS}/metrics/{{model}}/conditions.parquet",
     params:

@@ -4,6 +4,8 @@
 
 
 rule prepare_model:
+    input:
+        code=package_code("models.py"),
     output:
         directory("resources/models/{model}"),
     params:

@@ -8,6 +8,8 @@ rule rollouts:
         goals=f"{RESULTS}/goals/goals.parquet",
         system=config["prompts"]["system"],
         user_template=config["prompts"]["user_template"],
+        code=package_code("generation.py", "data.py", "evaluation/rollouts.py",
+                          "evaluation/parsing.py"),
     output:
         f"{RESULTS}/rollouts/{{model}}/{{condition}}.parquet",
     params:

@@ -51,9 +51,12 @@ def baseline_compliance(metrics: pd.DataFrame, display_names: Mapping[str, str],
     level = int(round(float(df["ci_level"].iloc[0]) * 100))
     for xi, (_, r) in zip(x, df.iterrows(), strict=True):
         top = max(r["monitored_compliance_ci_high"], r["unmonitored_compliance_ci_high"]) * 100
+        # share of rollouts (both tiers) without a parsed answer
+        no_answer = 100 * np.mean([r[f"{t}_unparseable"] + r[f"{t}_truncated"] for t in TIERS])
         ax.annotate(
             f"gap {r['gap'] * 100:+.1f} pp\n[{r['gap_ci_low'] * 100:+.1f}, "
-            f"{r['gap_ci_high'] * 100:+.1f}]\nn={int(r['n_pairs'])} pairs",
+            f"{r['gap_ci_high'] * 100:+.1f}]\nn={int(r['n_pairs'])} pairs\n"
+            f"no parsed answer: {no_answer:.0f}%",
             (xi, min(top + 3, 100)), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, [display_names.get(m, m) for m in df["model"]], fontsize=8)
     ax.set_ylabel("compliance with harmful requests (%)")

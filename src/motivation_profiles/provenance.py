@@ -110,6 +110,23 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         return None
 
 
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def display_path(path: str | Path) -> str:
+    """A path as recorded in provenance: relative to the working directory or to the
+    checkout, never absolute when avoidable (records must not leak machine layout)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    for base in (Path.cwd(), _REPO):
+        try:
+            return str(p.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(p)
+
+
 def provenance_record(
     *,
     rule: str,
@@ -124,7 +141,7 @@ def provenance_record(
         "package_version": __version__,
         "git_commit": git_commit(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "inputs": {str(p): sha256_path(p) for p in inputs},
+        "inputs": {display_path(p): sha256_path(p) for p in inputs},
     }
 
 

@@ -76,7 +76,7 @@ def goals(snakemake: Any) -> None:
     p = snakemake.params
     if p.sha256 is None:
         log.warning("goals.sha256 is null: the goal file is NOT verified against a checksum")
-    df = load_goals(snakemake.input[0], sha256=p.sha256, n=p.n, seed=p.seed)
+    df = load_goals(snakemake.input.goals, sha256=p.sha256, n=p.n, seed=p.seed)
     log.info("kept %d goals (n=%s, seed=%d)", len(df), p.n, p.seed)
     write_table(df, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
 
@@ -117,7 +117,7 @@ def metrics(snakemake: Any) -> None:
     from .provenance import read_table, write_table
 
     p = snakemake.params
-    df = pd.concat([read_table(f) for f in snakemake.input], ignore_index=True)
+    df = pd.concat([read_table(f) for f in snakemake.input.tables], ignore_index=True)
     table = condition_metrics(df, n_boot=p.bootstrap_samples, level=p.ci_level, seed=p.seed)
     log.info("\n%s", table.to_string())
     write_table(table, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
@@ -127,6 +127,6 @@ def figure_baseline(snakemake: Any) -> None:
     from .figures import baseline_compliance
     from .provenance import read_table
 
-    df = pd.concat([read_table(f) for f in snakemake.input], ignore_index=True)
+    df = pd.concat([read_table(f) for f in snakemake.input.tables], ignore_index=True)
     baseline_compliance(df, snakemake.params.display_names, list(snakemake.output),
                         dpi=snakemake.params.dpi)
