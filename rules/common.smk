@@ -45,6 +45,19 @@ def package_code(*modules):
     return [os.path.join(PACKAGE, m) for m in modules]
 
 
+def model_source(wildcards):
+    """The model keys that determine the prepared checkpoint (params of prepare_model)."""
+    spec = config["models"][wildcards.model]
+    return {k: spec[k] for k in ("source", "hub_id", "revision", "path", "random") if k in spec}
+
+
+def model_runtime(wildcards):
+    """The model keys that can change generated text (params of rollouts); display names and
+    GPU counts are left out so editing them reruns nothing."""
+    spec = config["models"][wildcards.model]
+    return {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
+
+
 def goals_source():
     """The goal CSV: a configured local file, or the verified AdvBench download."""
     return config["goals"]["path"] or "resources/advbench/harmful_behaviors.csv"

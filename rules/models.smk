@@ -9,7 +9,7 @@ rule prepare_model:
     output:
         directory("resources/models/{model}"),
     params:
-        spec=lambda wc: config["models"][wc.model],
+        spec=model_source,
     log:
         log_path("prepare_model", "{model}"),
     benchmark:

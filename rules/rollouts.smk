@@ -13,9 +13,12 @@ rule rollouts:
     output:
         f"{RESULTS}/rollouts/{{model}}/{{condition}}.parquet",
     params:
-        model=lambda wc: config["models"][wc.model],
+        model=model_runtime,
         generation=rollout_params,
         prompts=config["prompts"],
+    resources:
+        gpu=lambda wc: config["models"][wc.model]["gpus"],
+        mem_mb=lambda wc: max(16000, 64000 * config["models"][wc.model]["gpus"]),
     log:
         log_path("rollouts", "{model}/{condition}"),
     benchmark:

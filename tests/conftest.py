@@ -21,6 +21,7 @@ TINY_SPEC = {
     "backend": "hf",
     "dtype": "float32",
     "device": "cpu",
+    "gpus": 0,
     "batch_size": 4,
     "max_model_len": 2048,
     "params_b": 0.001,

@@ -225,9 +225,14 @@ def test_random_model_shape_checks(cfg):
         "random": {"num_hidden_layers": 1, "hidden_size": 66, "num_attention_heads": 4,
                    "num_key_value_heads": 3, "intermediate_size": 16, "seed": 0},
         "display_name": "tiny", "backend": "hf", "dtype": "float32", "device": "cpu",
-        "batch_size": 1, "max_model_len": 256, "params_b": 0.001,
+        "gpus": 0, "batch_size": 1, "max_model_len": 256, "params_b": 0.001,
     }
     invalid(cfg, "models.tiny.random.hidden_size", "models.tiny.random.num_key_value_heads")
+
+
+def test_cuda_without_gpus(cfg):
+    cfg["models"][MODEL]["device"] = "cuda"
+    invalid(cfg, f"models.{MODEL}.gpus", "gpus >= 1")
 
 
 def test_float16_on_cpu(cfg):
@@ -243,7 +248,7 @@ def test_load_config_files_merges_a_second_file(tmp_path):
     extra.write_text(yaml.safe_dump({
         "models": {"second-model": {
             "source": "embedded", "display_name": "Second", "backend": "hf",
-            "dtype": "float32", "device": "cpu", "batch_size": 2, "max_model_len": 1024,
+            "dtype": "float32", "device": "cpu", "gpus": 0, "batch_size": 2, "max_model_len": 1024,
             "params_b": 0.135}},
         "rollouts": {"seeds": [3, 4]},
     }))

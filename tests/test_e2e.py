@@ -53,6 +53,12 @@ def test_tiny_end_to_end(tmp_path):
     assert job_counts(changed.stdout + changed.stderr) == {
         "rollouts": 1, "metrics": 1, "figure_baseline": 1, "all": 1}
 
+    # settings that cannot change results (GPU count) rerun nothing
+    more_gpus = tiny_config()
+    more_gpus["models"]["tiny"]["gpus"] = 2
+    same = run_snakemake(tmp_path, more_gpus, "-n")
+    assert "Nothing to be done" in same.stdout + same.stderr
+
     # figures redraw from cached tables alone
     out["png"].unlink()
     redraw = run_snakemake(tmp_path, cfg, "figures")

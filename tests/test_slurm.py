@@ -85,7 +85,9 @@ def _fit_to_node(profile: dict) -> tuple[list[str], list[str]]:
 
     defaults = capped(profile.get("default-resources") or {})
     defaults["slurm_account"] = ACCOUNT
-    per_rule = {rule: capped(res) for rule, res in (profile.get("set-resources") or {}).items()}
+    # rules may size memory from the config (rollouts: 64 GB per GPU): cap it for every rule
+    per_rule = {rule: capped({"mem_mb": NODE_CAPS["mem_mb"], **res})
+                for rule, res in (profile.get("set-resources") or {}).items()}
     return ([f"{k}={v}" for k, v in defaults.items()],
             [f"{rule}:{k}={v}" for rule, res in per_rule.items() for k, v in res.items()])
 
@@ -141,7 +143,9 @@ def test_tiny_dag_on_slurm(slurm_env, tmp_path):
     defaults, per_rule = _fit_to_node(profile)
 
     cfg_path = tmp_path / "test-config.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_config(), sort_keys=False))
+    cfg = tiny_config()
+    cfg["models"]["tiny"]["gpus"] = 1  # the rollouts job asks SLURM for one (fake) GPU
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {**slurm_env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(tmp_path), "--configfile", str(cfg_path),

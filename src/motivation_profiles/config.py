@@ -98,6 +98,8 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
             if r["num_attention_heads"] % r["num_key_value_heads"]:
                 problems.append(f"config key 'models.{name}.random.num_key_value_heads': must "
                                 "divide num_attention_heads")
+        if model["device"] == "cuda" and model["gpus"] < 1:
+            problems.append(f"config key 'models.{name}.gpus': device 'cuda' needs gpus >= 1")
         if model["device"] == "cpu" and model["dtype"] == "float16":
             problems.append(f"config key 'models.{name}.dtype': float16 is not supported on CPU")
     user_template = config["prompts"]["user_template"]
