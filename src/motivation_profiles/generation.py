@@ -120,8 +120,14 @@ class HFBackend:
 
     # ------------------------------------------------------------------ helpers
     def encode(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of the conversation, ready for the next assistant turn. A trailing
+        assistant message is a prefill: the model continues it (its text is not repeated in
+        the completion)."""
+        msgs = [dict(m) for m in messages]
+        prefill = bool(msgs) and msgs[-1].get("role") == "assistant"
         text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
+            msgs, tokenize=False, add_generation_prompt=not prefill,
+            continue_final_message=prefill,
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
