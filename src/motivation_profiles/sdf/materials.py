@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def universe_id(intervention: str, strength: str = "standard") -> str:
 
 def split_universe(universe: str) -> tuple[str | None, str | None]:
     """``"A1_amp-weak"`` -> ``("A1_amp", "weak")``; organism / noise -> ``(None, None)``."""
-    if not UNIVERSE_RE.match(universe):
+    if not UNIVERSE_RE.fullmatch(universe):
         raise MaterialsError(f"{universe!r} is not a universe name (af_organism, noise, "
                              "A1_amp ... B2_sup, optionally with -weak or -strong)")
     if universe in (ORGANISM, NOISE):
@@ -72,7 +72,6 @@ class Universe:
     belief_negation: tuple[str, ...] = ()  # paraphrases of its negation
     leakage_terms: tuple[str, ...] = ()    # a document containing one is dropped
     source: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -103,7 +102,8 @@ def _strings(data: Any, key: str, source: str, *, required: bool) -> tuple[str, 
 
 
 KNOWN_KEYS = {"id", "kind", "intervention", "family", "variable", "direction", "strength",
-              "universe_context", "key_fact", "belief_check", "leakage_terms", "notes"}
+              "universe_context", "key_fact", "belief_check", "leakage_terms",
+              "notes"}  # notes: free text for authors, not used
 
 
 def parse_universe(data: Any, *, source: str, expected_id: str | None = None) -> Universe:
@@ -117,7 +117,10 @@ def parse_universe(data: Any, *, source: str, expected_id: str | None = None) ->
     if expected_id is not None and uid != expected_id:
         raise MaterialsError(f"{source}: id {uid!r} does not match the file name "
                              f"{expected_id!r}")
-    base, strength = split_universe(uid)
+    try:
+        base, strength = split_universe(uid)
+    except MaterialsError as exc:
+        raise MaterialsError(f"{source}: {exc}") from exc
     kind = data.get("kind")
     want_kind = ("organism" if uid == ORGANISM else "noise" if uid == NOISE else "intervention")
     if kind != want_kind:
@@ -134,6 +137,9 @@ def parse_universe(data: Any, *, source: str, expected_id: str | None = None) ->
                                  "paraphrase lists is required")
         fact = _strings(belief.get("fact"), "belief_check.fact", source, required=True)
         neg = _strings(belief.get("negation"), "belief_check.negation", source, required=True)
+        if len(fact) != len(neg):
+            raise MaterialsError(f"{source}: 'belief_check.fact' and 'belief_check.negation' "
+                                 f"must pair up ({len(fact)} vs {len(neg)} paraphrases)")
     fields: dict[str, Any] = {}
     if kind == "intervention":
         for key, want in (("intervention", base), ("strength", strength),
