@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .generation import ChatRequest, Completion, SamplingParams
+from .generation import ChatRequest, Completion, GenerationBackend, SamplingParams
 from .provenance import write_text_atomic
 
 if TYPE_CHECKING:
@@ -692,3 +692,89 @@ class HostedBackend:
                       + resp.cache_read_input_tokens)
             out.append(Completion(req.request_id, text, finish, prompt, resp.output_tokens))
         return out
+
+
+# ---------------------------------------------------------------------------------- local cache
+class CachedBackend:
+    """A local ``GenerationBackend`` behind the ``ResponseCache``, like the hosted calls.
+
+    Key: ``ResponseCache.key(f"local-{inner.name}", model_id, params.as_dict(), messages,
+    request.seed)``, so ``model_id`` should pin the weights (e.g. name@sha256 of the
+    checkpoint). Hits are answered from the cache; the misses (identical keys once) go to
+    ``inner.generate`` in one call, in request order, and are stored before being returned.
+    ``calls`` counts requests sent to ``inner``, ``hits`` requests answered from the cache.
+    ``ledger_frame()`` has ``AnthropicClient.ledger_frame``'s columns (``LEDGER_COLUMNS``) for
+    the requests ``inner`` answered, at cost 0.0 and never batched.
+    """
+
+    def __init__(self, inner: GenerationBackend, cache: ResponseCache | str | os.PathLike[str],
+                 model_id: str):
+        self.inner = inner
+        self.cache = cache if isinstance(cache, ResponseCache) else ResponseCache(cache)
+        self.model_id = model_id
+        self.name = inner.name
+        self.calls = 0
+        self.hits = 0
+        self.ledger: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return (f"CachedBackend(inner={self.inner.name!r}, model_id={self.model_id!r}, "
+                f"calls={self.calls}, hits={self.hits})")
+
+    @property
+    def provider(self) -> str:
+        return f"local-{self.inner.name}"
+
+    def key(self, request: ChatRequest, params: SamplingParams) -> str:
+        return ResponseCache.key(self.provider, self.model_id, params.as_dict(),
+                                 request.messages, request.seed)
+
+    def generate(self, requests: Sequence[ChatRequest], params: SamplingParams
+                 ) -> list[Completion]:
+        keys = [self.key(r, params) for r in requests]
+        records: dict[str, Mapping[str, Any]] = {}
+        misses: dict[str, ChatRequest] = {}
+        for req, key in zip(requests, keys, strict=True):
+            if key in records or key in misses:
+                continue
+            record = self.cache.get(key)
+            if record is not None:
+                records[key] = record
+            else:
+                misses[key] = req
+        self.hits += sum(1 for k in keys if k in records)
+        if misses:
+            log.info("%d of %d local requests not cached; generating with %s", len(misses),
+                     len(requests), self.inner.name)
+            todo = list(misses.values())
+            self.calls += len(todo)
+            outs = self.inner.generate(todo, params)
+            if len(outs) != len(todo):
+                raise RuntimeError(f"backend {self.inner.name} returned {len(outs)} completions "
+                                   f"for {len(todo)} requests")
+            for key, req, out in zip(misses, todo, outs, strict=True):
+                record = {"provider": self.provider, "model": self.model_id,
+                          "text": out.text, "finish_reason": out.finish_reason,
+                          "prompt_tokens": int(out.prompt_tokens),
+                          "completion_tokens": int(out.completion_tokens)}
+                self.cache.put(key, record)
+                records[key] = record
+                self.ledger.append({
+                    "model": self.model_id, "custom_id": req.request_id, "cache_key": key,
+                    "batch": False, "batch_id": None, "input_tokens": int(out.prompt_tokens),
+                    "output_tokens": int(out.completion_tokens),
+                    "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                    "cache_creation_1h_input_tokens": 0, "stop_reason": out.finish_reason,
+                    "cost_usd": 0.0,
+                })
+        return [Completion(req.request_id, str(records[key]["text"]),
+                           str(records[key]["finish_reason"]),
+                           int(records[key]["prompt_tokens"]),
+                           int(records[key]["completion_tokens"]))
+                for req, key in zip(requests, keys, strict=True)]
+
+    def ledger_frame(self) -> pd.DataFrame:
+        """Usage of every request ``inner`` answered (cache hits excluded), cost 0.0."""
+        import pandas as pd
+
+        return pd.DataFrame(self.ledger, columns=LEDGER_COLUMNS)

@@ -1,0 +1,1 @@
+"""Synthetic document fine-tuning: materials, documents, datasets and training."""
