@@ -12,6 +12,7 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/goals.smk"
+include: "rules/sdf.smk"
 include: "rules/rollouts.smk"
 include: "rules/metrics.smk"
 include: "rules/figures.smk"
@@ -21,6 +22,7 @@ rule all:
     default_target: True
     input:
         metrics_tables(),
+        sdf_belief_tables(),
         figure_files(),
 
 

@@ -15,7 +15,7 @@ except ConfigError as _err:
     raise WorkflowError(str(_err)) from None
 
 MODELS = list(config["models"])
-CONDITIONS = list(config["rollouts"]["conditions"])
+BASE_CONDITIONS = list(config["rollouts"]["conditions"])
 FIGURE_FORMATS = list(config["figures"]["formats"])
 RESULTS = "results"
 
@@ -23,6 +23,7 @@ RESULTS = "results"
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
     condition="[A-Za-z0-9_.+-]+",
+    universe=r"(af_organism|noise|[AB][12]_(amp|sup)(-(weak|strong))?)(\+self)?",
 
 
 def log_path(rule, pattern=""):
@@ -51,16 +52,45 @@ def model_source(wildcards):
     return {k: spec[k] for k in ("source", "hub_id", "revision", "path", "random") if k in spec}
 
 
-def model_runtime(wildcards):
+def model_runtime_of(name):
     """The model keys that can change generated text (params of rollouts); display names and
     GPU counts are left out so editing them reruns nothing."""
-    spec = config["models"][wildcards.model]
+    spec = config["models"][name]
     return {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
+
+
+def model_runtime(wildcards):
+    return model_runtime_of(wildcards.model)
 
 
 def goals_source():
     """The goal CSV: a configured local file, or the verified AdvBench download."""
     return config["goals"]["path"] or "resources/advbench/harmful_behaviors.csv"
+
+
+# ----------------------------------------------------------------------------- SDF
+
+from motivation_profiles.sdf.plan import SDFPlan
+
+SDF = SDFPlan.from_config(config)
+
+
+def conditions_for(model):
+    """Every rollout condition of one model: the base conditions, then its SDF branches."""
+    return BASE_CONDITIONS + SDF.conditions(model)
+
+
+def rollout_inputs(wildcards):
+    """Extra inputs of a rollout job: the condition's adapter, if it has one."""
+    adapter = SDF.adapter_of(wildcards.condition)
+    if adapter is None:
+        return {}
+    return {"adapter": f"{RESULTS}/lora/{wildcards.model}/{adapter}"}
+
+
+def condition_params(wildcards):
+    """What a condition changes in the rollout, besides its inputs."""
+    return SDF.condition_spec(wildcards.condition, model=wildcards.model)
 
 
 def rollout_params(wildcards):
@@ -73,5 +103,13 @@ def metrics_tables():
     return expand(f"{RESULTS}/metrics/{{model}}/conditions.parquet", model=MODELS)
 
 
+def baseline_metrics_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/by_condition/baseline.parquet", model=MODELS)
+
+
+def figure_names():
+    return ["baseline_compliance"] + SDF.figures()
+
+
 def figure_files():
-    return expand(f"{RESULTS}/figures/baseline_compliance.{{ext}}", ext=FIGURE_FORMATS)
+    return expand(f"{RESULTS}/figures/{{name}}.{{ext}}", name=figure_names(), ext=FIGURE_FORMATS)

@@ -1,21 +1,39 @@
-# metrics: per model, compliance rates per tier and the paired gap with CIs per condition.
+# metrics: compliance rates per tier and the paired gap with CIs, one small table per
+# (model, condition), gathered into one table per model. Per-condition jobs keep a change to
+# one condition from recomputing (or redrawing) anything that depends only on others.
 
 
 rule metrics:
     input:
-        tables=expand(f"{RESULTS}/rollouts/{{{{model}}}}/{{condition}}.parquet", condition=CONDITIONS),
+        table=f"{RESULTS}/rollouts/{{model}}/{{condition}}.parquet",
         code=package_code("evaluation/metrics.py"),
     output:
-        f"{RESULTS}/metrics/{{model}}/conditions.parquet",
+        f"{RESULTS}/metrics/{{model}}/by_condition/{{condition}}.parquet",
     params:
         bootstrap_samples=config["metrics"]["bootstrap_samples"],
         ci_level=config["metrics"]["ci_level"],
         seed=config["metrics"]["seed"],
     log:
-        log_path("metrics", "{model}"),
+        log_path("metrics", "{model}/{condition}"),
     benchmark:
-        bench_path("metrics", "{model}")
+        bench_path("metrics", "{model}/{condition}")
     conda:
         "../envs/analysis.yaml"
     script:
         "../workflow_scripts/metrics.py"
+
+
+rule metrics_table:
+    input:
+        tables=lambda wc: expand(f"{RESULTS}/metrics/{wc.model}/by_condition/{{c}}.parquet",
+                                 c=conditions_for(wc.model)),
+    output:
+        f"{RESULTS}/metrics/{{model}}/conditions.parquet",
+    log:
+        log_path("metrics_table", "{model}"),
+    benchmark:
+        bench_path("metrics_table", "{model}")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/metrics_table.py"

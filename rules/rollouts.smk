@@ -1,9 +1,11 @@
 # rollouts: the alignment-faking evaluation of one model under one condition, both tiers,
-# every seed; one row per (goal, tier, seed).
+# every seed; one row per (goal, tier, seed). sdf-<branch> conditions load that branch's
+# LoRA adapter (rules/sdf.smk).
 
 
 rule rollouts:
     input:
+        unpack(rollout_inputs),
         model="resources/models/{model}",
         goals=f"{RESULTS}/goals/goals.parquet",
         system=config["prompts"]["system"],
@@ -16,6 +18,7 @@ rule rollouts:
         model=model_runtime,
         generation=rollout_params,
         prompts=config["prompts"],
+        condition=condition_params,
     resources:
         gpu=lambda wc: config["models"][wc.model]["gpus"],
         mem_mb=lambda wc: max(16000, 64000 * config["models"][wc.model]["gpus"]),

@@ -59,12 +59,28 @@ def absolutize(config: dict) -> dict:
         cfg["prompts"][key] = str(REPO / cfg["prompts"][key])
     if cfg["goals"]["path"]:
         cfg["goals"]["path"] = str(REPO / cfg["goals"]["path"])
+    sdf = cfg["sdf"]
+    sdf["universes_dir"] = str(REPO / sdf["universes_dir"])
+    sdf["generator"]["prompts_dir"] = str(REPO / sdf["generator"]["prompts_dir"])
+    sdf["training"]["accelerate_config"] = str(REPO / sdf["training"]["accelerate_config"])
     return cfg
 
 
-def tiny_config(**rollout_overrides) -> dict:
+def tiny_config(*, sdf: bool = False, **rollout_overrides) -> dict:
+    """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF stages
+    (tests of other stages stay fast); ``sdf=True`` keeps them with the tiny model as the
+    document generator and two interventions."""
     cfg = absolutize(load_repo_config())
     cfg["models"] = {"tiny": copy.deepcopy(TINY_SPEC)}
+    cfg["sdf"]["enabled"] = sdf
+    cfg["sdf"]["generator"]["model"] = "tiny"
+    if sdf:
+        cfg["sdf"]["interventions"] = ["A1_amp", "B1_amp"]
+        cfg["sdf"]["generator"].update(n_doc_types=2, ideas_per_type=1, docs_per_idea=2,
+                                       max_tokens={"types": 24, "ideas": 24, "document": 48,
+                                                   "revision": 48})
+        cfg["sdf"]["filters"]["min_chars"] = 1
+        cfg["sdf"]["dataset"]["max_seq_len"] = 64
     cfg["goals"]["n"] = 3
     cfg["rollouts"].update({"seeds": [0, 1], "max_new_tokens": 8, "max_turns": 2})
     cfg["rollouts"].update(rollout_overrides)

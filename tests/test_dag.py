@@ -8,10 +8,12 @@ from conftest import absolutize, job_counts, load_repo_config, run_snakemake
 
 
 def test_embedded_config_dry_run(tmp_path):
-    proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n")
+    cfg = absolutize(load_repo_config())
+    cfg["sdf"]["enabled"] = False  # the SDF branches: tests/test_sdf_e2e.py
+    proc = run_snakemake(tmp_path, cfg, "-n")
     assert job_counts(proc.stdout + proc.stderr) == {
-        "prepare_model": 1, "goals": 1, "rollouts": 1, "metrics": 1, "figure_baseline": 1,
-        "all": 1,
+        "prepare_model": 1, "goals": 1, "rollouts": 1, "metrics": 1, "metrics_table": 1,
+        "figure_baseline": 1, "all": 1,
     }
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
 
@@ -20,12 +22,17 @@ def test_paper_config_dry_run_without_network(tmp_path):
     cfg = absolutize(load_repo_config("configs/paper.yaml"))
     proc = run_snakemake(tmp_path, cfg, "-n", timeout=120)
     out = proc.stdout + proc.stderr
+    # 10 universes (organism, noise, 8 interventions); per model 10 adapters, 9 belief checks
+    # (noise has no belief), 11 rollout conditions (baseline + 10 SDF)
     assert job_counts(out) == {
-        "advbench": 1, "goals": 1, "prepare_model": 4, "rollouts": 4, "metrics": 4,
-        "figure_baseline": 1, "all": 1,
+        "advbench": 1, "goals": 1, "prepare_model": 4, "generate_documents": 10,
+        "sdf_dataset": 40, "train_lora": 40, "belief_check": 36, "rollouts": 44, "metrics": 44,
+        "metrics_table": 4, "sdf_profile": 4, "figure_baseline": 1, "figure_sdf_profile": 1,
+        "all": 1,
     }
     for model in ("llama-3.1-70b", "llama-3.1-405b", "qwen-2.5-72b", "qwq-32b"):
         assert f"results/rollouts/{model}/baseline.parquet" in out
+        assert f"results/lora/{model}/B2_sup" in out
     assert not (tmp_path / "resources").exists()  # nothing downloaded
 
 

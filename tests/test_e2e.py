@@ -35,10 +35,13 @@ def test_tiny_end_to_end(tmp_path):
     metrics = pd.read_parquet(out["metrics"])
     assert len(metrics) == 1 and metrics.loc[0, "n_pairs"] == 6
     prov = read_provenance(out["metrics"])
-    assert prov["rule"] == "metrics" and str(out["rollouts"].relative_to(tmp_path)) in \
-        prov["inputs"]
+    assert prov["rule"] == "metrics_table"
+    assert "results/metrics/tiny/by_condition/baseline.parquet" in prov["inputs"]
+    assert str(out["rollouts"].relative_to(tmp_path)) in read_provenance(
+        tmp_path / "results/metrics/tiny/by_condition/baseline.parquet")["inputs"]
     assert read_provenance(out["rollouts"])["inputs"]["resources/models/tiny"]
-    for rule in ("prepare_model/tiny", "goals", "rollouts/tiny/baseline", "metrics/tiny",
+    for rule in ("prepare_model/tiny", "goals", "rollouts/tiny/baseline", "metrics/tiny/baseline",
+                 "metrics_table/tiny",
                  "figure_baseline"):
         assert (tmp_path / f"results/logs/{rule}.log").is_file(), rule
         assert (tmp_path / f"results/benchmarks/{rule}.tsv").is_file(), rule
@@ -51,7 +54,7 @@ def test_tiny_end_to_end(tmp_path):
     # a generation parameter change reruns rollouts and what follows, not the model or goals
     changed = run_snakemake(tmp_path, tiny_config(max_new_tokens=6), "-n")
     assert job_counts(changed.stdout + changed.stderr) == {
-        "rollouts": 1, "metrics": 1, "figure_baseline": 1, "all": 1}
+        "rollouts": 1, "metrics": 1, "metrics_table": 1, "figure_baseline": 1, "all": 1}
 
     # settings that cannot change results (GPU count) rerun nothing
     more_gpus = tiny_config()
@@ -70,6 +73,7 @@ def test_tiny_end_to_end(tmp_path):
 def test_embedded_model_end_to_end(tmp_path):
     cfg = absolutize(load_repo_config())
     cfg["goals"]["n"] = 2
+    cfg["sdf"]["interventions"] = ["A1_amp", "B1_amp"]  # the full set: `make demo`
     cfg["rollouts"].update({"max_new_tokens": 16, "max_turns": 2})
     run_snakemake(tmp_path, cfg, timeout=900)
     out = _outputs(tmp_path, "smollm2-135m")

@@ -102,6 +102,7 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
             problems.append(f"config key 'models.{name}.gpus': device 'cuda' needs gpus >= 1")
         if model["device"] == "cpu" and model["dtype"] == "float16":
             problems.append(f"config key 'models.{name}.dtype': float16 is not supported on CPU")
+    _sdf_checks(config, base, problems, need_file)
     user_template = config["prompts"]["user_template"]
     tpl = Path(user_template)
     tpl = tpl if tpl.is_absolute() else base / tpl
@@ -114,6 +115,49 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
             problems.append(f"config key 'prompts.user_template': {exc}")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _sdf_checks(config: Mapping[str, Any], base: Path, problems: list[str], need_file) -> None:
+    sdf = config["sdf"]
+    if not sdf["enabled"]:
+        return
+    from .sdf.plan import SDFPlan
+
+    models = config["models"]
+    for m in sdf["models"] or []:
+        if m not in models:
+            problems.append(f"config key 'sdf.models': {m!r} is not a key of 'models'")
+    for m in sdf["training"]["per_model"]:
+        if m not in models:
+            problems.append(f"config key 'sdf.training.per_model.{m}': not a key of 'models'")
+    gen = sdf["generator"]
+    if gen["backend"] == "local" and gen["model"] not in models:
+        problems.append(f"config key 'sdf.generator.model': {gen['model']!r} must be a key of "
+                        "'models' when sdf.generator.backend is local")
+    if problems:
+        return
+    plan = SDFPlan.from_config(config)
+    for m in plan.models:
+        try:
+            plan.training(m)
+        except ValueError as exc:
+            problems.append(f"config key 'sdf.training.effective_batch_size': {exc}")
+    external = sdf["external_documents"]
+    for universe in plan.universes():
+        if universe in external:
+            need_file(f"sdf.external_documents.{universe}", external[universe])
+        else:
+            need_file(f"sdf.universes_dir ({universe})",
+                      str(Path(sdf["universes_dir"]) / f"{universe}.yaml"))
+    for u in external:
+        if u not in plan.universes():
+            problems.append(f"config key 'sdf.external_documents.{u}': {u!r} is not a universe "
+                            "this config uses")
+    for name in ("doc_types.txt", "doc_ideas.txt", "document.txt", "revision.txt"):
+        need_file(f"sdf.generator.prompts_dir ({name})",
+                  str(Path(gen["prompts_dir"]) / name))
+    if any(models[m]["gpus"] > 1 for m in plan.models):
+        need_file("sdf.training.accelerate_config", sdf["training"]["accelerate_config"])
 
 
 def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

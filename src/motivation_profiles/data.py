@@ -129,8 +129,15 @@ class PromptSet:
     continuation: str
 
     @classmethod
-    def from_config(cls, prompts: Mapping[str, Any], *, system_suffix: str = "") -> PromptSet:
+    def from_config(cls, prompts: Mapping[str, Any], *, system_suffix: str = "",
+                    rename: Sequence[str] | None = None) -> PromptSet:
+        """``rename``: [old, new] AI name, replaced as a whole word in the system prompt (the
+        role-play ablation, Appendix B.3)."""
         system = Path(prompts["system"]).read_text().rstrip("\n")
+        if rename:
+            from .sdf.materials import apply_name
+
+            system = apply_name(system, *rename)
         user_template = Path(prompts["user_template"]).read_text().rstrip("\n")
         check_user_template(user_template)
         if system_suffix:

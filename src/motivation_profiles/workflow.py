@@ -89,18 +89,19 @@ def rollouts(snakemake: Any) -> None:
     from .provenance import read_table, write_table
 
     p = snakemake.params
-    spec, gen = p.model, p.generation
-    prompts = PromptSet.from_config(p.prompts)
+    spec, gen, cond = p.model, p.generation, p.condition
+    prompts = PromptSet.from_config(p.prompts, rename=cond["rename"])
+    adapter = snakemake.input.get("adapter")
     params = SamplingParams(temperature=gen["temperature"], top_p=gen["top_p"],
                             max_new_tokens=gen["max_new_tokens"], stop=tuple(gen["stop"]))
     goals_df = read_table(snakemake.input.goals)
     backend = HFBackend.from_pretrained(
-        snakemake.input.model, dtype=spec["dtype"], device=spec["device"],
+        snakemake.input.model, dtype=spec["dtype"], device=spec["device"], adapter=adapter,
         batch_size=spec["batch_size"], max_model_len=spec["max_model_len"],
     )
     meta = rollout_meta(model=snakemake.wildcards.model, condition=snakemake.wildcards.condition,
-                        adapter=None, backend=backend.name, prompts=prompts, params=params,
-                        max_turns=gen["max_turns"])
+                        adapter=cond["adapter"], backend=backend.name, prompts=prompts,
+                        params=params, max_turns=gen["max_turns"])
     out = Path(snakemake.output[0])
     key = config_hash({"params": canonical_json(dict(p.items())),
                        "inputs": _provenance(snakemake)["inputs"]})
@@ -117,10 +118,17 @@ def metrics(snakemake: Any) -> None:
     from .provenance import read_table, write_table
 
     p = snakemake.params
-    df = pd.concat([read_table(f) for f in snakemake.input.tables], ignore_index=True)
-    table = condition_metrics(df, n_boot=p.bootstrap_samples, level=p.ci_level, seed=p.seed)
-    log.info("\n%s", table.to_string())
+    table = condition_metrics(read_table(snakemake.input.table), n_boot=p.bootstrap_samples,
+                              level=p.ci_level, seed=p.seed)
+    log.info("\n%s", table.T.to_string())
     write_table(table, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
+
+
+def metrics_table(snakemake: Any) -> None:
+    from .provenance import read_table, write_table
+
+    table = pd.concat([read_table(f) for f in snakemake.input.tables], ignore_index=True)
+    write_table(table, snakemake.output[0], _provenance(snakemake))
 
 
 def figure_baseline(snakemake: Any) -> None:
@@ -130,3 +138,159 @@ def figure_baseline(snakemake: Any) -> None:
     df = pd.concat([read_table(f) for f in snakemake.input.tables], ignore_index=True)
     baseline_compliance(df, snakemake.params.display_names, list(snakemake.output),
                         dpi=snakemake.params.dpi)
+
+
+# ----------------------------------------------------------------------------- SDF
+
+
+def _document_backend(snakemake: Any):
+    """The generator behind the generation interface: a cached local model or Anthropic."""
+    from .llm import AnthropicClient, CachedBackend, HostedBackend, ResponseCache
+
+    spec, hosted = snakemake.params.spec, snakemake.params.hosted
+    gen = spec["generator"]
+    if gen["backend"] == "local":
+        from .generation import HFBackend
+        from .provenance import sha256_path
+
+        m = spec["model"]
+        inner = HFBackend.from_pretrained(
+            snakemake.input.model, dtype=m["dtype"], device=m["device"],
+            batch_size=m["batch_size"], max_model_len=m["max_model_len"])
+        backend = CachedBackend(inner, ResponseCache(hosted["cache_dir"]),
+                                model_id=f"{gen['model']}@{sha256_path(snakemake.input.model)}")
+        return backend, backend.ledger_frame
+    client = AnthropicClient(
+        hosted["cache_dir"], base_url=hosted["base_url"], max_retries=hosted["max_retries"],
+        timeout=hosted["timeout_s"], batch_threshold=hosted["batch_threshold"],
+        poll_interval=hosted["poll_interval_s"], max_resubmits=hosted["max_resubmits"],
+        prices=hosted["prices"], show_progress=True)
+    return HostedBackend(client, gen["model"]), client.ledger_frame
+
+
+def generate_documents(snakemake: Any) -> None:
+    from .provenance import write_table
+    from .sdf.documents import (
+        FilterSpec,
+        PipelineSpec,
+        PromptTemplates,
+        filter_documents,
+        generate_documents,
+        load_external_documents,
+    )
+    from .sdf.materials import Universe, load_universe, split_universe
+
+    universe_name = snakemake.wildcards.universe
+    spec = snakemake.params.spec
+    filters = FilterSpec.from_dict(spec["filters"])
+    prov = _provenance(snakemake, params=dict(snakemake.params.items()))
+    if spec["external"]:
+        docs = load_external_documents(snakemake.input.external, universe_name)
+        split_universe(universe_name)
+        universe = Universe(id=universe_name, kind="external", universe_context="",
+                            key_fact="")
+        docs, report = filter_documents(docs, universe, filters)
+        from .llm import LEDGER_COLUMNS
+
+        ledger = pd.DataFrame(columns=[*LEDGER_COLUMNS, "universe"])
+    else:
+        universe = load_universe(snakemake.input.universe)
+        backend, ledger_of = _document_backend(snakemake)
+        gen = spec["generator"]
+        docs, report = generate_documents(
+            universe, backend, PipelineSpec.from_dict(gen),
+            PromptTemplates.from_dir(gen["prompts_dir"]), filters,
+            generator=f"{gen['backend']}:{gen['model']}")
+        ledger = ledger_of().assign(universe=universe_name)
+    log.info("filters:\n%s", report.to_string(index=False))
+    log.info("kept %d documents for %s", len(docs), universe_name)
+    if len(ledger):
+        log.info("ledger: %d requests, %d input + %d output tokens, $%.4f", len(ledger),
+                 ledger["input_tokens"].sum(), ledger["output_tokens"].sum(),
+                 ledger["cost_usd"].sum())
+    write_table(report.assign(universe=universe_name), snakemake.output.filters, prov)
+    write_table(ledger, snakemake.output.ledger, prov)
+    write_table(docs, snakemake.output.documents, prov)
+
+
+def sdf_dataset(snakemake: Any) -> None:
+    from transformers import AutoTokenizer
+
+    from .provenance import read_table, write_table
+    from .sdf.dataset import DatasetSpec, build_dataset
+    from .sdf.materials import apply_name
+
+    p = snakemake.params
+    docs = read_table(snakemake.input.documents)
+    if p.rename:
+        docs = docs.assign(text=docs["text"].map(lambda t: apply_name(t, *p.rename)))
+    tok = AutoTokenizer.from_pretrained(snakemake.input.model)
+    spec = DatasetSpec.from_dict(p.dataset, token_budget=p.token_budget)
+    table, stats = build_dataset(docs, tok, spec, source=snakemake.wildcards.universe)
+    write_table(table, snakemake.output[0],
+                _provenance(snakemake, params={**dict(p.items()), "stats": stats}))
+
+
+def train_lora(snakemake: Any) -> None:
+    from .config import canonical_json, config_hash
+    from .sdf.train import LoraSpec, TrainSpec, launch
+
+    p = snakemake.params
+    training = dict(p.training)
+    processes = training.pop("processes")
+    training.pop("effective_batch_size")
+    out = Path(snakemake.output[0])
+    prov = _provenance(snakemake, params=dict(p.items()))
+    LoraSpec.from_dict(p.lora)  # validate before launching
+    TrainSpec.from_dict(training)
+    spec = {
+        "model_dir": snakemake.input.model,
+        "dataset": snakemake.input.dataset,
+        "output_dir": str(out),
+        "lora": dict(p.lora),
+        "train": training,
+        "init_adapter": snakemake.input.get("init"),
+        "work_dir": str(out.parent / f".{out.name}.partial"),
+        "device": p.device,
+        "provenance": prov,
+        "resume_key": config_hash({"params": canonical_json(dict(p.items())),
+                                   "inputs": prov["inputs"]}),
+    }
+    launch(spec, processes, snakemake.input.get("accelerate_config"))
+
+
+def belief_check(snakemake: Any) -> None:
+    from .provenance import write_table
+    from .sdf.belief import belief_table
+    from .sdf.materials import load_universe
+
+    p = snakemake.params
+    table = belief_table(snakemake.input.model, load_universe(snakemake.input.universe),
+                         adapter=snakemake.input.adapter,
+                         organism=snakemake.input.get("organism"),
+                         dtype=p.model["dtype"], device=p.model["device"], rename=p.rename)
+    table.insert(0, "model", snakemake.wildcards.model)
+    table.insert(1, "branch", snakemake.wildcards.universe)
+    log.info("margins (mean log p per token, fact - negation):\n%s",
+             table.groupby("checkpoint", sort=False)["margin"].first().to_string())
+    write_table(table, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
+
+
+def sdf_profile(snakemake: Any) -> None:
+    from .evaluation.profiles import sdf_effects
+    from .provenance import read_table, write_table
+
+    p = snakemake.params
+    df = pd.concat([read_table(f) for f in snakemake.input.tables], ignore_index=True)
+    table = sdf_effects(df, n_boot=p.bootstrap_samples, level=p.ci_level, seed=p.seed)
+    log.info("\n%s", table[table["quantity"].isin(["delta_gap", "S_A", "S_B"])].to_string())
+    write_table(table, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
+
+
+def figure_sdf(snakemake: Any) -> None:
+    from . import figures
+    from .provenance import read_table
+
+    df = pd.concat([read_table(f) for f in snakemake.input.tables], ignore_index=True)
+    draw = getattr(figures, snakemake.params.kind)
+    draw(df, snakemake.params.display_names, list(snakemake.output), dpi=snakemake.params.dpi)

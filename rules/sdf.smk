@@ -1,0 +1,181 @@
+# Synthetic document fine-tuning: documents per universe -> packed dataset per (model, branch)
+# -> one LoRA adapter per (model, branch) -> belief check. Rollouts of the condition
+# sdf-<branch> use the adapter (rules/rollouts.smk); sdf_profile compares them with sdf-noise.
+
+SDF_GEN = config["sdf"]["generator"]
+SDF_PROMPTS = [os.path.join(SDF_GEN["prompts_dir"], f)
+               for f in ("doc_types.txt", "doc_ideas.txt", "document.txt", "revision.txt")]
+
+
+def universe_file(universe):
+    return os.path.join(config["sdf"]["universes_dir"], f"{universe}.yaml")
+
+
+def document_inputs(wildcards):
+    external = config["sdf"]["external_documents"].get(wildcards.universe)
+    if external is not None:
+        return {"external": external}
+    inputs = {"universe": universe_file(wildcards.universe), "prompts": SDF_PROMPTS}
+    if SDF_GEN["backend"] == "local":
+        inputs["model"] = f"resources/models/{SDF_GEN['model']}"
+    return inputs
+
+
+def document_params(wildcards):
+    """Everything that shapes the documents (prices and polling do not, so they rerun nothing)."""
+    if wildcards.universe in config["sdf"]["external_documents"]:
+        return {"external": True, "filters": config["sdf"]["filters"]}
+    params = {"external": False, "generator": SDF_GEN, "filters": config["sdf"]["filters"]}
+    if SDF_GEN["backend"] == "local":
+        params["model"] = model_runtime_of(SDF_GEN["model"])
+    return params
+
+
+def hosted_settings():
+    h = config["hosted"]
+    return {k: h[k] for k in ("cache_dir", "base_url", "batch_threshold", "poll_interval_s",
+                              "max_resubmits", "max_retries", "timeout_s", "prices")}
+
+
+rule generate_documents:
+    input:
+        unpack(document_inputs),
+        code=package_code("sdf/documents.py", "sdf/materials.py", "generation.py", "llm.py"),
+    output:
+        documents=f"{RESULTS}/sdf/documents/{{universe}}.parquet",
+        filters=f"{RESULTS}/sdf/documents/{{universe}}.filters.parquet",
+        ledger=f"{RESULTS}/sdf/ledger/{{universe}}.parquet",
+    wildcard_constraints:
+        universe=r"(af_organism|noise|[AB][12]_(amp|sup)(-(weak|strong))?)",
+    params:
+        spec=document_params,
+        hosted=hosted_settings(),
+    resources:
+        gpu=lambda wc: (config["models"][SDF_GEN["model"]]["gpus"]
+                        if SDF_GEN["backend"] == "local" else 0),
+        api=lambda wc: int(SDF_GEN["backend"] == "anthropic"),
+    log:
+        log_path("generate_documents", "{universe}"),
+    benchmark:
+        bench_path("generate_documents", "{universe}")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/generate_documents.py"
+
+
+rule sdf_dataset:
+    input:
+        documents=lambda wc: f"{RESULTS}/sdf/documents/{SDF.universe_of(wc.universe)}.parquet",
+        model="resources/models/{model}",
+        code=package_code("sdf/dataset.py", "sdf/materials.py"),
+    output:
+        f"{RESULTS}/sdf/datasets/{{model}}/{{universe}}.parquet",
+    params:
+        dataset=config["sdf"]["dataset"],
+        token_budget=lambda wc: SDF.token_budget(wc.universe),
+        rename=lambda wc: SDF.rename(wc.universe, wc.model),
+    log:
+        log_path("sdf_dataset", "{model}/{universe}"),
+    benchmark:
+        bench_path("sdf_dataset", "{model}/{universe}")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/sdf_dataset.py"
+
+
+def lora_inputs(wildcards):
+    inputs = {"model": f"resources/models/{wildcards.model}",
+              "dataset": f"{RESULTS}/sdf/datasets/{wildcards.model}/{wildcards.universe}.parquet"}
+    init = SDF.init_branch(wildcards.universe)
+    if init is not None:
+        inputs["init"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+    if config["models"][wildcards.model]["gpus"] > 1:
+        inputs["accelerate_config"] = config["sdf"]["training"]["accelerate_config"]
+    return inputs
+
+
+rule train_lora:
+    input:
+        unpack(lora_inputs),
+        code=package_code("sdf/train.py"),
+    output:
+        directory(f"{RESULTS}/lora/{{model}}/{{universe}}"),
+    params:
+        lora=config["sdf"]["lora"],
+        training=lambda wc: SDF.training(wc.model, wc.universe),
+        device=lambda wc: config["models"][wc.model]["device"],
+    resources:
+        gpu=lambda wc: config["models"][wc.model]["gpus"],
+        mem_mb=lambda wc: max(16000, 96000 * config["models"][wc.model]["gpus"]),
+    log:
+        log_path("train_lora", "{model}/{universe}"),
+    benchmark:
+        bench_path("train_lora", "{model}/{universe}")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/train_lora.py"
+
+
+def belief_inputs(wildcards):
+    branch = wildcards.universe
+    inputs = {"model": f"resources/models/{wildcards.model}",
+              "adapter": f"{RESULTS}/lora/{wildcards.model}/{branch}",
+              "universe": universe_file(SDF.universe_of(branch))}
+    init = SDF.init_branch(branch)
+    if init is not None:
+        inputs["organism"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+    return inputs
+
+
+rule belief_check:
+    input:
+        unpack(belief_inputs),
+        code=package_code("sdf/belief.py", "sdf/materials.py"),
+    output:
+        f"{RESULTS}/sdf/belief/{{model}}/{{universe}}.parquet",
+    params:
+        model=model_runtime,
+        rename=lambda wc: SDF.rename(wc.universe, wc.model),
+    resources:
+        gpu=lambda wc: config["models"][wc.model]["gpus"],
+    log:
+        log_path("belief_check", "{model}/{universe}"),
+    benchmark:
+        bench_path("belief_check", "{model}/{universe}")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../workflow_scripts/belief_check.py"
+
+
+rule sdf_profile:
+    input:
+        tables=lambda wc: expand(f"{RESULTS}/rollouts/{wc.model}/{{c}}.parquet",
+                                 c=SDF.conditions(wc.model)),
+        code=package_code("evaluation/profiles.py", "evaluation/metrics.py"),
+    output:
+        f"{RESULTS}/metrics/{{model}}/sdf_effects.parquet",
+    params:
+        bootstrap_samples=config["metrics"]["bootstrap_samples"],
+        ci_level=config["metrics"]["ci_level"],
+        seed=config["metrics"]["seed"],
+    log:
+        log_path("sdf_profile", "{model}"),
+    benchmark:
+        bench_path("sdf_profile", "{model}")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/sdf_profile.py"
+
+
+def sdf_effect_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/sdf_effects.parquet", model=SDF.models)
+
+
+def sdf_belief_tables():
+    return expand(f"{RESULTS}/sdf/belief/{{model}}/{{branch}}.parquet", model=SDF.models,
+                  branch=SDF.belief_branches())
