@@ -46,8 +46,12 @@ figures: $(STAMP)
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile configs/paper.yaml
 
+# Every benchmark; each prints a RESULT line with its ratio and target. Needs `make demo` first
+# (the embedded model and its documents).
 bench: $(STAMP)
 	$(BIN)/python bench/prefix_reuse.py
+	$(BIN)/python bench/packing.py
+	$(BIN)/python bench/train_throughput.py
 
 clean-results:
 	rm -rf results

@@ -113,3 +113,64 @@ def figure_names():
 
 def figure_files():
     return expand(f"{RESULTS}/figures/{{name}}.{{ext}}", name=figure_names(), ext=FIGURE_FORMATS)
+
+
+# ----------------------------------------------------------------------------- SDF inputs
+
+SDF_GEN = config["sdf"]["generator"]
+
+SDF_PROMPTS = [os.path.join(SDF_GEN["prompts_dir"], f)
+               for f in ("doc_types.txt", "doc_ideas.txt", "document.txt", "revision.txt")]
+
+def universe_file(universe):
+    return os.path.join(config["sdf"]["universes_dir"], f"{universe}.yaml")
+
+def document_inputs(wildcards):
+    external = config["sdf"]["external_documents"].get(wildcards.universe)
+    if external is not None:
+        return {"external": external}
+    inputs = {"universe": universe_file(wildcards.universe), "prompts": SDF_PROMPTS}
+    if SDF_GEN["backend"] == "local":
+        inputs["model"] = f"resources/models/{SDF_GEN['model']}"
+    return inputs
+
+def document_params(wildcards):
+    """Everything that shapes the documents (prices and polling do not, so they rerun nothing)."""
+    if wildcards.universe in config["sdf"]["external_documents"]:
+        return {"external": True, "filters": config["sdf"]["filters"]}
+    params = {"external": False, "generator": SDF_GEN, "filters": config["sdf"]["filters"]}
+    if SDF_GEN["backend"] == "local":
+        params["model"] = model_runtime_of(SDF_GEN["model"])
+    return params
+
+def hosted_settings():
+    h = config["hosted"]
+    return {k: h[k] for k in ("cache_dir", "base_url", "batch_threshold", "poll_interval_s",
+                              "max_resubmits", "max_retries", "timeout_s", "prices")}
+
+def lora_inputs(wildcards):
+    inputs = {"model": f"resources/models/{wildcards.model}",
+              "dataset": f"{RESULTS}/sdf/datasets/{wildcards.model}/{wildcards.universe}.parquet"}
+    init = SDF.init_branch(wildcards.universe)
+    if init is not None:
+        inputs["init"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+    if config["models"][wildcards.model]["gpus"] > 1:
+        inputs["accelerate_config"] = config["sdf"]["training"]["accelerate_config"]
+    return inputs
+
+def belief_inputs(wildcards):
+    branch = wildcards.universe
+    inputs = {"model": f"resources/models/{wildcards.model}",
+              "adapter": f"{RESULTS}/lora/{wildcards.model}/{branch}",
+              "universe": universe_file(SDF.universe_of(branch))}
+    init = SDF.init_branch(branch)
+    if init is not None:
+        inputs["organism"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+    return inputs
+
+def sdf_effect_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/sdf_effects.parquet", model=SDF.models)
+
+def sdf_belief_tables():
+    return expand(f"{RESULTS}/sdf/belief/{{model}}/{{branch}}.parquet", model=SDF.models,
+                  branch=SDF.belief_branches())

@@ -73,7 +73,7 @@ def test_sdf_branch_end_to_end_and_single_branch_rerun(tmp_path):
         "figure_sdf_profile": 1, "all": 1}
     assert "results/sdf/documents/A1_amp.parquet" in out
     assert "results/rollouts/tiny/sdf-A1_amp.parquet" in out
-    assert "results/rollouts/tiny/sdf-B1_amp.parquet" not in out
+    assert "output: results/rollouts/tiny/sdf-B1_amp.parquet" not in out
 
     # The organism's universe is upstream of every adapter that continues from it.
     org = universes / "af_organism.yaml"
