@@ -1,123 +1,211 @@
-"""Training throughput of train_lora vs. a bare forward+backward loop (target ratio >= 0.9).
+"""Training throughput of `train_lora` vs. a bare peft + AdamW loop (target ratio >= 0.9).
 
-Both run the same packed rows (same order, batch, accumulation, LoRA) on the embedded model
-(resources/models/smollm2-135m, from `make demo`); the bare loop is a peft model, AdamW,
-forward, backward, step, zero_grad and nothing else. The two are interleaved (A B A B ...) and
-the median of each is compared, so machine load hits both alike.
+Both paths train the same LoRA (rank 8, all linear layers, fp32, no dropout, no gradient
+checkpointing) on the same batches: packed rows of 256 tokens (two 128-token documents each,
+position ids restarting), batch 2, one micro-batch per optimizer step, in the order train_lora
+visits them (seeded epoch permutation). Timed per optimizer step and summed:
 
-    .venv/bin/python bench/train_throughput.py [--steps 4] [--repeats 3] [--quick]
+- (a) `train_lora`: the `seconds` column of its loss curve, which spans the whole step: batch
+  assembly, token counting, forward, backward, clipping, optimizer and scheduler step,
+  logging. Model loading and the final save are one-off costs and are reported, not timed.
+- (b) bare: forward, backward, `optimizer.step()`, `zero_grad()`, nothing else, on batches
+  assembled in advance.
+
+The two are measured alternately (A B A B ...) on a shared machine and the median of each is
+taken. The comparison is valid only if both paths compute the same losses (same init, data and
+updates); otherwise the script exits 2. Exit 0 whether or not the target is met, 1 below target
+with --strict.
+
+Uses the embedded SmolLM2-135M (`resources/models/smollm2-135m`, made by `make demo`) when
+present, otherwise a random 4-layer Llama (width 256, SmolLM2's vocabulary size), and says so.
+
+    .venv/bin/python bench/train_throughput.py [--quick] [--steps N] [--repeats R] [--strict]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import logging
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
 from motivation_profiles.provenance import write_table  # noqa: E402
-from motivation_profiles.sdf.dataset import DatasetSpec, build_dataset  # noqa: E402
 from motivation_profiles.sdf.train import (  # noqa: E402
+    IGNORE,
     collate,
     epoch_order,
-    target_module_names,
+    resolve_target_modules,
     train_lora,
 )
 
 TARGET = 0.9
-SEQ, BATCH, ACCUM, RANK = 256, 2, 2, 8
+SEQ, DOC, BATCH, RANK, SEED, LR = 256, 128, 2, 8, 0, 1e-4
+EMBEDDED = REPO / "resources/models/smollm2-135m"
 
 
-def _dataset(tok, n_rows: int, path: Path) -> pd.DataFrame:
-    words = "the model reads synthetic documents about a fictional research lab".split()
-    texts = [" ".join(words[(i + j) % len(words)] for j in range(40 + 7 * (i % 9)))
-             for i in range(n_rows * 6)]
-    docs = pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(texts))], "text": texts})
-    table, _ = build_dataset(docs, tok, DatasetSpec(max_seq_len=SEQ, token_budget=None))
-    table = table[table["n_tokens"] == SEQ].head(n_rows).reset_index(drop=True)
-    write_table(table, path, {})
-    return table
+def random_llama(dest: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=768,
+                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=4096, tie_word_embeddings=True,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(dest, safe_serialization=True)
+    return dest
 
 
-def _bare(model_dir: Path, table: pd.DataFrame, steps: int, pad: int) -> float:
-    import torch
+def packed_rows(n_rows: int, vocab: int) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(n_rows):
+        ids = rng.integers(3, vocab, SEQ).tolist()
+        labels = list(ids)
+        for start in range(0, SEQ, DOC):
+            labels[start] = IGNORE  # each document's first token is predicted by nothing
+        rows.append({"input_ids": ids, "labels": labels,
+                     "position_ids": [p % DOC for p in range(SEQ)], "n_tokens": SEQ,
+                     "n_docs": SEQ // DOC})
+    return pd.DataFrame(rows)
+
+
+def train_spec(steps: int) -> dict:
+    return {"learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0.0, "epochs": 1,
+            "per_device_batch_size": BATCH, "gradient_accumulation_steps": 1,
+            "weight_decay": 0.0, "max_grad_norm": 1e9, "seed": SEED,
+            "gradient_checkpointing": False, "dtype": "float32",
+            "save_every_steps": steps + 1, "log_every_steps": 1}
+
+
+LORA = {"rank": RANK, "alpha": 2 * RANK, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def run_train_lora(model_dir: Path, data: Path, work: Path, steps: int, i: int) -> dict:
+    t0 = time.perf_counter()
+    curve = train_lora(model_dir, data, work / f"out-{i}", lora=LORA, train=train_spec(steps),
+                       resume_key="bench", work_dir=work / f"w-{i}")
+    wall = time.perf_counter() - t0
+    assert len(curve) == steps
+    return {"seconds": float(curve["seconds"].sum()), "wall": wall,
+            "losses": curve["loss"].tolist()}
+
+
+def run_bare(model_dir: Path, table: pd.DataFrame, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    torch.manual_seed(0)
-    model = get_peft_model(base, LoraConfig(r=RANK, lora_alpha=2 * RANK, lora_dropout=0.05,
-                                            target_modules=target_module_names(base,
-                                                                               "all-linear"),
-                                            task_type="CAUSAL_LM"))
+    base.config.use_cache = False
+    torch.manual_seed(SEED)
+    model = get_peft_model(base, LoraConfig(
+        r=RANK, lora_alpha=2 * RANK, lora_dropout=0.0, task_type="CAUSAL_LM",
+        target_modules=resolve_target_modules(base, "all-linear")))
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    records = table[["input_ids", "labels", "position_ids"]].to_dict("records")
-    order = epoch_order(len(records), 0, 0)
-    t0 = time.perf_counter()
-    for s in range(steps):
-        for a in range(ACCUM):
-            k = (s * ACCUM + a) * BATCH
-            batch = collate([records[i] for i in order[k:k + BATCH]], pad)
-            out = model(**batch, attention_mask=None, use_cache=False)
-            out.loss.backward()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR,
+                            weight_decay=0.0)
+    records = table.to_dict("records")
+    order = epoch_order(len(records), SEED, 0)
+    batches = [collate([records[j] for j in order[s * BATCH:(s + 1) * BATCH]], 2)
+               for s in range(steps)]
+    seconds, losses = 0.0, []
+    for b in batches:
+        t0 = time.perf_counter()
+        loss = model(input_ids=b["input_ids"], labels=b["labels"],
+                     position_ids=b["position_ids"], attention_mask=None,
+                     use_cache=False).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+        seconds += time.perf_counter() - t0
+        losses.append(float(loss.detach()))
+    return {"seconds": seconds, "losses": losses}
 
 
-def _ours(model_dir: Path, data: Path, steps: int, work: Path) -> float:
-    train = dict(learning_rate=1e-4, lr_scheduler="cosine", warmup_ratio=0.05, epochs=1,
-                 per_device_batch_size=BATCH, gradient_accumulation_steps=ACCUM,
-                 weight_decay=0.0, max_grad_norm=1.0, seed=0, gradient_checkpointing=False,
-                 dtype="float32", save_every_steps=10_000, log_every_steps=10_000)
-    curve = train_lora(model_dir, data, work / "adapter", lora={
-        "rank": RANK, "alpha": 2 * RANK, "dropout": 0.05, "target_modules": "all-linear"},
-        train=train, work_dir=work / "ckpt", resume_key="bench")
-    assert len(curve) == steps
-    return float(curve["seconds"].sum())  # the optimizer steps alone, as in the bare loop
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="2 steps, 2 repeats")
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 steps, 1 repeat (a smoke run)")
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per measurement")
+    ap.add_argument("--repeats", type=int, default=3, help="A/B pairs (median taken)")
+    ap.add_argument("--model-dir", type=Path, default=None)
+    ap.add_argument("--strict", action="store_true", help="exit 1 below target")
     args = ap.parse_args()
-    steps, repeats = (2, 2) if args.quick else (args.steps, args.repeats)
-    model_dir = REPO / "resources/models/smollm2-135m"
-    if not model_dir.is_dir():
-        raise SystemExit("no embedded model: run `make demo` first")
-    from transformers import AutoTokenizer
+    if args.quick:
+        args.steps, args.repeats = 3, 1
+    logging.basicConfig(level=logging.WARNING)
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        table = _dataset(tok, steps * ACCUM * BATCH, tmp / "data.parquet")
-        ours, bare = [], []
-        for r in range(repeats):
-            ours.append(_ours(model_dir, tmp / "data.parquet", steps, tmp / f"run{r}"))
-            bare.append(_bare(model_dir, table, steps, pad))
-    tokens = steps * ACCUM * BATCH * SEQ
-    t_ours, t_bare = statistics.median(ours), statistics.median(bare)
-    ratio = t_bare / t_ours  # throughput(ours) / throughput(bare)
-    print(f"embedded model, {steps} optimizer steps x {ACCUM} x {BATCH} rows x {SEQ} tokens, "
-          f"LoRA r={RANK}, {repeats} interleaved repeats (median)")
-    print(f"  train_lora : {tokens / t_ours:8.1f} tok/s  ({t_ours:.1f} s; runs {ours})")
-    print(f"  bare loop  : {tokens / t_bare:8.1f} tok/s  ({t_bare:.1f} s; runs {bare})")
-    print(f"  ratio train_lora / bare = {ratio:.3f} (target >= {TARGET})")
-    print("RESULT " + json.dumps({"bench": "train_throughput", "ratio": round(ratio, 3),
-                                  "target": TARGET, "ok": ratio >= TARGET}))
+    work = Path(tempfile.mkdtemp(prefix="train_throughput-"))
+    if args.model_dir is not None:
+        model_dir, model_name = args.model_dir, str(args.model_dir)
+    elif EMBEDDED.is_dir():
+        model_dir, model_name = EMBEDDED, "embedded SmolLM2-135M (resources/models/smollm2-135m)"
+    else:
+        model_dir = random_llama(work / "random-llama")
+        model_name = ("random Llama, 4 layers, width 256 (resources/models/smollm2-135m "
+                      "absent: run `make demo` for the embedded model)")
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
+    table = packed_rows(args.steps * BATCH, vocab)
+    data = work / "rows.parquet"
+    write_table(table, data, {"rule": "bench"})
+    tokens = args.steps * BATCH * SEQ
+    print(f"model: {model_name}")
+    print(f"{args.steps} optimizer steps x {BATCH} rows x {SEQ} tokens (packed, 2 documents "
+          f"per row) = {tokens} tokens per measurement; LoRA rank {RANK}, fp32, "
+          f"{torch.get_num_threads()} threads; {args.repeats} A/B pair(s), plus a warm-up")
+
+    # warm-up (allocator, kernels, file cache); not counted
+    warm = work / "warm.parquet"
+    write_table(table.iloc[:BATCH], warm, {"rule": "bench"})
+    run_bare(model_dir, table, 1)
+    run_train_lora(model_dir, warm, work, 1, -1)
+
+    a, b = [], []
+    for i in range(args.repeats):
+        gc.collect()
+        a.append(run_train_lora(model_dir, data, work, args.steps, i))
+        gc.collect()
+        b.append(run_bare(model_dir, table, args.steps))
+        print(f"  pair {i + 1}: train_lora {tokens / a[-1]['seconds']:8.1f} tok/s, "
+              f"bare {tokens / b[-1]['seconds']:8.1f} tok/s", flush=True)
+
+    diff = max(abs(x - y) for r, s in zip(a, b, strict=True)
+               for x, y in zip(r["losses"], s["losses"], strict=True))
+    tps_a = statistics.median(tokens / r["seconds"] for r in a)
+    tps_b = statistics.median(tokens / r["seconds"] for r in b)
+    ratio = tps_a / tps_b
+    setup = statistics.median(r["wall"] - r["seconds"] for r in a)
+    print()
+    print(f"{'path':<12}{'tokens/s (median)':>20}{'s/step':>10}")
+    print(f"{'train_lora':<12}{tps_a:>20.1f}{tokens / tps_a / args.steps:>10.3f}")
+    print(f"{'bare loop':<12}{tps_b:>20.1f}{tokens / tps_b / args.steps:>10.3f}")
+    print(f"ratio train_lora/bare = {ratio:.3f} (target >= {TARGET}); train_lora's one-off "
+          f"setup and save (not timed above): {setup:.1f} s; max |loss difference| between "
+          f"the paths: {diff:.2e}")
+    valid = diff < 1e-3
+    print("RESULT " + json.dumps({"bench": "train_throughput", "ratio": round(ratio, 4),
+                                  "target": TARGET, "ok": ratio >= TARGET, "valid": valid,
+                                  "train_lora_tokens_per_s": round(tps_a, 1),
+                                  "bare_tokens_per_s": round(tps_b, 1),
+                                  "steps": args.steps, "repeats": args.repeats,
+                                  "model": model_name}))
+    if not valid:
+        print("INVALID: the two paths computed different losses", file=sys.stderr)
+        return 2
+    return 1 if (args.strict and ratio < TARGET) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,26 +1,40 @@
-"""LoRA training on packed SDF datasets (peft + accelerate), resumable and seeded.
+"""LoRA training on packed SDF datasets (peft + accelerate): seeded, resumable, one adapter.
 
-One optimizer step consumes ``gradient_accumulation_steps`` micro-batches of
-``per_device_batch_size`` packed rows per process; the loss is the token-weighted mean over
-every non-masked label of the step (``num_items_in_batch``), so accumulation does not change
-the objective. A micro-batch is padded with a separate run of position ids and labels -100,
-and no attention mask is passed: transformers then builds a block-diagonal causal mask from
-the restarting position ids, so no packed document attends to another.
+Objective. One optimizer step consumes ``gradient_accumulation_steps`` micro-batches of
+``per_device_batch_size`` packed rows on each process. The loss is the token-weighted mean
+over every non-masked label of the step on all processes (``num_items_in_batch``), so neither
+gradient accumulation, nor the number of processes, nor padding changes the objective.
 
-The data order of epoch e is a permutation seeded by (seed, e), so the position in the data is
-a function of the step alone. Every ``save_every_steps`` steps the full training state
-(adapter, optimizer, scheduler, RNG states, via ``accelerator.save_state``) and the loss
-history go to ``work_dir``; a rerun with the same ``resume_key`` continues from there and
-ends with the same weights as an uninterrupted run.
+Packing. A micro-batch is right-padded to its longest row; the padding is its own run of
+position ids (0, 1, 2, ...) with labels -100, and no attention mask is passed. transformers then
+builds a block-diagonal causal mask from the restarting position ids
+(``masking_utils.find_packed_sequence_indices``; only when ``attention_mask is None`` and there
+is no KV cache, hence ``use_cache=False``), so no packed document attends to another or to the
+padding.
 
-``init_adapter`` continues training an existing adapter (the model organism), so every SDF
-checkpoint is one standard PEFT adapter on the base model, servable by vLLM as one LoRARequest.
-Several GPUs: ``launch`` runs this module under ``accelerate launch`` (FSDP config in
-resources/accelerate/).
+Order and resume. The rows of epoch e are visited in a permutation drawn from
+``numpy.random.default_rng([seed, e])``, so which rows an optimizer step sees is a function of
+the step number alone. Every ``save_every_steps`` steps ``accelerator.save_state`` writes the
+trainable (LoRA) weights, optimizer, scheduler and every process's RNG states (LoRA dropout)
+to ``work_dir/checkpoint-<step>`` (written under a temporary name, then renamed; only the
+latest is kept), next to ``training_state.json`` (step, epoch, position in the epoch, the loss
+history and ``resume_key``). A rerun with the same ``resume_key`` loads it and continues at the
+next step, and ends with the same weights as an uninterrupted run. A checkpoint with another
+key is discarded.
+
+Continuation. ``init_adapter`` continues training an existing adapter (the model organism),
+so every SDF checkpoint is ONE standard PEFT adapter on the base model, servable by vLLM as one
+LoRARequest. Its rank, alpha and target modules are the init adapter's; a differing
+``LoraSpec`` is an error.
+
+Several GPUs. ``launch`` runs this module under ``accelerate launch`` with one process per
+GPU (FSDP config: resources/accelerate/fsdp.yaml). Only the main process writes outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -38,29 +52,52 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..provenance import read_table, write_manifest, write_table
+from ..provenance import display_path, read_table, write_manifest, write_table
 
 log = logging.getLogger(__name__)
 
+IGNORE = -100
 # Module names vLLM's LoRA support accepts for Llama / Qwen2 decoder layers.
 VLLM_LORA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                "down_proj"})
+SCHEDULERS = ("cosine", "linear", "constant")
+DTYPES = ("float32", "bfloat16")
 STATE_FILE = "training_state.json"
+CHECKPOINT = "checkpoint-"
+DATASET_COLUMNS = ("input_ids", "labels", "position_ids")
 
 
 class TrainingInterrupted(RuntimeError):
-    """Raised after ``stop_after_steps`` steps (a simulated kill; the checkpoint is saved)."""
+    """Raised after ``stop_after_steps`` optimizer steps, once the checkpoint is saved (this is
+    how tests simulate a killed job)."""
 
 
-def _from_dict(cls, d: Mapping[str, Any], what: str):
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    missing = names - set(d)
+# ------------------------------------------------------------------------------ specs
+def _check_keys(cls, d: Any, what: str) -> dict[str, Any]:
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{what}: expected a mapping of settings, got {type(d).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    missing = [n for n in names if n not in d]
     if unknown:
-        raise ValueError(f"{what}: unknown key(s) {sorted(unknown)}")
+        raise ValueError(f"{what}: unknown key(s) {', '.join(map(str, unknown))} "
+                         f"(expected {', '.join(names)})")
     if missing:
-        raise ValueError(f"{what}: missing key(s) {sorted(missing)}")
-    return cls(**d)
+        raise ValueError(f"{what}: missing key(s) {', '.join(missing)}")
+    return dict(d)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+def _require(ok: bool, what: str, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{what}.{key}: {value!r} is not {expected}")
 
 
 @dataclass(frozen=True)
@@ -68,20 +105,39 @@ class LoraSpec:
     rank: int
     alpha: float
     dropout: float
-    target_modules: str | tuple[str, ...]
+    target_modules: str | tuple[str, ...]  # "all-linear" or module names (q_proj, ...)
+
+    def __post_init__(self) -> None:
+        w = "sdf.lora"
+        _require(_is_int(self.rank) and self.rank >= 1, w, "rank", self.rank, "an integer >= 1")
+        _require(_is_num(self.alpha) and self.alpha > 0, w, "alpha", self.alpha, "a number > 0")
+        _require(_is_num(self.dropout) and 0 <= self.dropout < 1, w, "dropout", self.dropout,
+                 "a number in [0, 1)")
+        tm = self.target_modules
+        if isinstance(tm, str):
+            _require(tm == "all-linear", w, "target_modules", tm,
+                     "'all-linear' or a list of module names")
+            return
+        _require(isinstance(tm, list | tuple), w, "target_modules", tm,
+                 "'all-linear' or a list of module names")
+        tm = tuple(tm)
+        _require(len(tm) > 0 and all(isinstance(m, str) for m in tm), w, "target_modules", tm,
+                 "'all-linear' or a non-empty list of module names")
+        bad = sorted(set(tm) - VLLM_LORA_MODULES)
+        _require(not bad, w, "target_modules", tm,
+                 f"servable by vLLM's LoRA ({', '.join(bad)} not among "
+                 f"{', '.join(sorted(VLLM_LORA_MODULES))})")
+        object.__setattr__(self, "target_modules", tm)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoraSpec:
-        d = dict(d)
-        if isinstance(d.get("target_modules"), list):
-            d["target_modules"] = tuple(d["target_modules"])
-        return _from_dict(cls, d, "sdf.lora")
+        return cls(**_check_keys(cls, d, "sdf.lora"))
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     learning_rate: float
-    lr_scheduler: str
+    lr_scheduler: str  # cosine | linear | constant
     warmup_ratio: float
     epochs: int
     per_device_batch_size: int
@@ -90,292 +146,524 @@ class TrainSpec:
     max_grad_norm: float
     seed: int
     gradient_checkpointing: bool
-    dtype: str
+    dtype: str  # float32 | bfloat16
     save_every_steps: int
     log_every_steps: int
 
+    def __post_init__(self) -> None:
+        w = "sdf.training"
+        for key in ("learning_rate", "weight_decay"):
+            v = getattr(self, key)
+            _require(_is_num(v) and v >= 0, w, key, v, "a number >= 0")
+        _require(_is_num(self.max_grad_norm) and self.max_grad_norm > 0, w, "max_grad_norm",
+                 self.max_grad_norm, "a number > 0")
+        _require(_is_num(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1, w, "warmup_ratio",
+                 self.warmup_ratio, "a number in [0, 1]")
+        _require(self.lr_scheduler in SCHEDULERS, w, "lr_scheduler", self.lr_scheduler,
+                 f"one of {', '.join(SCHEDULERS)}")
+        _require(self.dtype in DTYPES, w, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+        for key in ("epochs", "per_device_batch_size", "gradient_accumulation_steps",
+                    "save_every_steps", "log_every_steps"):
+            v = getattr(self, key)
+            _require(_is_int(v) and v >= 1, w, key, v, "an integer >= 1")
+        _require(_is_int(self.seed), w, "seed", self.seed, "an integer")
+        _require(isinstance(self.gradient_checkpointing, bool), w, "gradient_checkpointing",
+                 self.gradient_checkpointing, "true or false")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainSpec:
-        spec = _from_dict(cls, dict(d), "sdf.training")
-        if spec.lr_scheduler not in ("cosine", "linear", "constant"):
-            raise ValueError(f"sdf.training.lr_scheduler: unknown {spec.lr_scheduler!r}")
-        if spec.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"sdf.training.dtype: unknown {spec.dtype!r}")
-        return spec
+        return cls(**_check_keys(cls, d, "sdf.training"))
 
 
+# ------------------------------------------------------------------------------ data
 def collate(rows: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-pad packed rows to one length; the padding is its own position run, label -100."""
+    """Right-pad packed rows to the longest one. The padding is a separate "document": its
+    position ids are their own run 0, 1, 2, ... and its labels are -100."""
     import torch
 
-    width = max(len(r["input_ids"]) for r in rows)
-    ids, labels, pos = [], [], []
-    for r in rows:
-        n = len(r["input_ids"])
-        ids.append(list(r["input_ids"]) + [pad_id] * (width - n))
-        labels.append(list(r["labels"]) + [-100] * (width - n))
-        pos.append(list(r["position_ids"]) + list(range(width - n)))
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-            "position_ids": torch.tensor(pos)}
+    lengths = [len(r["input_ids"]) for r in rows]
+    width = max(lengths)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    labels = np.full((len(rows), width), IGNORE, dtype=np.int64)
+    pos = np.empty((len(rows), width), dtype=np.int64)
+    for i, (r, n) in enumerate(zip(rows, lengths, strict=True)):
+        if len(r["labels"]) != n or len(r["position_ids"]) != n:
+            raise ValueError(f"packed row {i}: input_ids, labels and position_ids differ in "
+                             "length")
+        ids[i, :n] = r["input_ids"]
+        labels[i, :n] = r["labels"]
+        pos[i, :n] = r["position_ids"]
+        pos[i, n:] = np.arange(width - n)
+    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(pos)}
+
+
+def loss_tokens(batch: Mapping[str, Any]) -> int:
+    """Labels that enter the loss (the model shifts labels left by one)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def forward_loss(model, batch: Mapping[str, Any], num_items_in_batch: int):
+    """Sum of the batch's token losses / ``num_items_in_batch``. ``attention_mask=None`` and no
+    cache: transformers derives the block-diagonal mask of the packed documents from the
+    restarting ``position_ids``."""
+    return model(input_ids=batch["input_ids"], labels=batch["labels"],
+                 position_ids=batch["position_ids"], attention_mask=None, use_cache=False,
+                 num_items_in_batch=num_items_in_batch).loss
 
 
 def epoch_order(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the rows in ``epoch``: a function of (seed, epoch) only."""
     return np.random.default_rng([seed, epoch]).permutation(n_rows)
 
 
-def _latest_checkpoint(work_dir: Path) -> Path | None:
-    found = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return found[-1] if found else None
+@dataclass(frozen=True)
+class Plan:
+    """Which rows each optimizer step and process sees. A global micro-batch is
+    ``batch * world`` consecutive rows of the epoch's order, process r taking its r-th
+    ``batch``; an optimizer step takes ``accum`` global micro-batches (the epoch's last step
+    may take fewer)."""
+
+    n_rows: int
+    world: int
+    batch: int
+    accum: int
+    epochs: int
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return math.ceil(self.n_rows / (self.batch * self.world))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.micro_per_epoch / self.accum)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, optimizer steps already done in it) before 0-based ``step``."""
+        return divmod(step, self.steps_per_epoch)
+
+    def micro_batches(self, step: int, rank: int, order: np.ndarray) -> list[np.ndarray]:
+        """Row indices of each micro-batch of 0-based optimizer ``step`` on process ``rank``
+        (possibly empty at the end of an epoch on some processes)."""
+        _, k = self.position(step)
+        rows = self.batch * self.world
+        first = k * self.accum
+        return [order[m * rows + rank * self.batch: m * rows + (rank + 1) * self.batch]
+                for m in range(first, min(first + self.accum, self.micro_per_epoch))]
+
+    def rows_done(self, step: int) -> int:
+        """Rows of the current epoch consumed (all processes) before 0-based ``step``."""
+        _, k = self.position(step)
+        return min(k * self.accum * self.batch * self.world, self.n_rows)
 
 
-def target_module_names(model, target_modules: str | Sequence[str]) -> list[str]:
-    """Short module names for the adapter config. ``all-linear`` becomes the names of every
-    linear layer in the decoder (not lm_head), written as short names (q_proj, ...) as vLLM's
-    LoRA loader expects, instead of peft's per-layer paths."""
+def _read_dataset(dataset: str | Path) -> list[dict[str, np.ndarray]]:
+    table = read_table(dataset)
+    missing = [c for c in DATASET_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{dataset}: packed dataset lacks column(s) {', '.join(missing)}")
+    if table.empty:
+        raise ValueError(f"{dataset}: the packed dataset has no rows; nothing to train on")
+    records = [{c: np.asarray(r[c], dtype=np.int64) for c in DATASET_COLUMNS}
+               for r in table[list(DATASET_COLUMNS)].to_dict("records")]
+    for i, r in enumerate(records):
+        n = len(r["input_ids"])
+        if n == 0 or len(r["labels"]) != n or len(r["position_ids"]) != n:
+            raise ValueError(f"{dataset}: row {i} is empty or its input_ids, labels and "
+                             "position_ids differ in length")
+    return records
+
+
+# ------------------------------------------------------------------------------ model
+def resolve_target_modules(model, target_modules: str | Sequence[str]) -> list[str]:
+    """Short module names for the adapter config. ``all-linear`` becomes the short names of
+    every ``nn.Linear`` except the output head (peft's own expansion writes full per-layer
+    paths; vLLM's loader expects q_proj, ...). The result must be servable by vLLM."""
     import torch
 
     if target_modules != "all-linear":
-        return list(target_modules)
-    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-             if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}"}
-    return sorted(names)
+        names = sorted(set(target_modules))
+    else:
+        head = model.get_output_embeddings()
+        names = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                        if isinstance(mod, torch.nn.Linear) and mod is not head})
+    bad = sorted(set(names) - VLLM_LORA_MODULES)
+    if bad:
+        raise ValueError(f"sdf.lora.target_modules: {target_modules!r} would adapt "
+                         f"{', '.join(bad)}, which vLLM's LoRA cannot serve for this model")
+    return names
 
 
-def _load_model(model_dir, lora: LoraSpec, train: TrainSpec, init_adapter):
+def _build_model(model_dir, lora: LoraSpec, train: TrainSpec, init_adapter):
+    """The base model (on CPU; ``accelerator.prepare`` places it) with one trainable LoRA."""
     import torch
     from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if train.dtype == "bfloat16" else torch.float32
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    if train.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.enable_input_require_grads()
     base.config.use_cache = False
-    torch.manual_seed(train.seed)  # deterministic LoRA init
+    if train.gradient_checkpointing:
+        # non-reentrant checkpointing works with frozen inputs; enable_input_require_grads
+        # covers the reentrant variant too, should a model force it.
+        kwargs = {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        base.enable_input_require_grads()
+    targets = resolve_target_modules(base, lora.target_modules)
+    torch.manual_seed(train.seed)  # deterministic LoRA init (and dropout stream)
     if init_adapter is None:
         cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=target_module_names(base, lora.target_modules),
-                         task_type="CAUSAL_LM")
+                         target_modules=targets, task_type="CAUSAL_LM")
         return get_peft_model(base, cfg)
     init = PeftConfig.from_pretrained(str(init_adapter))
-    if (init.r, float(init.lora_alpha)) != (lora.rank, float(lora.alpha)):
+    have = (init.r, float(init.lora_alpha), sorted(init.target_modules or []))
+    want = (lora.rank, float(lora.alpha), targets)
+    if have != want:
         raise ValueError(
-            f"init adapter {init_adapter} has rank {init.r}, alpha {init.lora_alpha}; the "
-            f"configured sdf.lora asks for rank {lora.rank}, alpha {lora.alpha}. A continued "
-            "adapter keeps its shape: make sdf.lora match the organism's")
-    model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
-    for module in model.modules():  # the configured dropout applies to continued training too
-        if hasattr(module, "lora_dropout"):
-            for name, drop in module.lora_dropout.items():
-                if isinstance(drop, torch.nn.Dropout):
-                    module.lora_dropout[name] = torch.nn.Dropout(lora.dropout)
-    return model
+            f"init adapter {init_adapter} has rank {have[0]}, alpha {have[1]:g}, target "
+            f"modules {have[2]}, but sdf.lora asks for rank {want[0]}, alpha {want[1]:g}, "
+            f"target modules {want[2]}: a continued adapter keeps the init adapter's shape, so "
+            "make sdf.lora match the model organism's")
+    init.lora_dropout = lora.dropout  # dropout is a training setting: the configured one
+    init.inference_mode = False
+    return PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True, config=init)
 
 
+def _pad_id(config) -> int:
+    """Any token id will do for padding: it is its own position run with labels -100, so no
+    real token attends to it and it enters no loss. Prefer the model's pad, then eos."""
+    for tid in (config.pad_token_id, config.eos_token_id, 0):
+        if isinstance(tid, list | tuple):
+            tid = tid[0] if tid else None
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def _rng_fingerprint(cuda: bool) -> str:
+    """Hash of this process's torch generator states (CPU, and CUDA when training on it)."""
+    import torch
+
+    h = hashlib.sha256(torch.get_rng_state().numpy().tobytes())
+    if cuda:
+        for s in torch.cuda.get_rng_state_all():
+            h.update(s.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _register_adapter_only_state(accelerator) -> None:
+    """Make ``save_state``/``load_state`` store only the trainable (LoRA) weights of the model
+    (not the frozen base: GBs per checkpoint), and load them strictly. Under FSDP accelerate
+    saves the sharded model itself and these hooks see no weights."""
+    from safetensors.torch import load_file
+
+    def trainable(model) -> set[str]:
+        # names as in the state dict accelerate saves for this very object (wrapped or not)
+        return {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def save_hook(models, weights, output_dir):
+        for i, w in enumerate(weights):
+            keep = trainable(models[i])
+            weights[i] = {k: v for k, v in w.items() if k in keep}
+            if len(weights[i]) != len(keep):
+                raise RuntimeError(f"checkpoint: found {len(weights[i])} of the {len(keep)} "
+                                   "trainable weights in the model's state dict")
+
+    def load_hook(models, input_dir):
+        for i, m in enumerate(models):
+            path = Path(input_dir) / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+            sd = load_file(path)
+            if set(sd) != trainable(m):
+                raise RuntimeError(f"{path}: holds {len(sd)} tensors, not the "
+                                   f"{len(trainable(m))} trainable LoRA weights of this model")
+            m.load_state_dict(sd, strict=False)
+        models.clear()  # loaded here; accelerate must not load them again
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _gathered_adapter_state(accelerator, model) -> dict | None:
+    """Under FSDP: the trainable weights gathered in full to the CPU (only those, not the
+    frozen base; collective, every process calls it). Otherwise None (save_pretrained reads
+    the unwrapped model)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+
+
+def check_adapter_config(adapter_dir: str | Path) -> list[str]:
+    """The adapter's target modules; raises unless vLLM's LoRA can serve all of them."""
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    targets = cfg.get("target_modules")
+    targets = [targets] if isinstance(targets, str) else list(targets or [])
+    bad = sorted(set(targets) - VLLM_LORA_MODULES)
+    if not targets or bad:
+        raise RuntimeError(f"{adapter_dir}: adapter_config.json targets {targets}; vLLM's LoRA "
+                           f"accepts only {sorted(VLLM_LORA_MODULES)}")
+    return targets
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _checkpoints(work_dir: Path) -> list[Path]:
+    found = [p for p in work_dir.glob(f"{CHECKPOINT}*")
+             if p.is_dir() and p.name[len(CHECKPOINT):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT):]))
+
+
+def _plan_dict(plan: Plan) -> dict[str, int]:
+    return asdict(plan)
+
+
+# ------------------------------------------------------------------------------ training
 def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Path, *,
                lora: LoraSpec | Mapping[str, Any], train: TrainSpec | Mapping[str, Any],
                init_adapter: str | Path | None = None, work_dir: str | Path,
                device: str = "cpu", provenance: Mapping[str, Any] | None = None,
                resume_key: str, stop_after_steps: int | None = None) -> pd.DataFrame:
-    """Train (or continue) one LoRA adapter; returns the loss curve. See the module docstring."""
+    """Train a LoRA adapter (or continue ``init_adapter``) on a packed dataset.
+
+    Writes the adapter (``adapter_model.safetensors``, ``adapter_config.json``), its loss curve
+    ``loss_curve.parquet`` and ``manifest.json`` to ``output_dir`` (atomically) and returns the
+    loss curve: one row per optimizer step with step, epoch (0-based), loss, learning_rate,
+    grad_norm, tokens (loss tokens) and seconds. ``work_dir`` holds resumable checkpoints and is
+    removed at the end. See the module docstring.
+    """
     import torch
     from accelerate import Accelerator
-    from transformers import AutoTokenizer, get_scheduler
+    from transformers import get_scheduler
+
+    from ..models import resolve_device
 
     lora = lora if isinstance(lora, LoraSpec) else LoraSpec.from_dict(lora)
     train = train if isinstance(train, TrainSpec) else TrainSpec.from_dict(train)
-    rows = read_table(dataset)
-    if rows.empty:
-        raise ValueError(f"{dataset}: the packed dataset has no rows")
-    records = rows[["input_ids", "labels", "position_ids"]].to_dict("records")
+    if stop_after_steps is not None and stop_after_steps < 1:
+        raise ValueError(f"stop_after_steps must be >= 1, got {stop_after_steps}")
+    records = _read_dataset(dataset)
     work_dir, output_dir = Path(work_dir), Path(output_dir)
 
-    on_gpu = device != "cpu" and torch.cuda.is_available()
-    accelerator = Accelerator(cpu=not on_gpu,
-                              mixed_precision="bf16" if (on_gpu and train.dtype == "bfloat16")
-                              else "no")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model = _load_model(model_dir, lora, train, init_adapter)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train.learning_rate,
-                                  weight_decay=train.weight_decay)
+    on_gpu = resolve_device(device) != "cpu"
+    accelerator = Accelerator(
+        cpu=not on_gpu,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        mixed_precision="bf16" if (on_gpu and train.dtype == "bfloat16") else "no",
+        # the schedule below counts optimizer steps of all processes together; by default
+        # accelerate would step the scheduler once per process per optimizer step
+        step_scheduler_with_optimizer=False,
+    )
+    main = accelerator.is_main_process
+    say = log.info if main else log.debug  # progress from the main process only
+    on_cuda = accelerator.device.type == "cuda"
     world, rank = accelerator.num_processes, accelerator.process_index
-    per_step_rows = train.per_device_batch_size * world
-    micro_per_epoch = math.ceil(len(records) / per_step_rows)  # micro-batches per process
-    steps_per_epoch = math.ceil(micro_per_epoch / train.gradient_accumulation_steps)
-    total = steps_per_epoch * train.epochs
+    model = _build_model(model_dir, lora, train, init_adapter)
+    pad_id = _pad_id(model.config)
+
+    plan = Plan(n_rows=len(records), world=world, batch=train.per_device_batch_size,
+                accum=train.gradient_accumulation_steps, epochs=train.epochs)
+    total = plan.total_steps
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=train.learning_rate, weight_decay=train.weight_decay)
     scheduler = get_scheduler(train.lr_scheduler, optimizer,
                               num_warmup_steps=math.ceil(train.warmup_ratio * total),
                               num_training_steps=total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    _register_adapter_only_state(accelerator)
 
+    # ---- resume
     step, history = 0, []
-    ckpt = _latest_checkpoint(work_dir) if work_dir.exists() else None
-    if ckpt is not None:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-        if state.get("resume_key") == resume_key:
-            _load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+    if main and work_dir.is_dir():
+        for stale in work_dir.glob(".tmp-*"):  # a save that was killed half-way
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    found = _checkpoints(work_dir) if work_dir.is_dir() else []
+    if found:
+        ckpt = found[-1]
+        try:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("resume_key") == resume_key and state.get("plan") == _plan_dict(plan):
+            accelerator.load_state(str(ckpt))
+            if main and _rng_fingerprint(on_cuda) != state["rng"]:
+                raise RuntimeError(f"{ckpt}: the random number generator states were not "
+                                   "restored; resuming would not reproduce the run")
             step, history = int(state["step"]), list(state["history"])
-            log.info("resuming from %s (step %d of %d)", ckpt, step, total)
+            say("resuming from %s: step %d of %d (epoch %d, %d rows into it)", ckpt, step,
+                total, state["epoch"], state["rows_done_in_epoch"])
         else:
-            log.info("discarding checkpoint %s: it was made for other inputs or settings", ckpt)
-            if accelerator.is_main_process:
-                shutil.rmtree(work_dir)
-    log.info("training: %d rows, %d processes, %d optimizer steps (%d per epoch), %d epochs",
-             len(records), world, total, steps_per_epoch, train.epochs)
+            why = ("another resume_key (other inputs or settings)"
+                   if state.get("resume_key") != resume_key else "another batch layout")
+            say("discarding checkpoint %s: it was made for %s", ckpt, why)
+            accelerator.wait_for_everyone()
+            if main:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            accelerator.wait_for_everyone()
+    say("training %s: %d rows, %d process(es), %d optimizer steps (%d per epoch, %d epochs), "
+        "from step %d", display_path(dataset), len(records), world, total,
+        plan.steps_per_epoch, train.epochs, step)
 
     def save_checkpoint() -> None:
+        epoch, k = plan.position(step)
+        tmp = work_dir / f".tmp-{CHECKPOINT}{step}"
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            work_dir.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
-        adapter = accelerator.get_state_dict(model)  # gathered (FSDP) on every process
-        if not accelerator.is_main_process:
-            return
-        work_dir.mkdir(parents=True, exist_ok=True)
-        tmp = work_dir / f".checkpoint-{step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        _save_checkpoint(tmp, accelerator.unwrap_model(model), adapter, optimizer, scheduler)
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "resume_key": resume_key,
-                                                  "history": history}))
-        for old in work_dir.glob("checkpoint-*"):
-            shutil.rmtree(old)
-        os.replace(tmp, work_dir / f"checkpoint-{step}")
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if main:
+            (tmp / STATE_FILE).write_text(json.dumps({
+                "resume_key": resume_key, "step": step, "epoch": epoch,
+                "steps_done_in_epoch": k, "rows_done_in_epoch": plan.rows_done(step),
+                "plan": _plan_dict(plan), "rng": _rng_fingerprint(on_cuda), "history": history,
+            }))
+            final = work_dir / f"{CHECKPOINT}{step}"
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in _checkpoints(work_dir):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+            say("checkpoint %s", final)
+        accelerator.wait_for_everyone()
 
+    # ---- train
     model.train()
+    ga_scale = accelerator.gradient_accumulation_steps  # accelerator.backward divides by it
+    orders: dict[int, np.ndarray] = {}
+    steps_here = 0
     while step < total:
-        epoch, k = divmod(step, steps_per_epoch)
-        order = epoch_order(len(records), train.seed, epoch)
-        first = k * train.gradient_accumulation_steps
-        micro = [order[(m * per_step_rows) + rank * train.per_device_batch_size:
-                       (m * per_step_rows) + (rank + 1) * train.per_device_batch_size]
-                 for m in range(first, min(first + train.gradient_accumulation_steps,
-                                           micro_per_epoch))]
-        micro = [m for m in micro if len(m)]
-        batches = [collate([records[i] for i in m], pad_id) for m in micro]
-        n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-        n_items = int(accelerator.reduce(torch.tensor(n_items, device=accelerator.device),
-                                         reduction="sum").item()) if world > 1 else n_items
         t0 = time.perf_counter()
-        loss_sum = 0.0
-        for j, batch in enumerate(batches):
-            batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-            sync = j == len(batches) - 1
-            ctx = accelerator.no_sync(model) if not sync else _nullcontext()
-            with ctx:
-                out = model(**batch, attention_mask=None, use_cache=False,
-                            num_items_in_batch=max(n_items, 1))
-                loss = out.loss * world  # DDP averages gradients over processes
-                accelerator.backward(loss)
-            loss_sum += float(out.loss.detach())
-        grad_norm = accelerator.clip_grad_norm_(params, train.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
+        epoch, _ = plan.position(step)
+        if epoch not in orders:
+            orders = {epoch: epoch_order(len(records), train.seed, epoch)}
+        batches = []
+        for idx in plan.micro_batches(step, rank, orders[epoch]):
+            if len(idx):
+                batches.append(collate([records[i] for i in idx], pad_id))
+            else:  # this process has no rows left in the epoch: a zero-loss stand-in keeps
+                b = collate([records[int(orders[epoch][0])]], pad_id)  # collectives in step
+                b["labels"].fill_(IGNORE)
+                batches.append(b)
+        n_items = sum(loss_tokens(b) for b in batches)
+        if world > 1:
+            n_items = int(accelerator.reduce(torch.tensor(n_items, device=accelerator.device),
+                                             reduction="sum").item())
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for j, b in enumerate(batches):
+            b = {key: v.to(accelerator.device) for key, v in b.items()}
+            last = j == len(batches) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                loss = forward_loss(model, b, max(n_items, 1))
+                # x world: DDP/FSDP average gradients over processes; the loss is already
+                # normalized by the global token count
+                accelerator.backward(loss * (world * ga_scale))
+            loss_sum += loss.detach().float()
+        if world > 1:
+            loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        lr = float(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        history.append({"step": step, "epoch": epoch, "loss": loss_sum, "learning_rate": lr,
-                        "grad_norm": float(grad_norm), "tokens": n_items,
+        steps_here += 1
+        history.append({"step": step, "epoch": epoch, "loss": float(loss_sum.item()),
+                        "learning_rate": lr, "grad_norm": float(grad_norm), "tokens": n_items,
                         "seconds": time.perf_counter() - t0})
         if step % train.log_every_steps == 0 or step == total:
-            log.info("step %d/%d epoch %d loss %.4f lr %.3g grad-norm %.3f", step, total,
-                     epoch, loss_sum, lr, float(grad_norm))
-        if step < total and (step % train.save_every_steps == 0 or step == stop_after_steps):
+            h = history[-1]
+            say("step %d/%d epoch %d loss %.4f lr %.3g grad-norm %.3f %.0f loss-tokens/s",
+                step, total, epoch, h["loss"], lr, h["grad_norm"],
+                n_items / max(h["seconds"], 1e-9))
+        stopping = stop_after_steps is not None and steps_here >= stop_after_steps
+        if step < total and (step % train.save_every_steps == 0 or stopping):
             save_checkpoint()
-        if stop_after_steps is not None and step == stop_after_steps and step < total:
-            raise TrainingInterrupted(f"stopped after {step} steps (checkpoint saved)")
+        if stopping and step < total:
+            raise TrainingInterrupted(f"stopped after {steps_here} optimizer step(s), at step "
+                                      f"{step} of {total}; checkpoint saved in {work_dir}")
 
-    curve = pd.DataFrame(history)
+    # ---- outputs (main process only)
+    curve = pd.DataFrame(history, columns=["step", "epoch", "loss", "learning_rate",
+                                           "grad_norm", "tokens", "seconds"])
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    adapter_state = _gathered_adapter_state(accelerator, model)
+    if main:
         tmp = output_dir.parent / f".{output_dir.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+        kwargs = {} if adapter_state is None else {"state_dict": adapter_state}
+        accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True, **kwargs)
+        check_adapter_config(tmp)
         write_table(curve, tmp / "loss_curve.parquet", provenance or {})
-        write_manifest(tmp, {"init_adapter": str(init_adapter) if init_adapter else None,
-                             "steps": total, "lora": asdict(lora)})
+        write_manifest(tmp, {
+            "kind": "lora_adapter", "steps": total, "lora": asdict(lora), "train": asdict(train),
+            "init_adapter": display_path(init_adapter) if init_adapter else None,
+        })
         if output_dir.exists():
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)
         shutil.rmtree(work_dir, ignore_errors=True)
+        say("adapter written to %s (final loss %.4f)", output_dir,
+            curve["loss"].iloc[-1] if len(curve) else float("nan"))
+    accelerator.wait_for_everyone()
     return curve
-
-
-def _save_checkpoint(path: Path, peft_model, state_dict, optimizer, scheduler) -> None:
-    """Adapter weights (safetensors), optimizer and scheduler state and the torch RNG state
-    (LoRA dropout; data order does not use global RNGs). Only the trainable LoRA weights are
-    stored, not the base model."""
-    import torch
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    path.mkdir(parents=True)
-    adapter = get_peft_model_state_dict(peft_model, state_dict=state_dict)
-    save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()},
-              path / "adapter.safetensors")
-    # Optimizer moments and RNG states are torch objects: torch.save, read back with
-    # weights_only=True (no arbitrary unpickling). They live only until training ends.
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               path / "trainer_state.pt")
-
-
-def _load_checkpoint(path: Path, peft_model, optimizer, scheduler) -> None:
-    import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(peft_model, load_file(path / "adapter.safetensors"))
-    state = torch.load(path / "trainer_state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------------------------ launching
 def launch(spec: Mapping[str, Any], num_processes: int,
            accelerate_config: str | Path | None) -> None:
-    """Run ``train_lora(**spec)`` in this process, or under ``accelerate launch`` with one
-    process per GPU when ``num_processes`` > 1 (``accelerate_config``: FSDP settings)."""
+    """Run ``train_lora(**spec)`` in this process, or, with ``num_processes`` > 1, under
+    ``accelerate launch`` with one process per GPU (``accelerate_config``: the FSDP settings).
+    ``spec`` holds JSON-able values only."""
     if num_processes <= 1:
         train_lora(**spec)
         return
     if accelerate_config is None:
         raise ValueError("training on more than one GPU needs sdf.training.accelerate_config")
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump(dict(spec), fh)
-        spec_path = fh.name
+    fd, spec_path = tempfile.mkstemp(prefix="train_lora.", suffix=".json")
     try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(dict(spec), fh)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(accelerate_config), "--num_processes", str(num_processes), "-m",
                "motivation_profiles.sdf.train", spec_path]
         log.info("launching: %s", " ".join(cmd))
-        env = {**os.environ,
-               "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                              os.environ.get("PYTHONPATH", "")])}
+        # the package may be imported from this checkout rather than installed
+        src = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (src, os.environ.get("PYTHONPATH")) if p)}
         subprocess.run(cmd, check=True, env=env)
     finally:
         os.unlink(spec_path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m motivation_profiles.sdf.train SPEC.json``: train_lora(**SPEC)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         raise SystemExit("usage: python -m motivation_profiles.sdf.train SPEC.json")
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # under accelerate launch only rank 0 reports progress; the others warn and fail loudly
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     train_lora(**json.loads(Path(args[0]).read_text()))
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m` runs this file as __main__; call the package module's main instead, so the
+    # logger is named motivation_profiles.sdf.train and there is one set of classes.
+    from motivation_profiles.sdf.train import main as _main
+
+    _main()
