@@ -2,8 +2,9 @@
 
 Reads the embedded demo's documents (results/sdf/documents/*.parquet, written by `make demo`)
 and packs them with the embedded model's tokenizer at the embedded config's max_seq_len, all
-together (the target's measure) and per universe, with both packers. "All tokens" counts every row as max_seq_len long
-(a fixed-shape trainer's view), so the only loss is the last, partly filled row.
+together (the target's measure) and per universe, with both packers. "All tokens" counts every
+row as max_seq_len long (a fixed-shape trainer's view), so the only loss is the last, partly
+filled row.
 
     .venv/bin/python bench/packing.py [--max-seq-len N]
 """
