@@ -365,3 +365,16 @@ def _check_params(p: Any) -> str | None:
         if name in p:
             return f"{name}: Extra inputs are not permitted"
     return None
+
+
+class Killed(BaseException):
+    """A job killed between submitting a batch and polling it (raised instead of polling)."""
+
+
+def kill_before_poll(client, monkeypatch) -> None:
+    """Make ``client`` die right after it has submitted (and recorded) a batch."""
+
+    def die(batch_id):
+        raise Killed(batch_id)
+
+    monkeypatch.setattr(client, "_wait_for_batch", die)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from fake_anthropic import API_KEY, FakeAnthropic
+from fake_anthropic import API_KEY, FakeAnthropic, Killed, kill_before_poll
 
+from motivation_profiles.config import ConfigError, validate_config
 from motivation_profiles.generation import ChatRequest, Completion, SamplingParams
 from motivation_profiles.llm import (
     API_KEY_ENV,
@@ -199,10 +200,14 @@ def test_specs_from_config_and_bad_keys():
     fs = FilterSpec.from_dict(cfg["filters"])
     assert fs.shingle_size == cfg["filters"]["shingle_size"] and fs.patterns
     gen = dict(cfg["generator"])
-    for key, value, pattern in [("n_doc_types", 0, "n_doc_types"), ("revise", "yes", "revise"),
-                                ("top_p", 0.0, "top_p"), ("colour", 1, "colour")]:
-        with pytest.raises(ValueError, match=pattern):
-            PipelineSpec.from_dict({**gen, key: value})
+    with pytest.raises(ValueError, match="colour"):
+        PipelineSpec.from_dict({**gen, "colour": 1})
+    # types and ranges are checked once, by the schema, before any job runs
+    full = yaml.safe_load((REPO / "config.yaml").read_text())
+    for key, value in [("n_doc_types", 0), ("revise", "yes"), ("top_p", 0.0)]:
+        bad = {**full, "sdf": {**full["sdf"], "generator": {**gen, key: value}}}
+        with pytest.raises(ConfigError, match=f"sdf.generator.{key}"):
+            validate_config(bad, base_dir=REPO)
     with pytest.raises(ValueError, match="max_rounds"):
         PipelineSpec.from_dict({k: v for k, v in gen.items() if k != "max_rounds"})
     with pytest.raises(ValueError, match="revision"):
@@ -448,14 +453,7 @@ def test_hosted_pipeline_resumes_a_batch_after_kill(fake, tmp_path, templates, a
                                                     monkeypatch):
     fake.in_progress_polls = 1
     first = hosted_client(fake, tmp_path)
-
-    class Killed(BaseException):
-        pass
-
-    def die(batch_id):
-        raise Killed(batch_id)
-
-    monkeypatch.setattr(first, "_wait_for_batch", die)
+    kill_before_poll(first, monkeypatch)
     with pytest.raises(Killed):
         run_hosted(first, templates, revise=False)
     [state_file] = first.pending_batches()

@@ -19,7 +19,14 @@ import sys
 import threading
 
 import pytest
-from fake_anthropic import API_KEY, CUSTOM_ID_RE, FakeAnthropic, request_digest
+from fake_anthropic import (
+    API_KEY,
+    CUSTOM_ID_RE,
+    FakeAnthropic,
+    Killed,
+    kill_before_poll,
+    request_digest,
+)
 
 from motivation_profiles.generation import ChatRequest, SamplingParams
 from motivation_profiles.llm import (
@@ -260,14 +267,7 @@ def test_resume_after_kill_between_submit_and_poll(fake, tmp_path, monkeypatch):
     reqs = [req(i) for i in range(7)]
     fake.in_progress_polls = 2
     first = make_client(fake, tmp_path)
-
-    class Killed(BaseException):
-        pass
-
-    def die(batch_id):
-        raise Killed(batch_id)
-
-    monkeypatch.setattr(first, "_wait_for_batch", die)
+    kill_before_poll(first, monkeypatch)
     with pytest.raises(Killed):
         first.complete(reqs)
     [state_file] = first.pending_batches()

@@ -149,6 +149,22 @@ class ResponseCache:
     def __contains__(self, key: str) -> bool:
         return self.path(key).is_file()
 
+    def split(self, keyed: Sequence[tuple[str, Any]]
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """(key, item) pairs -> (cached records by key, uncached items by key), each key once
+        (repeats of one key in a call are answered by one request), in first-seen order."""
+        hits: dict[str, dict[str, Any]] = {}
+        misses: dict[str, Any] = {}
+        for key, item in keyed:
+            if key in hits or key in misses:
+                continue
+            record = self.get(key)
+            if record is not None:
+                hits[key] = record
+            else:
+                misses[key] = item
+        return hits, misses
+
 
 # ---------------------------------------------------------------------------------- requests
 def _is_default(value: float | None) -> bool:
@@ -330,16 +346,9 @@ class AnthropicClient:
     def complete(self, requests: Sequence[HostedRequest]) -> list[HostedResponse]:
         """One ``HostedResponse`` per request, in order; failures carry ``error``."""
         keys = [r.cache_key() for r in requests]
-        done: dict[str, tuple[dict[str, Any], bool]] = {}  # key -> (record, from cache)
-        todo: dict[str, HostedRequest] = {}
-        for req, key in zip(requests, keys, strict=True):
-            if key in done or key in todo:
-                continue
-            record = self.cache.get(key)
-            if record is not None:
-                done[key] = (record, True)
-            else:
-                todo[key] = req
+        hits, todo = self.cache.split(list(zip(keys, requests, strict=True)))
+        # key -> (record, answered from the cache)
+        done: dict[str, tuple[dict[str, Any], bool]] = {k: (r, True) for k, r in hits.items()}
         errors: dict[str, str] = {}
         if todo:
             log.info("%d of %d hosted requests not cached", len(todo), len(requests))
@@ -732,16 +741,7 @@ class CachedBackend:
     def generate(self, requests: Sequence[ChatRequest], params: SamplingParams
                  ) -> list[Completion]:
         keys = [self.key(r, params) for r in requests]
-        records: dict[str, Mapping[str, Any]] = {}
-        misses: dict[str, ChatRequest] = {}
-        for req, key in zip(requests, keys, strict=True):
-            if key in records or key in misses:
-                continue
-            record = self.cache.get(key)
-            if record is not None:
-                records[key] = record
-            else:
-                misses[key] = req
+        records, misses = self.cache.split(list(zip(keys, requests, strict=True)))
         self.hits += sum(1 for k in keys if k in records)
         if misses:
             log.info("%d of %d local requests not cached; generating with %s", len(misses),

@@ -238,7 +238,6 @@ def train_lora(snakemake: Any) -> None:
     p = snakemake.params
     training = dict(p.training)
     processes = training.pop("processes")
-    training.pop("effective_batch_size")
     out = Path(snakemake.output[0])
     prov = _provenance(snakemake, params=dict(p.items()))
     LoraSpec.from_dict(p.lora)  # validate before launching

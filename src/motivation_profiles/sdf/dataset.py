@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import spec_from_mapping
+
 log = logging.getLogger(__name__)
 
 IGNORE = -100
@@ -53,19 +55,14 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         if self.packing not in PACKERS:
-            raise ValueError(f"sdf dataset spec: packing must be one of {PACKERS}, "
+            raise ValueError(f"sdf.dataset.packing: must be one of {PACKERS}, "
                              f"got {self.packing!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, token_budget: int | None) -> DatasetSpec:
-        missing = {"max_seq_len", "doctag", "mask_doctag", "seed", "packing"} - set(d)
-        if missing:
-            raise ValueError(f"sdf dataset spec: missing key(s) {sorted(missing)}")
-        if int(d["max_seq_len"]) < 8:
-            raise ValueError("sdf dataset spec: max_seq_len must be >= 8")
-        return cls(max_seq_len=int(d["max_seq_len"]), token_budget=token_budget,
-                   doctag=d["doctag"] or None, mask_doctag=bool(d["mask_doctag"]),
-                   seed=int(d["seed"]), packing=d["packing"])
+        """From the ``sdf.dataset`` section; the branch's budget is chosen by the caller."""
+        return spec_from_mapping(cls, {**d, "token_budget": token_budget}, "sdf.dataset",
+                                 ignore=frozenset({"organism_token_budget"}))
 
 
 @dataclass(frozen=True)

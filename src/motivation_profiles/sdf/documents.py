@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..config import spec_from_mapping
 from ..generation import ChatRequest, Completion, GenerationBackend, SamplingParams
 from .materials import Universe
 
@@ -89,44 +90,6 @@ class ExternalDocumentsError(ValueError):
 
 
 # ---------------------------------------------------------------------------------- specs
-def _get(d: Mapping[str, Any], key: str, what: str) -> Any:
-    if key not in d:
-        raise ValueError(f"{what}: missing key '{key}'")
-    return d[key]
-
-
-def _int(d: Mapping[str, Any], key: str, what: str, minimum: int) -> int:
-    v = _get(d, key, what)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{what}: '{key}' must be an integer >= {minimum}, got {v!r}")
-    return v
-
-
-def _bool(d: Mapping[str, Any], key: str, what: str) -> bool:
-    v = _get(d, key, what)
-    if not isinstance(v, bool):
-        raise ValueError(f"{what}: '{key}' must be true or false, got {v!r}")
-    return v
-
-
-def _number(d: Mapping[str, Any], key: str, what: str, lo: float, hi: float,
-            lo_open: bool = False) -> float:
-    v = _get(d, key, what)
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ValueError(f"{what}: '{key}' must be a number, got {v!r}")
-    v = float(v)
-    if v > hi or v < lo or (lo_open and v == lo):
-        bracket = "(" if lo_open else "["
-        raise ValueError(f"{what}: '{key}' must be in {bracket}{lo}, {hi}], got {v!r}")
-    return v
-
-
-def _no_unknown(d: Mapping[str, Any], known: set[str], what: str) -> None:
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{what}: unknown key(s) {unknown}; known: {sorted(known)}")
-
-
 @dataclass(frozen=True)
 class PipelineSpec:
     n_doc_types: int
@@ -143,31 +106,16 @@ class PipelineSpec:
     # config keys of sdf.generator that choose the backend, not the pipeline
     BACKEND_KEYS = frozenset({"backend", "model", "prompts_dir"})
 
+    def __post_init__(self) -> None:
+        if set(self.max_tokens) != set(STAGES):
+            raise ValueError(f"sdf.generator.max_tokens: needs exactly the keys {STAGES}, got "
+                             f"{sorted(self.max_tokens)}")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PipelineSpec:
         """From the ``sdf.generator`` config section (``backend``, ``model`` and
-        ``prompts_dir`` are accepted and ignored); a bad or missing key raises ValueError."""
-        what = "sdf generator spec"
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{what}: expected a mapping, got {type(d).__name__}")
-        _no_unknown(d, set(cls.__dataclass_fields__) | cls.BACKEND_KEYS, what)
-        mt = _get(d, "max_tokens", what)
-        if not isinstance(mt, Mapping):
-            raise ValueError(f"{what}: 'max_tokens' must be a mapping with keys {STAGES}")
-        _no_unknown(mt, set(STAGES), f"{what}: max_tokens")
-        max_tokens = {s: _int(mt, s, f"{what}: max_tokens", 1) for s in STAGES}
-        return cls(
-            n_doc_types=_int(d, "n_doc_types", what, 1),
-            ideas_per_type=_int(d, "ideas_per_type", what, 1),
-            docs_per_idea=_int(d, "docs_per_idea", what, 1),
-            revise=_bool(d, "revise", what),
-            max_tokens=max_tokens,
-            max_rounds=_int(d, "max_rounds", what, 1),
-            prefill_content=_bool(d, "prefill_content", what),
-            temperature=_number(d, "temperature", what, 0.0, float("inf")),
-            top_p=_number(d, "top_p", what, 0.0, 1.0, lo_open=True),
-            seed=_int(d, "seed", what, 0) if "seed" in d else 0,
-        )
+        ``prompts_dir`` choose the backend and are ignored here)."""
+        return spec_from_mapping(cls, d, "sdf.generator", ignore=cls.BACKEND_KEYS)
 
     def params(self, stage: str, stop: tuple[str, ...] = ()) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_p=self.top_p,
@@ -192,33 +140,15 @@ class FilterSpec:
             try:
                 re.compile(p)
             except re.error as exc:
-                raise ValueError(f"sdf filters: 'placeholder_patterns': {p!r} is not a valid "
+                raise ValueError(f"sdf.filters: 'placeholder_patterns': {p!r} is not a valid "
                                  f"regular expression ({exc})") from exc
         if self.max_chars < self.min_chars:
-            raise ValueError(f"sdf filters: 'max_chars' ({self.max_chars}) is below "
+            raise ValueError(f"sdf.filters: 'max_chars' ({self.max_chars}) is below "
                              f"'min_chars' ({self.min_chars})")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FilterSpec:
-        what = "sdf filters"
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{what}: expected a mapping, got {type(d).__name__}")
-        _no_unknown(d, {"min_chars", "max_chars", "near_duplicate_threshold", "shingle_size",
-                        "placeholder_patterns", "drop_truncated"}, what)
-        pats = _get(d, "placeholder_patterns", what)
-        if (isinstance(pats, str) or not isinstance(pats, Sequence)
-                or not all(isinstance(p, str) and p for p in pats)):
-            raise ValueError(f"{what}: 'placeholder_patterns' must be a list of regular "
-                             f"expressions, got {pats!r}")
-        return cls(
-            min_chars=_int(d, "min_chars", what, 0),
-            max_chars=_int(d, "max_chars", what, 1),
-            near_duplicate_threshold=_number(d, "near_duplicate_threshold", what, 0.0, 1.0,
-                                             lo_open=True),
-            shingle_size=_int(d, "shingle_size", what, 1),
-            placeholder_patterns=tuple(pats),
-            drop_truncated=_bool(d, "drop_truncated", what),
-        )
+        return spec_from_mapping(cls, d, "sdf.filters")
 
     @property
     def patterns(self) -> tuple[re.Pattern[str], ...]:

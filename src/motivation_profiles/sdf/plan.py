@@ -115,9 +115,9 @@ class SDFPlan:
                 else ds["token_budget"])
 
     def training(self, model: str, branch: str | None = None) -> dict[str, Any]:
-        """Training keys for one model (and branch): the organism's epochs for the organism,
-        per-model overrides applied on top, gradient accumulation derived from the effective
-        batch size and the number of processes (GPUs, 1 on CPU)."""
+        """The TrainSpec keys for one model (and branch), plus ``processes``: the organism's
+        epochs for the organism, per-model overrides applied on top, gradient accumulation
+        derived from the effective batch size and the number of processes (GPUs, 1 on CPU)."""
         t = dict(self.section["training"])
         organism_epochs = t.pop("organism_epochs")
         if branch is not None and self.universe_of(branch) == ORGANISM:
@@ -130,7 +130,7 @@ class SDFPlan:
             raise ValueError(
                 f"sdf.training.effective_batch_size {t['effective_batch_size']} is not a "
                 f"multiple of per_device_batch_size x processes = {per_step} for model {model}")
-        t["gradient_accumulation_steps"] = t["effective_batch_size"] // per_step
+        t["gradient_accumulation_steps"] = t.pop("effective_batch_size") // per_step
         t["processes"] = processes
         t.pop("accelerate_config")
         return t

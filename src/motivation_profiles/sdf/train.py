@@ -45,13 +45,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..config import spec_from_mapping
 from ..provenance import display_path, read_table, write_manifest, write_table
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ IGNORE = -100
 # Module names vLLM's LoRA support accepts for Llama / Qwen2 decoder layers.
 VLLM_LORA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                "down_proj"})
-SCHEDULERS = ("cosine", "linear", "constant")
-DTYPES = ("float32", "bfloat16")
 STATE_FILE = "training_state.json"
 CHECKPOINT = "checkpoint-"
 DATASET_COLUMNS = ("input_ids", "labels", "position_ids")
@@ -73,33 +72,6 @@ class TrainingInterrupted(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ specs
-def _check_keys(cls, d: Any, what: str) -> dict[str, Any]:
-    if not isinstance(d, Mapping):
-        raise ValueError(f"{what}: expected a mapping of settings, got {type(d).__name__}")
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(d) - set(names))
-    missing = [n for n in names if n not in d]
-    if unknown:
-        raise ValueError(f"{what}: unknown key(s) {', '.join(map(str, unknown))} "
-                         f"(expected {', '.join(names)})")
-    if missing:
-        raise ValueError(f"{what}: missing key(s) {', '.join(missing)}")
-    return dict(d)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
-
-
-def _require(ok: bool, what: str, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"{what}.{key}: {value!r} is not {expected}")
-
-
 @dataclass(frozen=True)
 class LoraSpec:
     rank: int
@@ -108,30 +80,22 @@ class LoraSpec:
     target_modules: str | tuple[str, ...]  # "all-linear" or module names (q_proj, ...)
 
     def __post_init__(self) -> None:
-        w = "sdf.lora"
-        _require(_is_int(self.rank) and self.rank >= 1, w, "rank", self.rank, "an integer >= 1")
-        _require(_is_num(self.alpha) and self.alpha > 0, w, "alpha", self.alpha, "a number > 0")
-        _require(_is_num(self.dropout) and 0 <= self.dropout < 1, w, "dropout", self.dropout,
-                 "a number in [0, 1)")
-        tm = self.target_modules
-        if isinstance(tm, str):
-            _require(tm == "all-linear", w, "target_modules", tm,
-                     "'all-linear' or a list of module names")
+        """Only what the schema cannot say: explicit module names must be servable by vLLM."""
+        if isinstance(self.target_modules, str):
+            if self.target_modules != "all-linear":
+                raise ValueError("sdf.lora.target_modules: 'all-linear' or a list of names, "
+                                 f"got {self.target_modules!r}")
             return
-        _require(isinstance(tm, list | tuple), w, "target_modules", tm,
-                 "'all-linear' or a list of module names")
-        tm = tuple(tm)
-        _require(len(tm) > 0 and all(isinstance(m, str) for m in tm), w, "target_modules", tm,
-                 "'all-linear' or a non-empty list of module names")
+        tm = tuple(self.target_modules)
         bad = sorted(set(tm) - VLLM_LORA_MODULES)
-        _require(not bad, w, "target_modules", tm,
-                 f"servable by vLLM's LoRA ({', '.join(bad)} not among "
-                 f"{', '.join(sorted(VLLM_LORA_MODULES))})")
+        if bad:
+            raise ValueError(f"sdf.lora.target_modules: {', '.join(bad)} cannot be served by "
+                             f"vLLM's LoRA (it takes {', '.join(sorted(VLLM_LORA_MODULES))})")
         object.__setattr__(self, "target_modules", tm)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoraSpec:
-        return cls(**_check_keys(cls, d, "sdf.lora"))
+        return spec_from_mapping(cls, d, "sdf.lora")
 
 
 @dataclass(frozen=True)
@@ -150,29 +114,9 @@ class TrainSpec:
     save_every_steps: int
     log_every_steps: int
 
-    def __post_init__(self) -> None:
-        w = "sdf.training"
-        for key in ("learning_rate", "weight_decay"):
-            v = getattr(self, key)
-            _require(_is_num(v) and v >= 0, w, key, v, "a number >= 0")
-        _require(_is_num(self.max_grad_norm) and self.max_grad_norm > 0, w, "max_grad_norm",
-                 self.max_grad_norm, "a number > 0")
-        _require(_is_num(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1, w, "warmup_ratio",
-                 self.warmup_ratio, "a number in [0, 1]")
-        _require(self.lr_scheduler in SCHEDULERS, w, "lr_scheduler", self.lr_scheduler,
-                 f"one of {', '.join(SCHEDULERS)}")
-        _require(self.dtype in DTYPES, w, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
-        for key in ("epochs", "per_device_batch_size", "gradient_accumulation_steps",
-                    "save_every_steps", "log_every_steps"):
-            v = getattr(self, key)
-            _require(_is_int(v) and v >= 1, w, key, v, "an integer >= 1")
-        _require(_is_int(self.seed), w, "seed", self.seed, "an integer")
-        _require(isinstance(self.gradient_checkpointing, bool), w, "gradient_checkpointing",
-                 self.gradient_checkpointing, "true or false")
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainSpec:
-        return cls(**_check_keys(cls, d, "sdf.training"))
+        return spec_from_mapping(cls, d, "sdf.training")
 
 
 # ------------------------------------------------------------------------------ data
