@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/prefix_reuse.py
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/judge_throughput.py
 
 clean-results:
 	rm -rf results

@@ -15,6 +15,8 @@ include: "rules/goals.smk"
 include: "rules/sdf.smk"
 include: "rules/rollouts.smk"
 include: "rules/metrics.smk"
+include: "rules/judge.smk"
+include: "rules/profiles.smk"
 include: "rules/figures.smk"
 
 
@@ -23,6 +25,9 @@ rule all:
     input:
         metrics_tables(),
         sdf_belief_tables(),
+        judge_tables(),
+        calibration_judge_tables,
+        profile_outputs(),
         figure_files(),
 
 

@@ -22,7 +22,7 @@ RESULTS = "results"
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
-    condition="[A-Za-z0-9_.+-]+",
+    condition="[A-Za-z0-9_.+@-]+",
     universe=r"(af_organism|noise|[AB][12]_(amp|sup)(-(weak|strong))?)(\+self)?",
 
 
@@ -52,10 +52,20 @@ def model_source(wildcards):
     return {k: spec[k] for k in ("source", "hub_id", "revision", "path", "random") if k in spec}
 
 
+def is_hosted(name):
+    return config["models"][name]["source"] == "anthropic"
+
+
+def model_gpus(name):
+    return config["models"][name].get("gpus", 0)
+
+
 def model_runtime_of(name):
     """The model keys that can change generated text (params of rollouts); display names and
     GPU counts are left out so editing them reruns nothing."""
     spec = config["models"][name]
+    if is_hosted(name):
+        return {k: spec[k] for k in ("backend", "model_id")}
     return {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
 
 
@@ -75,28 +85,43 @@ from motivation_profiles.sdf.plan import SDFPlan
 SDF = SDFPlan.from_config(config)
 
 
+from motivation_profiles.prompt_plan import PromptPlan, split_condition
+
+PROMPT = PromptPlan.from_config(config, SDF)
+
+
 def conditions_for(model):
-    """Every rollout condition of one model: the base conditions, then its SDF branches."""
-    return BASE_CONDITIONS + SDF.conditions(model)
+    """Every statically known rollout condition of one model: the base conditions, its SDF
+    branches, its prompt interventions (calibration conditions come from a checkpoint)."""
+    return BASE_CONDITIONS + SDF.conditions(model) + PROMPT.conditions(model)
 
 
 def rollout_inputs(wildcards):
-    """Extra inputs of a rollout job: the condition's adapter, if it has one."""
-    adapter = SDF.adapter_of(wildcards.condition)
-    if adapter is None:
-        return {}
-    return {"adapter": f"{RESULTS}/lora/{wildcards.model}/{adapter}"}
+    """Inputs of a rollout job: the local checkpoint and the condition's adapter, if any."""
+    inputs = {}
+    if not is_hosted(wildcards.model):
+        inputs["model"] = f"resources/models/{wildcards.model}"
+    adapter = PROMPT.condition_spec(wildcards.condition, model=wildcards.model)["adapter"]
+    if adapter is not None:
+        inputs["adapter"] = f"{RESULTS}/lora/{wildcards.model}/{adapter}"
+    return inputs
 
 
 def condition_params(wildcards):
-    """What a condition changes in the rollout, besides its inputs."""
-    return SDF.condition_spec(wildcards.condition, model=wildcards.model)
+    """What a condition changes in the rollout besides its inputs: adapter name, AI-name
+    replacement, and the appended claim's text (so editing one claim reruns its conditions)."""
+    return PROMPT.condition_spec(wildcards.condition, model=wildcards.model)
 
 
 def rollout_params(wildcards):
     r = config["rollouts"]
     return {k: r[k] for k in ("seeds", "temperature", "top_p", "max_new_tokens",
-                              "max_turns", "stop")}
+                              "max_turns", "stop", "prefill")}
+
+
+def rollout_hosted(wildcards):
+    """API settings, for hosted models only (local rollouts do not depend on them)."""
+    return hosted_settings() if is_hosted(wildcards.model) else None
 
 
 def metrics_tables():
@@ -108,7 +133,10 @@ def baseline_metrics_tables():
 
 
 def figure_names():
-    return ["baseline_compliance"] + SDF.figures()
+    names = ["baseline_compliance"] + SDF.figures() + PROMPT.figures()
+    if SDF.models and "profile_plane" not in names:
+        names.append("profile_plane")
+    return names + ["judge_scores"]
 
 
 def figure_files():
@@ -154,7 +182,7 @@ def lora_inputs(wildcards):
     init = SDF.init_branch(wildcards.universe)
     if init is not None:
         inputs["init"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
-    if config["models"][wildcards.model]["gpus"] > 1:
+    if model_gpus(wildcards.model) > 1:
         inputs["accelerate_config"] = config["sdf"]["training"]["accelerate_config"]
     return inputs
 
@@ -174,3 +202,77 @@ def sdf_effect_tables():
 def sdf_belief_tables():
     return expand(f"{RESULTS}/sdf/belief/{{model}}/{{branch}}.parquet", model=SDF.models,
                   branch=SDF.belief_branches())
+
+
+# ----------------------------------------------------------------------------- judge, profiles
+
+JUDGE = config["judge"]
+
+
+def judge_inputs(wildcards):
+    inputs = {"table": f"{RESULTS}/rollouts/{wildcards.model}/{wildcards.condition}.parquet",
+              "rubric": JUDGE["rubric"]}
+    if JUDGE["backend"] == "local":
+        inputs["model"] = f"resources/models/{JUDGE['model']}"
+    return inputs
+
+
+def judge_params():
+    """Everything that changes a judge score: the judge section and, for a local judge, the
+    model keys that change its text (hosted settings only change how answers are fetched)."""
+    params = {"judge": JUDGE, "hosted": hosted_settings(), "model": None}
+    if JUDGE["backend"] == "local":
+        params["model"] = model_runtime_of(JUDGE["model"])
+    return params
+
+
+def selected_checkpoints(model):
+    """The SDF checkpoints calibration_select chose for one model (evaluates the checkpoint)."""
+    from motivation_profiles.provenance import read_table
+
+    table = read_table(checkpoints.calibration_select.get(model=model).output[0])
+    return list(table.loc[table["selected"], "checkpoint"])
+
+
+def calibration_condition_list(model):
+    """Every rollout condition the calibration of one model reads (needs the checkpoint)."""
+    return PROMPT.calibration_conditions(selected_checkpoints(model))
+
+
+def all_conditions(model):
+    """Every rollout condition of a model, the calibration ones included."""
+    extra = calibration_condition_list(model) if model in PROMPT.calibration_models else []
+    return list(dict.fromkeys(conditions_for(model) + extra))
+
+
+def judge_tables():
+    """Judge tables of every statically known condition (listed by a dry run)."""
+    return [f"{RESULTS}/judge/{m}/{c}.parquet" for m in MODELS for c in conditions_for(m)]
+
+
+def calibration_judge_tables(wildcards):
+    """Judge tables of the calibration conditions (known once calibration_select has run)."""
+    static = set(judge_tables())
+    return [t for m in PROMPT.calibration_models for t in
+            (f"{RESULTS}/judge/{m}/{c}.parquet" for c in all_conditions(m)) if t not in static]
+
+
+def prompt_effect_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/prompt_effects.parquet", model=PROMPT.models)
+
+
+def calibration_tables():
+    return expand(f"{RESULTS}/calibration/{{model}}/calibration.parquet",
+                  model=PROMPT.calibration_models)
+
+
+def profile_tables():
+    return sdf_effect_tables() + prompt_effect_tables()
+
+
+def profile_outputs():
+    """profiles.parquet and the calibration tables, when those stages are on."""
+    out = calibration_tables()
+    if PROMPT.models or SDF.models:
+        out.append(f"{RESULTS}/metrics/profiles.parquet")
+    return out

@@ -95,3 +95,93 @@ rule figure_sdf_role_play:
         "../envs/analysis.yaml"
     script:
         "../workflow_scripts/figure_sdf.py"
+
+
+# Figures 5a, 5b, 9 and the judge's score distributions. One rule per figure, all drawn by
+# workflow.figure -> figures.<params.kind> from the concatenated input tables.
+FIGURE_PARAMS = dict(
+    display_names={m: spec["display_name"] for m, spec in config["models"].items()},
+    dpi=config["figures"]["dpi"],
+)
+
+
+rule figure_profile_plane:
+    input:
+        tables=[f"{RESULTS}/metrics/profiles.parquet"],
+        code=package_code("figures.py"),
+    output:
+        report(expand(f"{RESULTS}/figures/profile_plane.{{ext}}", ext=FIGURE_FORMATS),
+               caption="../report/profile_plane.rst", category="Profiles"),
+    params:
+        kind="profile_plane",
+        **FIGURE_PARAMS,
+    log:
+        log_path("figure_profile_plane"),
+    benchmark:
+        bench_path("figure_profile_plane")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/figure.py"
+
+
+rule figure_prompt_strength_ablation:
+    input:
+        tables=prompt_effect_tables(),
+        code=package_code("figures.py"),
+    output:
+        report(expand(f"{RESULTS}/figures/prompt_strength_ablation.{{ext}}",
+                      ext=FIGURE_FORMATS),
+               caption="../report/prompt_strength_ablation.rst", category="Profiles"),
+    params:
+        kind="prompt_strength_ablation",
+        **FIGURE_PARAMS,
+    log:
+        log_path("figure_prompt_strength_ablation"),
+    benchmark:
+        bench_path("figure_prompt_strength_ablation")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/figure.py"
+
+
+rule figure_prompt_calibration:
+    input:
+        tables=calibration_tables(),
+        code=package_code("figures.py"),
+    output:
+        report(expand(f"{RESULTS}/figures/prompt_calibration.{{ext}}", ext=FIGURE_FORMATS),
+               caption="../report/prompt_calibration.rst", category="Profiles"),
+    params:
+        kind="prompt_calibration",
+        **FIGURE_PARAMS,
+    log:
+        log_path("figure_prompt_calibration"),
+    benchmark:
+        bench_path("figure_prompt_calibration")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/figure.py"
+
+
+rule figure_judge_scores:
+    input:
+        tables=judge_tables(),
+        more=calibration_judge_tables,
+        code=package_code("figures.py"),
+    output:
+        report(expand(f"{RESULTS}/figures/judge_scores.{{ext}}", ext=FIGURE_FORMATS),
+               caption="../report/judge_scores.rst", category="Judge"),
+    params:
+        kind="judge_scores",
+        **FIGURE_PARAMS,
+    log:
+        log_path("figure_judge_scores"),
+    benchmark:
+        bench_path("figure_judge_scores")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../workflow_scripts/figure.py"

@@ -1,16 +1,17 @@
 # rollouts: the alignment-faking evaluation of one model under one condition, both tiers,
 # every seed; one row per (goal, tier, seed). sdf-<branch> conditions load that branch's
-# LoRA adapter (rules/sdf.smk).
+# LoRA adapter (rules/sdf.smk); prompt-<intervention>-<strength> conditions append that claim
+# to the system prompt (sdf-<branch>@prompt-... both). Hosted models (source: anthropic) run
+# the same protocol through the Anthropic API, cached and resumable.
 
 
 rule rollouts:
     input:
         unpack(rollout_inputs),
-        model="resources/models/{model}",
         goals=f"{RESULTS}/goals/goals.parquet",
         system=config["prompts"]["system"],
         user_template=config["prompts"]["user_template"],
-        code=package_code("generation.py", "data.py", "evaluation/rollouts.py",
+        code=package_code("generation.py", "data.py", "llm.py", "evaluation/rollouts.py",
                           "evaluation/parsing.py"),
     output:
         f"{RESULTS}/rollouts/{{model}}/{{condition}}.parquet",
@@ -19,9 +20,11 @@ rule rollouts:
         generation=rollout_params,
         prompts=config["prompts"],
         condition=condition_params,
+        hosted=rollout_hosted,
     resources:
-        gpu=lambda wc: config["models"][wc.model]["gpus"],
-        mem_mb=lambda wc: max(16000, 64000 * config["models"][wc.model]["gpus"]),
+        gpu=lambda wc: model_gpus(wc.model),
+        mem_mb=lambda wc: max(16000, 64000 * model_gpus(wc.model)),
+        api=lambda wc: int(is_hosted(wc.model)),
     log:
         log_path("rollouts", "{model}/{condition}"),
     benchmark:

@@ -63,19 +63,30 @@ def absolutize(config: dict) -> dict:
     sdf["universes_dir"] = str(REPO / sdf["universes_dir"])
     sdf["generator"]["prompts_dir"] = str(REPO / sdf["generator"]["prompts_dir"])
     sdf["training"]["accelerate_config"] = str(REPO / sdf["training"]["accelerate_config"])
+    pi = cfg["prompt_interventions"]
+    pi["claims_dir"] = str(REPO / pi["claims_dir"])
+    cfg["judge"]["rubric"] = str(REPO / cfg["judge"]["rubric"])
     return cfg
 
 
-def tiny_config(*, sdf: bool = False, **rollout_overrides) -> dict:
+def tiny_config(*, sdf: bool = False, prompt: bool = False, **rollout_overrides) -> dict:
     """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF stages
     (tests of other stages stay fast); ``sdf=True`` keeps them with the tiny model as the
-    document generator and two interventions."""
+    document generator and two interventions. ``prompt=True`` adds the prompt interventions
+    (A1 and B1 pairs at the standard strength, plus calibration when SDF is on). The tiny
+    model is the judge (one sample)."""
     cfg = absolutize(load_repo_config())
     cfg["models"] = {"tiny": copy.deepcopy(TINY_SPEC)}
     cfg["sdf"]["enabled"] = sdf
     cfg["sdf"]["generator"]["model"] = "tiny"
+    cfg["judge"].update(model="tiny", samples=1, max_tokens=6)
+    cfg["prompt_interventions"].update(
+        enabled=prompt, interventions=["A1_amp", "A1_sup", "B1_amp", "B1_sup"],
+        strengths=["standard"])
+    cfg["calibration"].update(enabled=prompt and sdf, candidates=["A1_amp", "B1_amp"])
     if sdf:
-        cfg["sdf"]["interventions"] = ["A1_amp", "B1_amp"]
+        cfg["sdf"]["interventions"] = (["A1_amp", "A1_sup", "B1_amp", "B1_sup"] if prompt
+                                       else ["A1_amp", "B1_amp"])
         cfg["sdf"]["generator"].update(n_doc_types=2, ideas_per_type=1, docs_per_idea=2,
                                        max_tokens={"types": 24, "ideas": 24, "document": 48,
                                                    "revision": 48})

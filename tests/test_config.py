@@ -304,3 +304,57 @@ def test_config_hash_changes_with_any_value(cfg):
     changed = copy.deepcopy(cfg)
     changed["models"][MODEL]["display_name"] += " "
     assert config_hash(changed) != h
+
+
+# ----------------------------------------------------------------------------- prompt, judge
+
+CLAUDE = {"source": "anthropic", "model_id": "claude-3-opus-20240229",
+          "display_name": "Claude 3 Opus", "backend": "anthropic"}
+
+
+def test_hosted_model_needs_only_its_id(cfg):
+    cfg["models"]["claude-3-opus"] = dict(CLAUDE)
+    validate_config(cfg, base_dir=REPO)
+    bad = copy.deepcopy(cfg)
+    del bad["models"]["claude-3-opus"]["model_id"]
+    invalid(bad, "models.claude-3-opus", "model_id")
+    local = copy.deepcopy(cfg)
+    del local["models"]["smollm2-135m"]["dtype"]
+    invalid(local, "models.smollm2-135m", "dtype")
+
+
+def test_hosted_model_rules(cfg):
+    cfg["models"]["claude-3-opus"] = dict(CLAUDE)
+    cfg["rollouts"]["temperature"] = 0.7
+    invalid(cfg, "rollouts.temperature", "claude-3-opus")
+    cfg["rollouts"]["temperature"] = 1.0
+    cfg["sdf"]["models"] = ["claude-3-opus"]
+    invalid(cfg, "sdf.models", "hosted model")
+
+
+def test_judge_checks(cfg):
+    cfg["judge"]["model"] = "no-such-model"
+    invalid(cfg, "judge.model", "key of 'models'")
+    cfg["judge"].update(backend="anthropic", model="claude-sonnet-4-5", temperature=0.5)
+    invalid(cfg, "judge.temperature")
+    cfg["judge"].update(temperature=1.0, rubric="resources/judge/nope.yaml")
+    invalid(cfg, "judge.rubric", "does not exist")
+
+
+def test_prefill_must_not_end_in_whitespace(cfg):
+    cfg["rollouts"]["prefill"] = "<SCRATCHPAD_REASONING>\n"
+    invalid(cfg, "rollouts.prefill")
+
+
+def test_prompt_intervention_checks(cfg, tmp_path):
+    cfg["prompt_interventions"]["strengths"] = ["extreme"]
+    invalid(cfg, "prompt_interventions.strengths")
+    cfg["prompt_interventions"]["strengths"] = ["standard"]
+    cfg["prompt_interventions"]["models"] = ["gpt"]
+    invalid(cfg, "prompt_interventions.models", "'gpt'")
+    cfg["prompt_interventions"]["models"] = None
+    cfg["prompt_interventions"]["claims_dir"] = str(tmp_path)
+    invalid(cfg, "prompt_interventions.claims_dir", "A1_amp")
+    cfg["prompt_interventions"]["claims_dir"] = "resources/claims"
+    cfg["calibration"]["candidates"] = ["A1_amp", "B1_amp-strong"]
+    invalid(cfg, "calibration.candidates", "B1_amp-strong")

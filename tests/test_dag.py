@@ -11,9 +11,12 @@ def test_embedded_config_dry_run(tmp_path):
     cfg = absolutize(load_repo_config())
     cfg["sdf"]["enabled"] = False  # the SDF branches: tests/test_sdf_e2e.py
     proc = run_snakemake(tmp_path, cfg, "-n")
+    # baseline + 24 prompt conditions (8 claims x 3 strengths), each judged
     assert job_counts(proc.stdout + proc.stderr) == {
-        "prepare_model": 1, "goals": 1, "rollouts": 1, "metrics": 1, "metrics_table": 1,
-        "figure_baseline": 1, "all": 1,
+        "prepare_model": 1, "goals": 1, "rollouts": 25, "metrics": 25, "metrics_table": 1,
+        "judge": 25, "prompt_profile": 1, "profiles": 1, "figure_baseline": 1,
+        "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,
+        "figure_judge_scores": 1, "all": 1,
     }
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
 
@@ -22,17 +25,24 @@ def test_paper_config_dry_run_without_network(tmp_path):
     cfg = absolutize(load_repo_config("configs/paper.yaml"))
     proc = run_snakemake(tmp_path, cfg, "-n", timeout=120)
     out = proc.stdout + proc.stderr
-    # 10 universes (organism, noise, 8 interventions); per model 10 adapters, 9 belief checks
-    # (noise has no belief), 11 rollout conditions (baseline + 10 SDF)
+    # 10 universes (organism, noise, 8 interventions); per open model 10 adapters, 9 belief
+    # checks (noise has no belief), 35 rollout conditions (baseline + 10 SDF + 24 prompt);
+    # Claude 3 Opus (hosted): baseline + 24 prompt conditions, no SDF. Every rollout table is
+    # judged. The calibration conditions appear once calibration_select (a checkpoint) ran.
     assert job_counts(out) == {
         "advbench": 1, "goals": 1, "prepare_model": 4, "generate_documents": 10,
-        "sdf_dataset": 40, "train_lora": 40, "belief_check": 36, "rollouts": 44, "metrics": 44,
-        "metrics_table": 4, "sdf_profile": 4, "figure_baseline": 1, "figure_sdf_profile": 1,
-        "all": 1,
+        "sdf_dataset": 40, "train_lora": 40, "belief_check": 36, "rollouts": 165,
+        "metrics": 165, "judge": 165, "metrics_table": 5, "sdf_profile": 4,
+        "prompt_profile": 5, "calibration_select": 4, "calibration": 4, "profiles": 1,
+        "figure_baseline": 1, "figure_sdf_profile": 1, "figure_profile_plane": 1,
+        "figure_prompt_strength_ablation": 1, "figure_prompt_calibration": 1,
+        "figure_judge_scores": 1, "all": 1,
     }
     for model in ("llama-3.1-70b", "llama-3.1-405b", "qwen-2.5-72b", "qwq-32b"):
         assert f"results/rollouts/{model}/baseline.parquet" in out
         assert f"results/lora/{model}/B2_sup" in out
+    assert "results/rollouts/claude-3-opus/prompt-B2_sup-strong.parquet" in out
+    assert "results/lora/claude-3-opus" not in out and "models/claude-3-opus" not in out
     assert not (tmp_path / "resources").exists()  # nothing downloaded
 
 

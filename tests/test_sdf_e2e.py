@@ -70,7 +70,8 @@ def test_sdf_branch_end_to_end_and_single_branch_rerun(tmp_path):
     assert job_counts(out) == {
         "generate_documents": 1, "sdf_dataset": 1, "train_lora": 1, "belief_check": 1,
         "rollouts": 1, "metrics": 1, "metrics_table": 1, "sdf_profile": 1,
-        "figure_sdf_profile": 1, "all": 1}
+        "figure_sdf_profile": 1, "judge": 1, "figure_judge_scores": 1, "profiles": 1,
+        "figure_profile_plane": 1, "all": 1}
     assert "results/sdf/documents/A1_amp.parquet" in out
     assert "results/rollouts/tiny/sdf-A1_amp.parquet" in out
     assert "output: results/rollouts/tiny/sdf-B1_amp.parquet" not in out
@@ -107,8 +108,12 @@ def test_missing_api_key_fails_only_hosted_jobs(tmp_path):
 
 def test_embedded_sdf_dry_run_lists_every_branch(tmp_path):
     proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n")
+    # rollouts: baseline + 10 SDF + 24 prompt conditions; the calibration's are added once
+    # calibration_select has run
     assert job_counts(proc.stdout + proc.stderr) == {
         "prepare_model": 1, "goals": 1, "generate_documents": 10, "sdf_dataset": 10,
-        "train_lora": 10, "belief_check": 9, "rollouts": 11, "metrics": 11,
-        "metrics_table": 1, "sdf_profile": 1, "figure_baseline": 1, "figure_sdf_profile": 1,
-        "all": 1}
+        "train_lora": 10, "belief_check": 9, "rollouts": 35, "metrics": 35, "judge": 35,
+        "metrics_table": 1, "sdf_profile": 1, "prompt_profile": 1, "calibration_select": 1,
+        "calibration": 1, "profiles": 1, "figure_baseline": 1, "figure_sdf_profile": 1,
+        "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,
+        "figure_prompt_calibration": 1, "figure_judge_scores": 1, "all": 1}

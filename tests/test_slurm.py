@@ -30,8 +30,8 @@ RUN_TIMEOUT = 300      # s for the whole DAG (6 jobs in 4 dependent waves)
 # a real cluster and would not fit.
 NODE_CAPS = {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 1, "cpus_per_gpu": 1}
 EXPECTED_RULES = {"prepare_model", "goals", "rollouts", "metrics", "metrics_table",
-                  "figure_baseline"}
-GPU_RULES = {"rollouts"}
+                  "figure_baseline", "judge", "figure_judge_scores"}
+GPU_RULES = {"rollouts", "judge"}  # the local judge is the tiny model, on its (fake) GPU
 
 _wanted = os.environ.get("MP_TEST_SLURM") == "1" or (
     os.environ.get("CI", "").lower() == "true" and os.environ.get("MP_TEST_SLURM") != "0")
@@ -162,6 +162,7 @@ def test_tiny_dag_on_slurm(slurm_env, tmp_path):
         "model": tmp_path / "resources/models/tiny/manifest.json",
         "goals": tmp_path / "results/goals/goals.parquet",
         "rollouts": tmp_path / "results/rollouts/tiny/baseline.parquet",
+        "judge": tmp_path / "results/judge/tiny/baseline.parquet",
         "metrics": tmp_path / "results/metrics/tiny/conditions.parquet",
         "png": tmp_path / "results/figures/baseline_compliance.png",
         "pdf": tmp_path / "results/figures/baseline_compliance.pdf",

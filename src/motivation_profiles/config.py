@@ -85,6 +85,8 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
     need_file("prompts.user_template", config["prompts"]["user_template"])
     need_file("goals.path", config["goals"]["path"])
     for name, model in config["models"].items():
+        if model["source"] == "anthropic":
+            continue
         if model["source"] == "local":
             p = Path(model["path"])
             if not (p if p.is_absolute() else base / p).is_dir():
@@ -103,6 +105,7 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
         if model["device"] == "cpu" and model["dtype"] == "float16":
             problems.append(f"config key 'models.{name}.dtype': float16 is not supported on CPU")
     _sdf_checks(config, base, problems, need_file)
+    _prompt_and_judge_checks(config, base, problems, need_file)
     user_template = config["prompts"]["user_template"]
     tpl = Path(user_template)
     tpl = tpl if tpl.is_absolute() else base / tpl
@@ -117,6 +120,58 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
+def _prompt_and_judge_checks(config: Mapping[str, Any], base: Path, problems: list[str],
+                             need_file) -> None:
+    models = config["models"]
+    hosted = [m for m, s in models.items() if s["source"] == "anthropic"]
+    r = config["rollouts"]
+    if hosted and (r["temperature"] != 1.0 or r["top_p"] != 1.0):
+        problems.append(f"config key 'rollouts.temperature': hosted models ({', '.join(hosted)}) "
+                        "sample at the API's temperature 1 and top_p 1 only; set both to 1.0")
+    judge = config["judge"]
+    need_file("judge.rubric", judge["rubric"])
+    if judge["backend"] == "local":
+        if judge["model"] not in models:
+            problems.append(f"config key 'judge.model': {judge['model']!r} must be a key of "
+                            "'models' when judge.backend is local")
+        elif judge["model"] in hosted:
+            problems.append(f"config key 'judge.model': {judge['model']!r} is a hosted model; "
+                            "use judge.backend anthropic with its model id")
+    elif judge["temperature"] != 1.0 or judge["top_p"] != 1.0:
+        problems.append("config key 'judge.temperature': the anthropic judge samples at the "
+                        "API's temperature 1 and top_p 1 only; set both to 1.0")
+    pi = config["prompt_interventions"]
+    if not pi["enabled"]:
+        return
+    for m in pi["models"] or []:
+        if m not in models:
+            problems.append(f"config key 'prompt_interventions.models': {m!r} is not a key of "
+                            "'models'")
+    claims_dir = Path(pi["claims_dir"])
+    claims_dir = claims_dir if claims_dir.is_absolute() else base / claims_dir
+    cal = config["calibration"]
+    strengths = list(dict.fromkeys([*pi["strengths"],
+                                    *(cal["strengths"] if cal["enabled"] else [])]))
+    if not claims_dir.is_dir():
+        problems.append(f"config key 'prompt_interventions.claims_dir': directory "
+                        f"{pi['claims_dir']!r} does not exist")
+    else:
+        from .claims import ClaimError, load_claims
+
+        try:
+            load_claims(claims_dir, pi["interventions"], strengths)
+        except ClaimError as exc:
+            problems.append(f"config key 'prompt_interventions.claims_dir': {exc}")
+    if cal["enabled"] and config["sdf"]["enabled"]:
+        from .sdf.plan import SDFPlan
+
+        branches = SDFPlan.from_config(config).branches()
+        for c in cal["candidates"]:
+            if c not in branches:
+                problems.append(f"config key 'calibration.candidates': {c!r} is not an SDF "
+                                "branch of this config (sdf.interventions / sdf.strengths)")
+
+
 def _sdf_checks(config: Mapping[str, Any], base: Path, problems: list[str], need_file) -> None:
     sdf = config["sdf"]
     if not sdf["enabled"]:
@@ -127,6 +182,9 @@ def _sdf_checks(config: Mapping[str, Any], base: Path, problems: list[str], need
     for m in sdf["models"] or []:
         if m not in models:
             problems.append(f"config key 'sdf.models': {m!r} is not a key of 'models'")
+        elif models[m]["source"] == "anthropic":
+            problems.append(f"config key 'sdf.models': {m!r} is a hosted model (no weights to "
+                            "fine-tune)")
     for m in sdf["training"]["per_model"]:
         if m not in models:
             problems.append(f"config key 'sdf.training.per_model.{m}': not a key of 'models'")

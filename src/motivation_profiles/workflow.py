@@ -81,32 +81,64 @@ def goals(snakemake: Any) -> None:
     write_table(df, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
 
 
+def _client(hosted: dict[str, Any]):
+    from .llm import AnthropicClient
+
+    return AnthropicClient(
+        hosted["cache_dir"], base_url=hosted["base_url"], max_retries=hosted["max_retries"],
+        timeout=hosted["timeout_s"], batch_threshold=hosted["batch_threshold"],
+        poll_interval=hosted["poll_interval_s"], max_resubmits=hosted["max_resubmits"],
+        prices=hosted["prices"], show_progress=True)
+
+
+def _cached_local(name: str, spec: dict[str, Any], model_dir: str, hosted: dict[str, Any]):
+    """A local model behind the response cache (keyed by the checkpoint's content hash)."""
+    from .generation import HFBackend
+    from .llm import CachedBackend, ResponseCache
+    from .provenance import sha256_path
+
+    inner = HFBackend.from_pretrained(
+        model_dir, dtype=spec["dtype"], device=spec["device"], batch_size=spec["batch_size"],
+        max_model_len=spec["max_model_len"])
+    return CachedBackend(inner, ResponseCache(hosted["cache_dir"]),
+                         model_id=f"{name}@{sha256_path(model_dir)}")
+
+
 def rollouts(snakemake: Any) -> None:
     from .config import canonical_json, config_hash
     from .data import PromptSet
     from .evaluation.rollouts import rollout_meta, run_rollouts
-    from .generation import HFBackend, SamplingParams
+    from .generation import SamplingParams
     from .provenance import read_table, write_table
 
     p = snakemake.params
     spec, gen, cond = p.model, p.generation, p.condition
-    prompts = PromptSet.from_config(p.prompts, rename=cond["rename"])
+    prompts = PromptSet.from_config(p.prompts, rename=cond["rename"],
+                                    system_suffix=cond["claim"] or "")
     adapter = snakemake.input.get("adapter")
     params = SamplingParams(temperature=gen["temperature"], top_p=gen["top_p"],
                             max_new_tokens=gen["max_new_tokens"], stop=tuple(gen["stop"]))
     goals_df = read_table(snakemake.input.goals)
-    backend = HFBackend.from_pretrained(
-        snakemake.input.model, dtype=spec["dtype"], device=spec["device"], adapter=adapter,
-        batch_size=spec["batch_size"], max_model_len=spec["max_model_len"],
-    )
+    if spec["backend"] == "anthropic":
+        from .llm import HostedBackend
+
+        backend = HostedBackend(_client(p.hosted), spec["model_id"])
+    else:
+        from .generation import HFBackend
+
+        backend = HFBackend.from_pretrained(
+            snakemake.input.model, dtype=spec["dtype"], device=spec["device"],
+            adapter=adapter, batch_size=spec["batch_size"],
+            max_model_len=spec["max_model_len"])
     meta = rollout_meta(model=snakemake.wildcards.model, condition=snakemake.wildcards.condition,
                         adapter=cond["adapter"], backend=backend.name, prompts=prompts,
-                        params=params, max_turns=gen["max_turns"])
+                        params=params, max_turns=gen["max_turns"], prefill=gen["prefill"],
+                        claim=cond["claim"])
     out = Path(snakemake.output[0])
     key = config_hash({"params": canonical_json(dict(p.items())),
                        "inputs": _provenance(snakemake)["inputs"]})
     df = run_rollouts(backend, prompts, goals_df, seeds=gen["seeds"], params=params,
-                      max_turns=gen["max_turns"], meta=meta,
+                      max_turns=gen["max_turns"], meta=meta, prefill=gen["prefill"],
                       checkpoint_dir=out.parent / f".{out.stem}.partial", checkpoint_key=key)
     log.info("outcomes: %s", df.groupby("tier")["outcome"].value_counts().to_dict())
     write_table(df, out, _provenance(snakemake, params=dict(p.items())))
@@ -145,26 +177,14 @@ def figure_baseline(snakemake: Any) -> None:
 
 def _document_backend(snakemake: Any):
     """The generator behind the generation interface: a cached local model or Anthropic."""
-    from .llm import AnthropicClient, CachedBackend, HostedBackend, ResponseCache
+    from .llm import HostedBackend
 
     spec, hosted = snakemake.params.spec, snakemake.params.hosted
     gen = spec["generator"]
     if gen["backend"] == "local":
-        from .generation import HFBackend
-        from .provenance import sha256_path
-
-        m = spec["model"]
-        inner = HFBackend.from_pretrained(
-            snakemake.input.model, dtype=m["dtype"], device=m["device"],
-            batch_size=m["batch_size"], max_model_len=m["max_model_len"])
-        backend = CachedBackend(inner, ResponseCache(hosted["cache_dir"]),
-                                model_id=f"{gen['model']}@{sha256_path(snakemake.input.model)}")
+        backend = _cached_local(gen["model"], spec["model"], snakemake.input.model, hosted)
         return backend, backend.ledger_frame
-    client = AnthropicClient(
-        hosted["cache_dir"], base_url=hosted["base_url"], max_retries=hosted["max_retries"],
-        timeout=hosted["timeout_s"], batch_threshold=hosted["batch_threshold"],
-        poll_interval=hosted["poll_interval_s"], max_resubmits=hosted["max_resubmits"],
-        prices=hosted["prices"], show_progress=True)
+    client = _client(hosted)
     return HostedBackend(client, gen["model"]), client.ledger_frame
 
 
@@ -293,3 +313,108 @@ def figure_sdf(snakemake: Any) -> None:
     df = pd.concat([read_table(f) for f in snakemake.input.tables], ignore_index=True)
     draw = getattr(figures, snakemake.params.kind)
     draw(df, snakemake.params.display_names, list(snakemake.output), dpi=snakemake.params.dpi)
+
+
+# ----------------------------------------------------------------------------- judge, profiles
+
+
+def judge(snakemake: Any) -> None:
+    """Score every rollout's scratchpad on Directions A and B (k samples each)."""
+    from .evaluation.judge import Rubric, agreement_summary, judge_rollouts
+    from .generation import SamplingParams
+    from .llm import HostedBackend
+    from .provenance import read_table, write_table
+
+    p = snakemake.params
+    spec = p.judge
+    rubric = Rubric.load(snakemake.input.rubric)
+    if spec["backend"] == "local":
+        backend = _cached_local(spec["model"], p.model, snakemake.input.model, p.hosted)
+        ledger_of = backend.ledger_frame
+    else:
+        client = _client(p.hosted)
+        backend = HostedBackend(client, spec["model"])
+        ledger_of = client.ledger_frame
+    params = SamplingParams(temperature=spec["temperature"], top_p=spec["top_p"],
+                            max_new_tokens=spec["max_tokens"])
+    rollouts_df = read_table(snakemake.input.table)
+    meta = {"judge_backend": spec["backend"], "judge_model": spec["model"],
+            "rubric": rubric.name, "rubric_sha256": rubric.sha256, "samples": spec["samples"]}
+    table = judge_rollouts(rollouts_df, backend, rubric, samples=spec["samples"], params=params,
+                           prefill=spec["prefill"], meta=meta)
+    ledger = ledger_of()
+    log.info("judge: %d rollouts, statuses %s; %d requests not cached (%d output tokens)",
+             len(table), table["status"].value_counts().to_dict(), len(ledger),
+             int(ledger["output_tokens"].sum()) if len(ledger) else 0)
+    for d in ("a", "b"):
+        log.info("agreement, direction %s: %s", d.upper(),
+                 agreement_summary([list(v) for v in table[f"{d}_votes"]]))
+    write_table(table, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
+
+
+def _read_all(files: Any) -> pd.DataFrame:
+    from .provenance import read_table
+
+    return pd.concat([read_table(f) for f in files], ignore_index=True)
+
+
+def prompt_profile(snakemake: Any) -> None:
+    """Effects of every prompt claim (per strength) on the base model, with S_A and S_B."""
+    from .evaluation.profiles import prompt_effects
+    from .provenance import write_table
+
+    p = snakemake.params
+    table = prompt_effects(_read_all(snakemake.input.tables), interventions=p.interventions,
+                           strengths=p.strengths, n_boot=p.bootstrap_samples,
+                           level=p.ci_level, seed=p.seed)
+    log.info("\n%s", table[table["quantity"].isin(["S_A", "S_B"])].to_string())
+    write_table(table, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
+
+
+def calibration_select(snakemake: Any) -> None:
+    """Appendix C.1: which SDF checkpoints the prompt interventions are calibrated on."""
+    from .evaluation.calibration import select_checkpoints
+    from .provenance import write_table
+
+    p = snakemake.params
+    table = select_checkpoints(_read_all(snakemake.input.tables), model=snakemake.wildcards.model,
+                               reference=p.reference, candidates=p.candidates, signal=p.signal,
+                               max_per_family=p.max_per_family)
+    log.info("\n%s", table.to_string())
+    write_table(table, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
+
+
+def calibration(snakemake: Any) -> None:
+    from .evaluation.calibration import calibration_effects
+    from .provenance import read_table, write_table
+
+    p = snakemake.params
+    selection = read_table(snakemake.input.selection)
+    table = calibration_effects(_read_all(snakemake.input.tables), selection,
+                                interventions=p.interventions, strengths=p.strengths,
+                                n_boot=p.bootstrap_samples, level=p.ci_level, seed=p.seed)
+    log.info("recovered: %s\n%s", table["recovered"].iloc[0],
+             table[table["quantity"].isin(["S_A", "S_B"])].to_string())
+    write_table(table, snakemake.output[0], _provenance(snakemake, params=dict(p.items())))
+
+
+def profiles(snakemake: Any) -> None:
+    """S_A and S_B of every model x method (x strength, naming) in one table."""
+    from .evaluation.profiles import profile_rows
+    from .provenance import write_table
+
+    table = profile_rows(_read_all(snakemake.input.tables))
+    table.insert(1, "display_name", table["model"].map(snakemake.params.display_names))
+    log.info("\n%s", table[["model", "method", "strength", "naming", "quantity", "estimate",
+                            "ci_low", "ci_high"]].to_string())
+    write_table(table, snakemake.output[0], _provenance(snakemake))
+
+
+def figure(snakemake: Any) -> None:
+    """Any figure drawn by ``figures.<params.kind>`` from the concatenated input tables."""
+    from . import figures
+
+    draw = getattr(figures, snakemake.params.kind)
+    files = [*snakemake.input.tables, *snakemake.input.get("more", [])]
+    draw(_read_all(files), snakemake.params.display_names, list(snakemake.output),
+         dpi=snakemake.params.dpi)

@@ -7,7 +7,9 @@ For a baseline condition b and an intervention condition c (same model, same goa
   separates a gap-specific effect from a broad compliance shift;
 * S_A = mean over k in {1, 2} of Delta(Ak+) - Delta(Ak-), and S_B likewise over B1, B2
   (paper section 3.3): positive S_A means amplifying researcher-expectation beliefs widens the
-  gap more than suppressing them does.
+  gap more than suppressing them does. A config that runs only some pairs of a family (e.g.
+  A1 alone) gets S over those pairs (column ``pairs``); a half-run pair (A2+ without A2-)
+  leaves the family's S out.
 
 Confidence intervals are percentile bootstraps that resample goals (with all their seeds and
 tiers) jointly across every condition, so the effects and the sensitivities are paired: one
@@ -17,7 +19,7 @@ used.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,11 +72,17 @@ def intervention_effects(rollouts: pd.DataFrame, *, baseline: str,
             values[(quantity, key)] = rate(key, s) - base[s]
         values[("gap", key)] = rate(key, "d")
     values[("gap", "baseline")] = base["d"]
+    used: dict[str, str] = {}
     for fam, pairs in FAMILIES.items():
-        terms = [values[("delta_gap", f"{p}_amp")] - values[("delta_gap", f"{p}_sup")]
-                 for p in pairs if f"{p}_amp" in interventions and f"{p}_sup" in interventions]
-        if len(terms) == len(pairs):
-            values[(f"S_{fam}", fam)] = np.mean(terms, axis=0)
+        present = [p for p in pairs
+                   if f"{p}_amp" in interventions or f"{p}_sup" in interventions]
+        complete = [p for p in present
+                    if f"{p}_amp" in interventions and f"{p}_sup" in interventions]
+        if present and complete == present:
+            values[(f"S_{fam}", fam)] = np.mean(
+                [values[("delta_gap", f"{p}_amp")] - values[("delta_gap", f"{p}_sup")]
+                 for p in complete], axis=0)
+            used[fam] = ",".join(complete)
     alpha = (1 - level) / 2
     rows = []
     for (quantity, target), v in values.items():
@@ -82,7 +90,8 @@ def intervention_effects(rollouts: pd.DataFrame, *, baseline: str,
         rows.append({"quantity": quantity, "target": target,
                      "condition": conds.get(target, baseline if target == "baseline" else None),
                      "estimate": float(v[0]), "ci_low": float(lo), "ci_high": float(hi),
-                     "n_goals": len(goals), "baseline_condition": baseline,
+                     "pairs": used.get(target), "n_goals": len(goals),
+                     "baseline_condition": baseline,
                      "ci_level": level, "bootstrap_samples": n_boot})
     return pd.DataFrame(rows)
 
@@ -128,4 +137,49 @@ def sdf_effects(rollouts: pd.DataFrame, *, n_boot: int, level: float, seed: int
     return df[cols + [c for c in df.columns if c not in cols]]
 
 
-__all__ = ["intervention_effects", "sdf_effects", "parse_sdf_condition", "TIERS"]
+
+
+# ----------------------------------------------------------------------------- prompt method
+
+LABELS = ("model", "method", "strength", "naming", "checkpoint")
+
+
+def _labelled(table: pd.DataFrame, **labels: object) -> pd.DataFrame:
+    df = table.assign(**labels)
+    cols = [c for c in (*LABELS, "checkpoint_family") if c in df.columns]
+    return df[cols + [c for c in df.columns if c not in cols]]
+
+
+def prompt_effects(rollouts: pd.DataFrame, *, interventions: Sequence[str],
+                   strengths: Sequence[str], n_boot: int, level: float, seed: int,
+                   checkpoint: str | None = None) -> pd.DataFrame:
+    """Prompt-claim effects per strength against the same model without a claim.
+
+    On the base model (``checkpoint`` None) the reference is ``baseline`` and the conditions are
+    ``prompt-{i}-{s}``; on an SDF checkpoint the reference is ``sdf-{checkpoint}`` and the
+    conditions ``sdf-{checkpoint}@prompt-{i}-{s}``.
+    """
+    from ..claims import prompt_condition
+
+    model = rollouts["model"].iloc[0]
+    reference = "baseline" if checkpoint is None else f"sdf-{checkpoint}"
+    out = []
+    for strength in strengths:
+        group = {i: prompt_condition(i, strength, checkpoint) for i in interventions}
+        table = intervention_effects(rollouts, baseline=reference, interventions=group,
+                                     n_boot=n_boot, level=level, seed=seed)
+        out.append(_labelled(table, model=model, method="prompt", strength=strength,
+                             naming="original", checkpoint=checkpoint))
+    return pd.concat(out, ignore_index=True)
+
+
+def profile_rows(effects: pd.DataFrame) -> pd.DataFrame:
+    """The S_A / S_B rows of one or more effects tables (the comparative profile points)."""
+    df = effects[effects["quantity"].isin(["S_A", "S_B"])].copy()
+    if "checkpoint" not in df.columns:
+        df["checkpoint"] = None
+    return df.reset_index(drop=True)
+
+
+__all__ = ["intervention_effects", "sdf_effects", "parse_sdf_condition", "prompt_effects",
+           "profile_rows", "TIERS"]

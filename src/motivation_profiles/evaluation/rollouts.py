@@ -54,23 +54,29 @@ class _Rollout:
 
 
 def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_Rollout],
-               params: SamplingParams, max_turns: int) -> None:
+               params: SamplingParams, max_turns: int, prefill: str | None = None) -> None:
     for turn in range(max_turns):
         active = [r for r in rollouts if not r.done]
         if not active:
             return
-        requests = [ChatRequest(f"{r.request_id}-t{turn}", tuple(r.messages), r.seed)
+        lead = prefill if (prefill and turn == 0) else ""
+        opening = ({"role": "assistant", "content": lead},) if lead else ()
+        requests = [ChatRequest(f"{r.request_id}-t{turn}", (*r.messages, *opening), r.seed)
                     for r in active]
         for r, c in zip(active, backend.generate(requests, params), strict=True):
             if turn == 0:
                 r.prompt_tokens = c.prompt_tokens
-            r.turns.append(c.text)
+            text = lead + c.text
+            r.turns.append(text)
             r.finish_reasons.append(c.finish_reason)
             r.completion_tokens += c.completion_tokens
-            if c.finish_reason == "length" or has_complete_output(r.transcript):
+            # an empty turn ends the rollout: the API refuses an empty assistant message, and
+            # asking again for the same history would only repeat it
+            if (c.finish_reason == "length" or not text.strip()
+                    or has_complete_output(r.transcript)):
                 r.done = True
             else:
-                r.messages = prompts.continue_messages(r.messages, c.text)
+                r.messages = prompts.continue_messages(r.messages, text)
 
 
 def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pd.DataFrame:
@@ -106,8 +112,12 @@ def run_rollouts(
     meta: Mapping[str, Any],
     checkpoint_dir: str | Path | None = None,
     checkpoint_key: str = "",
+    prefill: str | None = None,
 ) -> pd.DataFrame:
     """Run every (goal, tier, seed) rollout; return one row each, sorted by those keys.
+
+    ``prefill``: text the first assistant turn starts with (sent as a trailing assistant
+    message, which every backend continues); it is part of the recorded turn and transcript.
 
     ``meta`` (model, condition, adapter, generation parameters...) is copied into every row.
     With ``checkpoint_dir`` each finished (tier, seed) group is written there and reused by a
@@ -136,7 +146,7 @@ def run_rollouts(
                 group.append(_Rollout(int(goal_id), goal, tier, int(seed), messages,
                                       prompt_hash(messages)))
             log.info("rollouts: tier=%s seed=%d, %d goals", tier, seed, len(group))
-            _run_group(backend, prompts, group, params, max_turns)
+            _run_group(backend, prompts, group, params, max_turns, prefill)
             frame = _rows(group, meta)
             if shard is not None:
                 write_table(frame, shard, {"rule": "rollouts-checkpoint"})
@@ -146,10 +156,12 @@ def run_rollouts(
 
 
 def rollout_meta(*, model: str, condition: str, adapter: str | None, backend: str,
-                 prompts: PromptSet, params: SamplingParams, max_turns: int) -> dict[str, Any]:
-    generation = {**params.as_dict(), "max_turns": max_turns, "backend": backend}
+                 prompts: PromptSet, params: SamplingParams, max_turns: int,
+                 prefill: str | None = None, claim: str | None = None) -> dict[str, Any]:
+    generation = {**params.as_dict(), "max_turns": max_turns, "backend": backend,
+                  "prefill": prefill}
     return {
-        "model": model, "condition": condition, "adapter": adapter,
+        "model": model, "condition": condition, "adapter": adapter, "claim": claim,
         "system_prompt_hash": prompts.system_hash,
         "temperature": params.temperature, "top_p": params.top_p,
         "max_new_tokens": params.max_new_tokens, "max_turns": max_turns,

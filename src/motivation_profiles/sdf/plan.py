@@ -41,7 +41,8 @@ class SDFPlan:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SDFPlan:
         sdf = config["sdf"]
-        models = sdf["models"] if sdf["models"] is not None else list(config["models"])
+        models = (sdf["models"] if sdf["models"] is not None
+                  else [m for m, s in config["models"].items() if s["source"] != "anthropic"])
         return cls(
             enabled=bool(sdf["enabled"]),
             models=tuple(models) if sdf["enabled"] else (),
@@ -50,7 +51,7 @@ class SDFPlan:
             role_play=bool(sdf["role_play"]["enabled"]),
             ai_name=sdf["role_play"]["ai_name"],
             display_names={m: s["display_name"] for m, s in config["models"].items()},
-            gpus={m: int(s["gpus"]) for m, s in config["models"].items()},
+            gpus={m: int(s.get("gpus", 0)) for m, s in config["models"].items()},
             section=sdf,
         )
 

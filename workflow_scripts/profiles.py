@@ -1,0 +1,11 @@
+"""Snakemake script for rule `profiles`: see motivation_profiles.workflow.profiles."""
+
+import sys
+from pathlib import Path
+
+# Import the package from this checkout, also inside --use-conda envs where it is not installed.
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821 (Snakemake)
+
+from motivation_profiles.workflow import profiles, run  # noqa: E402
+
+run(snakemake, profiles)  # noqa: F821
