@@ -54,7 +54,8 @@ def test_tiny_end_to_end(tmp_path):
     # a generation parameter change reruns rollouts and what follows, not the model or goals
     changed = run_snakemake(tmp_path, tiny_config(max_new_tokens=6), "-n")
     assert job_counts(changed.stdout + changed.stderr) == {
-        "rollouts": 1, "metrics": 1, "metrics_table": 1, "figure_baseline": 1, "all": 1}
+        "rollouts": 1, "metrics": 1, "metrics_table": 1, "figure_baseline": 1, "judge": 1,
+        "figure_judge_scores": 1, "all": 1}
 
     # settings that cannot change results (GPU count) rerun nothing
     more_gpus = tiny_config()
@@ -75,7 +76,11 @@ def test_embedded_model_end_to_end(tmp_path):
     cfg["goals"]["n"] = 2
     cfg["sdf"]["interventions"] = ["A1_amp", "B1_amp"]  # the full set: `make demo`
     cfg["rollouts"].update({"max_new_tokens": 16, "max_turns": 2})
-    run_snakemake(tmp_path, cfg, timeout=900)
+    cfg["prompt_interventions"].update(interventions=["A1_amp", "A1_sup", "B1_amp", "B1_sup"],
+                                       strengths=["standard"])
+    cfg["calibration"]["candidates"] = ["A1_amp", "B1_amp"]
+    cfg["judge"]["max_tokens"] = 8
+    run_snakemake(tmp_path, cfg, timeout=1500)
     out = _outputs(tmp_path, "smollm2-135m")
     for name, path in out.items():
         assert path.is_file(), name
@@ -83,3 +88,10 @@ def test_embedded_model_end_to_end(tmp_path):
     assert len(rollouts) == 4 and (rollouts["completion_tokens"] > 0).all()
     config = (tmp_path / "resources/models/smollm2-135m/config.json").read_text()
     assert '"num_hidden_layers": 30' in config and "quantization_config" not in config
+    # the embedded model writes into the prefilled scratchpad, and the judge scores it
+    assert rollouts["scratchpad"].str.len().gt(0).all()
+    judged = pd.read_parquet(tmp_path / "results/judge/smollm2-135m/baseline.parquet")
+    assert len(judged) == 4 and (judged["status"] != "no_scratchpad").all()
+    assert (tmp_path / "results/metrics/profiles.parquet").is_file()
+    for name in ("profile_plane", "prompt_calibration", "judge_scores"):
+        assert (tmp_path / f"results/figures/{name}.png").is_file(), name
