@@ -6,7 +6,11 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-configfile: "config.yaml"
+# The embedded default, unless --configfile names another config: a merge would add the
+# embedded model's jobs to e.g. a paper-scale run (Snakemake merges configs key by key).
+if not config:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"
