@@ -132,9 +132,17 @@ def baseline_metrics_tables():
     return expand(f"{RESULTS}/metrics/{{model}}/by_condition/baseline.parquet", model=MODELS)
 
 
+def has_pair(interventions):
+    """Whether an amplify/suppress pair is complete, so that S_A or S_B can be computed."""
+    return any(f"{p}_amp" in interventions and f"{p}_sup" in interventions
+               for p in ("A1", "A2", "B1", "B2"))
+
+
 def figure_names():
     names = ["baseline_compliance"] + SDF.figures() + PROMPT.figures()
-    if SDF.models and "profile_plane" not in names:
+    if not has_pair(PROMPT.interventions if PROMPT.models else []):
+        names = [n for n in names if n != "profile_plane"]
+    if SDF.models and has_pair(SDF.interventions) and "profile_plane" not in names:
         names.append("profile_plane")
     return names + ["judge_scores"]
 
