@@ -53,6 +53,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/judge_throughput.py
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/bench.txt
+	$(BIN)/python bench/steering_throughput.py
+	$(BIN)/python bench/extraction.py
 
 clean-results:
 	rm -rf results

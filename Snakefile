@@ -21,6 +21,7 @@ include: "rules/rollouts.smk"
 include: "rules/metrics.smk"
 include: "rules/judge.smk"
 include: "rules/profiles.smk"
+include: "rules/steering.smk"
 include: "rules/figures.smk"
 
 
@@ -32,6 +33,7 @@ rule all:
         judge_tables(),
         calibration_judge_tables,
         profile_outputs(),
+        steering_outputs(),
         figure_files(),
 
 

@@ -89,11 +89,27 @@ from motivation_profiles.prompt_plan import PromptPlan, split_condition
 
 PROMPT = PromptPlan.from_config(config, SDF)
 
+from motivation_profiles.steering_names import parse_steer_condition
+from motivation_profiles.steering_plan import SteeringPlan
+
+STEER = SteeringPlan.from_config(config)
+
 
 def conditions_for(model):
-    """Every statically known rollout condition of one model: the base conditions, its SDF
-    branches, its prompt interventions (calibration conditions come from a checkpoint)."""
-    return BASE_CONDITIONS + SDF.conditions(model) + PROMPT.conditions(model)
+    """Every statically known AF rollout condition of one model: the base conditions, its SDF
+    branches, its prompt interventions and its steered conditions (calibration conditions come
+    from a checkpoint; raw-AdvBench conditions are not AF conditions: see raw_conditions)."""
+    return (BASE_CONDITIONS + SDF.conditions(model) + PROMPT.conditions(model)
+            + STEER.steer_conditions(model))
+
+
+def steering_spec(wildcards):
+    """The steering vector and multiplier of a steer-/raw- condition (None otherwise)."""
+    parsed = parse_steer_condition(wildcards.condition)
+    if parsed is None:
+        return None
+    return {"vector": parsed.vector.name if parsed.vector else None,
+            "multiplier": parsed.multiplier, "raw": parsed.raw}
 
 
 def rollout_inputs(wildcards):
@@ -101,6 +117,13 @@ def rollout_inputs(wildcards):
     inputs = {}
     if not is_hosted(wildcards.model):
         inputs["model"] = f"resources/models/{wildcards.model}"
+    steer = steering_spec(wildcards)
+    if steer is not None:
+        if steer["vector"] is not None:
+            vdir = f"{RESULTS}/vectors/{wildcards.model}"
+            inputs["vector"] = f"{vdir}/{STEER.vector_file(steer['vector'])}"
+            inputs["layers"] = f"{vdir}/layers.parquet"
+        return inputs
     adapter = PROMPT.condition_spec(wildcards.condition, model=wildcards.model)["adapter"]
     if adapter is not None:
         inputs["adapter"] = f"{RESULTS}/lora/{wildcards.model}/{adapter}"
@@ -109,8 +132,17 @@ def rollout_inputs(wildcards):
 
 def condition_params(wildcards):
     """What a condition changes in the rollout besides its inputs: adapter name, AI-name
-    replacement, and the appended claim's text (so editing one claim reruns its conditions)."""
-    return PROMPT.condition_spec(wildcards.condition, model=wildcards.model)
+    replacement, the appended claim's text (so editing one claim reruns its conditions), and
+    for steering conditions the vector, multiplier and raw flag."""
+    steer = steering_spec(wildcards)
+    if steer is not None:
+        spec = {"adapter": None, "rename": None, "claim": None, "intervention": None,
+                "strength": None, "steering": steer}
+        if steer["raw"]:
+            spec["raw_max_new_tokens"] = config["steering"]["raw"]["max_new_tokens"]
+        return spec
+    return {**PROMPT.condition_spec(wildcards.condition, model=wildcards.model),
+            "steering": None}
 
 
 def rollout_params(wildcards):
@@ -144,7 +176,9 @@ def figure_names():
         names = [n for n in names if n != "profile_plane"]
     if SDF.models and has_pair(SDF.interventions) and "profile_plane" not in names:
         names.append("profile_plane")
-    return names + ["judge_scores"]
+    if STEER.models and has_pair(STEER.profile_interventions()) and "profile_plane" not in names:
+        names.append("profile_plane")
+    return names + ["judge_scores"] + STEER.figures(SDF.models)
 
 
 def figure_files():
@@ -253,9 +287,11 @@ def all_conditions(model):
     return list(dict.fromkeys(conditions_for(model) + extra))
 
 
-def judge_tables():
-    """Judge tables of every statically known condition (listed by a dry run)."""
-    return [f"{RESULTS}/judge/{m}/{c}.parquet" for m in MODELS for c in conditions_for(m)]
+def judge_tables(steer=True):
+    """Judge tables of every statically known AF condition (listed by a dry run);
+    ``steer=False`` leaves the steered conditions out (the judge-scores figure)."""
+    return [f"{RESULTS}/judge/{m}/{c}.parquet" for m in MODELS for c in conditions_for(m)
+            if steer or parse_steer_condition(c) is None]
 
 
 def calibration_judge_tables(wildcards):
@@ -275,12 +311,139 @@ def calibration_tables():
 
 
 def profile_tables():
-    return sdf_effect_tables() + prompt_effect_tables()
+    return sdf_effect_tables() + prompt_effect_tables() + steering_effect_tables()
 
 
 def profile_outputs():
     """profiles.parquet and the calibration tables, when those stages are on."""
     out = calibration_tables()
-    if PROMPT.models or SDF.models:
+    if PROMPT.models or SDF.models or STEER.models:
         out.append(f"{RESULTS}/metrics/profiles.parquet")
     return out
+
+
+# ----------------------------------------------------------------------------- steering
+
+STEERING = config["steering"]
+STEERING_MATERIALS = [os.path.join(STEERING["materials_dir"], f)
+                      for f in ("ooc_prompts.yaml", "keywords.yaml", "topics.txt")]
+
+
+def raw_conditions(model):
+    return STEER.raw_conditions(model)
+
+
+def steering_effect_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/steering_effects.parquet", model=STEER.models)
+
+
+def pairs_file(model, pairset):
+    return f"{RESULTS}/pairs/{model}/{pairset}.parquet"
+
+
+def activation_dir(model, pairset):
+    return f"{RESULTS}/activations/{model}/{pairset}"
+
+
+def external_pairs(wildcards, pairset):
+    return STEERING["external_pairs"].get(pairset)
+
+
+def ooc_inputs(wildcards):
+    pairset = f"ooc_{wildcards.concept}_{wildcards.split}"
+    external = STEERING["external_pairs"].get(pairset)
+    if external is not None:
+        return {"external": external, "materials": STEERING_MATERIALS}
+    return {"model": f"resources/models/{wildcards.model}", "materials": STEERING_MATERIALS}
+
+
+def ic_sources(model, concept=None):
+    """Rollout and judge tables IC pairs are drawn from (or the configured external file)."""
+    external = STEERING["external_pairs"].get(f"ic_{concept}")
+    if external is not None:
+        return {"external": external}
+    conds = STEER.ic_conditions(model, conditions_for(model))
+    return {"rollouts": [f"{RESULTS}/rollouts/{model}/{c}.parquet" for c in conds],
+            "judged": [f"{RESULTS}/judge/{model}/{c}.parquet" for c in conds]}
+
+
+def fit_inputs(wildcards):
+    return {"activations": [activation_dir(wildcards.model, ps)
+                            for ps in STEER.fit_pairsets(wildcards.concept, wildcards.source)]}
+
+
+def validation_activations(wildcards):
+    """The validation pair sets a random control of {concept}_{source} is scored on."""
+    sets = STEER.fit_pairsets(wildcards.concept, wildcards.source)
+    return [activation_dir(wildcards.model, ps) for ps in sets if not ps.endswith("_train")]
+
+
+def layer_diagnostics(wildcards):
+    src = STEERING["layers"]["source"]
+    return [f"{RESULTS}/vectors/{wildcards.model}/{c}_{src}.diagnostics.parquet"
+            for c in STEER.concepts]
+
+
+def all_vector_files(model):
+    fitted = [f"{RESULTS}/vectors/{model}/{v}.safetensors" for v in STEER.fitted_vectors()]
+    randoms = [f"{RESULTS}/vectors/{model}/{STEER.vector_file(v)}"
+               for v in STEER.random_vectors()]
+    return fitted + randoms
+
+
+def all_diagnostics(model):
+    return [f.replace(".safetensors", ".diagnostics.parquet") for f in all_vector_files(model)]
+
+
+def steering_summary_inputs(wildcards):
+    conds = ["baseline"] + STEER.steer_conditions(wildcards.model)
+    m = wildcards.model
+    return {"metrics": [f"{RESULTS}/metrics/{m}/by_condition/{c}.parquet" for c in conds],
+            "judged": [f"{RESULTS}/judge/{m}/{c}.parquet" for c in conds]}
+
+
+def steering_summaries():
+    return expand(f"{RESULTS}/steering/{{model}}/summary.parquet", model=STEER.models)
+
+
+def raw_summaries():
+    if not STEERING["raw"]["enabled"]:
+        return []
+    return expand(f"{RESULTS}/steering/{{model}}/raw.parquet", model=STEER.models)
+
+
+def steering_outputs():
+    """Every steering table the `all` target asks for (figures come through figure_files)."""
+    out = steering_summaries() + raw_summaries()
+    for m in STEER.models:
+        out += all_diagnostics(m) + [f"{RESULTS}/vectors/{m}/layers.parquet"]
+        out += [f"{RESULTS}/pairs/{m}/{ps}.parquet" for ps in STEER.pairsets()]
+    return out
+
+
+# ---- steering rules (rules/steering.smk)
+
+MODEL_DISPLAY_NAMES = {m: spec["display_name"] for m, spec in config["models"].items()}
+
+
+def wildcard_gpus(wildcards):
+    return model_gpus(wildcards.model)
+
+
+def wildcard_gpu_mem_mb(wildcards):
+    return max(16000, 64000 * model_gpus(wildcards.model))
+
+
+def steering_figure_inputs(name):
+    if name in ("steering_ooc", "steering_ic", "steering_random"):
+        return steering_summaries()
+    if name == "steering_raw":
+        return raw_summaries()
+    if name.startswith("token_heatmap_"):
+        return expand(f"{RESULTS}/steering/{{model}}/token_cosines.parquet", model=STEER.models)
+    if name == "sdf_steering_alignment":
+        return expand(f"{RESULTS}/steering/{{model}}/sdf_alignment.parquet",
+                      model=STEER.alignment_models(SDF.models))
+    if name == "steering_diagnostics":
+        return [d for m in STEER.models for d in all_diagnostics(m)]
+    raise ValueError(f"no inputs known for steering figure {name!r}")

@@ -168,7 +168,7 @@ rule figure_prompt_calibration:
 
 rule figure_judge_scores:
     input:
-        tables=judge_tables(),
+        tables=judge_tables(steer=False),
         more=calibration_judge_tables,
         code=package_code("figures.py"),
     output:

@@ -5,6 +5,8 @@
 
 
 rule judge:
+    wildcard_constraints:
+        condition="(?!raw-)[A-Za-z0-9_.+@-]+",  # raw-AdvBench conditions: judge_raw
     input:
         unpack(judge_inputs),
         code=package_code("evaluation/judge.py", "llm.py", "generation.py"),

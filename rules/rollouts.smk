@@ -1,7 +1,8 @@
 # rollouts: the alignment-faking evaluation of one model under one condition, both tiers,
 # every seed; one row per (goal, tier, seed). sdf-<branch> conditions load that branch's
 # LoRA adapter (rules/sdf.smk); prompt-<intervention>-<strength> conditions append that claim
-# to the system prompt (sdf-<branch>@prompt-... both). Hosted models (source: anthropic) run
+# to the system prompt (sdf-<branch>@prompt-... both); steer-<vector>-x<m> adds m * v at the
+# selected layers, raw-... is the raw-AdvBench control (rules/steering.smk). Hosted models (source: anthropic) run
 # the same protocol through the Anthropic API, cached and resumable.
 
 
@@ -12,7 +13,7 @@ rule rollouts:
         system=config["prompts"]["system"],
         user_template=config["prompts"]["user_template"],
         code=package_code("generation.py", "data.py", "llm.py", "evaluation/rollouts.py",
-                          "evaluation/parsing.py"),
+                          "evaluation/parsing.py", "steering.py"),
     output:
         f"{RESULTS}/rollouts/{{model}}/{{condition}}.parquet",
     params:

@@ -66,15 +66,20 @@ def absolutize(config: dict) -> dict:
     pi = cfg["prompt_interventions"]
     pi["claims_dir"] = str(REPO / pi["claims_dir"])
     cfg["judge"]["rubric"] = str(REPO / cfg["judge"]["rubric"])
+    st = cfg["steering"]
+    st["materials_dir"] = str(REPO / st["materials_dir"])
+    st["raw"]["rubric"] = str(REPO / st["raw"]["rubric"])
     return cfg
 
 
-def tiny_config(*, sdf: bool = False, prompt: bool = False, **rollout_overrides) -> dict:
+def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = False,
+                **rollout_overrides) -> dict:
     """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF stages
     (tests of other stages stay fast); ``sdf=True`` keeps them with the tiny model as the
     document generator and two interventions. ``prompt=True`` adds the prompt interventions
-    (A1 and B1 pairs at the standard strength, plus calibration when SDF is on). The tiny
-    model is the judge (one sample)."""
+    (A1 and B1 pairs at the standard strength, plus calibration when SDF is on).
+    ``steering=True`` keeps the steering stage with small OOC splits, one random control and
+    IC pairs from every judged condition. The tiny model is the judge (one sample)."""
     cfg = absolutize(load_repo_config())
     cfg["models"] = {"tiny": copy.deepcopy(TINY_SPEC)}
     cfg["sdf"]["enabled"] = sdf
@@ -96,6 +101,17 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, **rollout_overrides)
     cfg["rollouts"].update({"seeds": [0, 1], "max_new_tokens": 8, "max_turns": 2})
     cfg["rollouts"].update(rollout_overrides)
     cfg["metrics"]["bootstrap_samples"] = 200
+    st = cfg["steering"]
+    st["enabled"] = steering
+    st["ooc"].update(splits={"train": 3, "validation": 2, "keyword_hard": 2},
+                     candidates_per_round=6, max_rounds=2,
+                     max_tokens={"dialogue": 24, "sentence": 12})
+    st["ic"].update(n_train=2, n_validation=2, high=1, low=0.5)
+    st["fitting"].update(min_pairs=2, folds=2)
+    st["layers"].update(k=1)
+    st["raw"].update(max_new_tokens=8)
+    st["heatmap"].update(transcripts=1, max_tokens=12)
+    st["sdf_alignment"]["bootstrap_samples"] = 50
     return cfg
 
 

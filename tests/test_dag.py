@@ -11,12 +11,22 @@ def test_embedded_config_dry_run(tmp_path):
     cfg = absolutize(load_repo_config())
     cfg["sdf"]["enabled"] = False  # the SDF branches: tests/test_sdf_e2e.py
     proc = run_snakemake(tmp_path, cfg, "-n")
-    # baseline + 24 prompt conditions (8 claims x 3 strengths), each judged
+    # baseline + 24 prompt conditions (8 claims x 3 strengths) + steering: 4 fitted vectors
+    # (2 concepts x OOC/IC) x 2 multipliers + 2 random controls x 2 multipliers, each judged;
+    # 3 raw-AdvBench conditions (baseline, one vector at -4/+4) judged for compliance.
+    # Steering: 3 OOC splits x 2 concepts, IC pairs per concept from every judged
+    # non-steering condition; one activation cache per pair set (6 OOC + 2 IC).
     assert job_counts(proc.stdout + proc.stderr) == {
-        "prepare_model": 1, "goals": 1, "rollouts": 25, "metrics": 25, "metrics_table": 1,
-        "judge": 25, "prompt_profile": 1, "profiles": 1, "figure_baseline": 1,
+        "prepare_model": 1, "goals": 1, "rollouts": 40, "metrics": 37, "metrics_table": 1,
+        "judge": 37, "prompt_profile": 1, "profiles": 1, "figure_baseline": 1,
         "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,
         "figure_judge_scores": 1, "all": 1,
+        "ooc_pairs": 6, "ic_pairs": 2, "activations": 8, "fit_vectors": 4,
+        "random_vectors": 2, "steering_layers": 1, "judge_raw": 3, "steering_summary": 1,
+        "raw_summary": 1, "steering_profile": 1, "token_cosines": 1,
+        "figure_steering_diagnostics": 1, "figure_steering_ic": 1, "figure_steering_ooc": 1,
+        "figure_steering_random": 1, "figure_steering_raw": 1,
+        "figure_token_heatmap_consequences": 1, "figure_token_heatmap_expectations": 1,
     }
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
 
@@ -29,15 +39,27 @@ def test_paper_config_dry_run_without_network(tmp_path):
     # checks (noise has no belief), 35 rollout conditions (baseline + 10 SDF + 24 prompt);
     # Claude 3 Opus (hosted): baseline + 24 prompt conditions, no SDF. Every rollout table is
     # judged. The calibration conditions appear once calibration_select (a checkpoint) ran.
+    # Steering (Appendix D, Llama-3.1-70B only): 4 fitted vectors x 6 multipliers, 20 random
+    # controls (5 per OOC and IC vector) x 4 multipliers, all judged; 9 raw-AdvBench conditions
+    # (baseline + 4 vectors x +-8) judged for compliance.
     assert job_counts(out) == {
         "advbench": 1, "goals": 1, "prepare_model": 4, "generate_documents": 10,
-        "sdf_dataset": 40, "train_lora": 40, "belief_check": 36, "rollouts": 165,
-        "metrics": 165, "judge": 165, "metrics_table": 5, "sdf_profile": 4,
+        "sdf_dataset": 40, "train_lora": 40, "belief_check": 36, "rollouts": 165 + 104 + 9,
+        "metrics": 165 + 104, "judge": 165 + 104, "metrics_table": 5, "sdf_profile": 4,
         "prompt_profile": 5, "calibration_select": 4, "calibration": 4, "profiles": 1,
         "figure_baseline": 1, "figure_sdf_profile": 1, "figure_profile_plane": 1,
         "figure_prompt_strength_ablation": 1, "figure_prompt_calibration": 1,
         "figure_judge_scores": 1, "all": 1,
+        "ooc_pairs": 6, "ic_pairs": 2, "activations": 8, "fit_vectors": 4,
+        "random_vectors": 20, "steering_layers": 1, "judge_raw": 9, "steering_summary": 1,
+        "raw_summary": 1, "steering_profile": 1, "token_cosines": 1, "sdf_alignment": 1,
+        "figure_steering_diagnostics": 1, "figure_steering_ic": 1, "figure_steering_ooc": 1,
+        "figure_steering_random": 1, "figure_steering_raw": 1,
+        "figure_token_heatmap_consequences": 1, "figure_token_heatmap_expectations": 1,
+        "figure_sdf_steering_alignment": 1,
     }
+    assert "results/rollouts/llama-3.1-70b/steer-random_consequences_ic_5-x-8.parquet" in out
+    assert "results/activations/llama-3.1-70b/ooc_expectations_keyword_hard" in out
     for model in ("llama-3.1-70b", "llama-3.1-405b", "qwen-2.5-72b", "qwq-32b"):
         assert f"results/rollouts/{model}/baseline.parquet" in out
         assert f"results/lora/{model}/B2_sup" in out

@@ -8,6 +8,9 @@ and steering hooks all plug into this interface.
 
 The ``hf`` backend batches requests and computes the KV cache of the prompt prefix shared by
 all requests (the system prompt, in the AF evaluation) once, then reuses it for every batch.
+With ``steering`` set, both the prefix computation and generation run inside
+``steering.steer``, so every prompt and generated position is steered, and the prefix cache is
+keyed on the steering's identity.
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ class HFBackend:
     min_prefix_tokens: int = 16
     show_progress: bool = True
     name: str = "hf"
-    _prefix: tuple[tuple[int, ...], Any] | None = field(default=None, repr=False)
+    steering: Any = None  # steering.Steering: added to decoder-layer outputs while generating
+    _prefix: tuple[tuple[Any, ...], Any] | None = field(default=None, repr=False)
 
     @classmethod
     def from_pretrained(cls, model_dir, *, dtype="float32", device="cpu", adapter=None,
@@ -145,15 +149,25 @@ class HFBackend:
         import torch
         from transformers import DynamicCache
 
-        key = tuple(prefix)
+        key = self._cache_key(prefix)
         if self._prefix is not None and self._prefix[0] == key:
             return self._prefix[1]
         cache = DynamicCache(config=self.model.config)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._steered():
             ids = torch.tensor([list(prefix)], device=self.model.device)
             self.model(input_ids=ids, past_key_values=cache, use_cache=True)
         self._prefix = (key, cache)
         return cache
+
+    def _cache_key(self, prefix: Sequence[int]) -> tuple[Any, ...]:
+        # A prefix cache computed under one steering is wrong under another.
+        ident = self.steering.identity if self.steering is not None else None
+        return (ident, *prefix)
+
+    def _steered(self):
+        from .steering import steer
+
+        return steer(self.model, self.steering)
 
     def _choose_prefix(self, all_ids: Sequence[Sequence[int]]) -> int:
         if not self.reuse_prefix or not all_ids:
@@ -162,8 +176,9 @@ class HFBackend:
         lcp = min(lcp, min(len(s) for s in all_ids) - 1)  # every row keeps >= 1 new token
         if self._prefix is not None:
             cached = self._prefix[0]
-            if len(cached) <= lcp and tuple(all_ids[0][: len(cached)]) == cached:
-                return len(cached)  # reuse the cache already computed by an earlier call
+            n = len(cached) - 1
+            if n <= lcp and cached == self._cache_key(all_ids[0][:n]):
+                return n  # reuse the cache already computed by an earlier call
         return lcp if lcp >= self.min_prefix_tokens else 0
 
     # ------------------------------------------------------------------ generate
@@ -221,7 +236,7 @@ class HFBackend:
             cache.batch_repeat_interleave(len(reqs))
             kwargs["past_key_values"] = cache
         torch.manual_seed(batch_seed(reqs))
-        with torch.inference_mode():
+        with torch.inference_mode(), self._steered():
             out = self.model.generate(**kwargs)
         new = out[:, p + width:].tolist()
         eos = self.eos_ids

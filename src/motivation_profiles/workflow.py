@@ -107,18 +107,30 @@ def _cached_local(name: str, spec: dict[str, Any], model_dir: str, hosted: dict[
 def rollouts(snakemake: Any) -> None:
     from .config import canonical_json, config_hash
     from .data import PromptSet
-    from .evaluation.rollouts import rollout_meta, run_rollouts
+    from .evaluation.rollouts import rollout_meta, run_raw_rollouts, run_rollouts
     from .generation import SamplingParams
     from .provenance import read_table, write_table
 
     p = snakemake.params
     spec, gen, cond = p.model, p.generation, p.condition
+    steer = cond.get("steering")
     prompts = PromptSet.from_config(p.prompts, rename=cond["rename"],
                                     system_suffix=cond["claim"] or "")
     adapter = snakemake.input.get("adapter")
+    raw = bool(steer and steer["raw"])
     params = SamplingParams(temperature=gen["temperature"], top_p=gen["top_p"],
-                            max_new_tokens=gen["max_new_tokens"], stop=tuple(gen["stop"]))
+                            max_new_tokens=cond["raw_max_new_tokens"] if raw
+                            else gen["max_new_tokens"], stop=() if raw else tuple(gen["stop"]))
     goals_df = read_table(snakemake.input.goals)
+    steering, layers = None, None
+    if steer and steer["vector"] is not None:
+        from .steering import Steering
+        from .workflow_steering import selected_layers
+
+        layers = selected_layers(snakemake.input.layers)
+        steering = Steering.from_file(snakemake.input.vector, layers, steer["multiplier"])
+        log.info("steering: %s x %+g at layers %s", steer["vector"], steer["multiplier"],
+                 layers)
     if spec["backend"] == "anthropic":
         from .llm import HostedBackend
 
@@ -129,12 +141,21 @@ def rollouts(snakemake: Any) -> None:
         backend = HFBackend.from_pretrained(
             snakemake.input.model, dtype=spec["dtype"], device=spec["device"],
             adapter=adapter, batch_size=spec["batch_size"],
-            max_model_len=spec["max_model_len"])
+            max_model_len=spec["max_model_len"], steering=steering)
     meta = rollout_meta(model=snakemake.wildcards.model, condition=snakemake.wildcards.condition,
                         adapter=cond["adapter"], backend=backend.name, prompts=prompts,
-                        params=params, max_turns=gen["max_turns"], prefill=gen["prefill"],
-                        claim=cond["claim"])
+                        params=params, max_turns=1 if raw else gen["max_turns"],
+                        prefill=None if raw else gen["prefill"], claim=cond["claim"])
+    meta.update(steering_vector=steer["vector"] if steer else None,
+                steering_multiplier=float(steer["multiplier"]) if steer else 0.0,
+                steering_layers=",".join(map(str, layers)) if layers else None)
     out = Path(snakemake.output[0])
+    if raw:
+        df = run_raw_rollouts(backend, goals_df, seeds=gen["seeds"], params=params, meta=meta)
+        log.info("raw rollouts: %d, finish %s", len(df),
+                 df["finish_reasons"].map(lambda f: f[-1]).value_counts().to_dict())
+        write_table(df, out, _provenance(snakemake, params=dict(p.items())))
+        return
     key = config_hash({"params": canonical_json(dict(p.items())),
                        "inputs": _provenance(snakemake)["inputs"]})
     df = run_rollouts(backend, prompts, goals_df, seeds=gen["seeds"], params=params,
@@ -412,9 +433,11 @@ def profiles(snakemake: Any) -> None:
 
 def figure(snakemake: Any) -> None:
     """Any figure drawn by ``figures.<params.kind>`` from the concatenated input tables."""
-    from . import figures
+    import importlib
 
-    draw = getattr(figures, snakemake.params.kind)
+    module = importlib.import_module(f".{snakemake.params.get('module', 'figures')}",
+                                     __package__)
+    draw = getattr(module, snakemake.params.kind)
     files = [*snakemake.input.tables, *snakemake.input.get("more", [])]
     draw(_read_all(files), snakemake.params.display_names, list(snakemake.output),
          dpi=snakemake.params.dpi)

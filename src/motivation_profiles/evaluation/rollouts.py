@@ -155,6 +155,39 @@ def run_rollouts(
     return out.sort_values(["goal_id", "tier", "seed"], kind="stable").reset_index(drop=True)
 
 
+RAW_TIER = "raw"
+
+
+def run_raw_rollouts(backend: GenerationBackend, goals: pd.DataFrame, *, seeds: Sequence[int],
+                     params: SamplingParams, meta: Mapping[str, Any]) -> pd.DataFrame:
+    """The raw-AdvBench control (Appendix D.6): the goal as the only user message, no system
+    prompt, no tier and no tag protocol, one turn. Compliance cannot be parsed from tags here,
+    so ``outcome`` is null; the compliance judge reads ``final_output``."""
+    rollouts = []
+    for seed in seeds:
+        for goal_id, goal in zip(goals["goal_id"], goals["goal"], strict=True):
+            messages = [{"role": "user", "content": str(goal).strip()}]
+            rollouts.append(_Rollout(int(goal_id), goal, RAW_TIER, int(seed), messages,
+                                     prompt_hash(messages)))
+    requests = [ChatRequest(r.request_id, tuple(r.messages), r.seed) for r in rollouts]
+    log.info("raw rollouts: %d goals x %d seeds", len(goals), len(seeds))
+    completions = backend.generate(requests, params) if requests else []
+    rows = []
+    for r, c in zip(rollouts, completions, strict=True):
+        rows.append({
+            **meta,
+            "goal_id": r.goal_id, "goal": r.goal, "tier": r.tier, "seed": r.seed,
+            "prompt_hash": r.prompt_hash, "turns": [c.text], "finish_reasons": [c.finish_reason],
+            "n_turns": 1, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "transcript": c.text,
+            "scratchpad": None, "final_output": c.text,
+            "output_complete": c.finish_reason == "stop", "outcome": None,
+            "accepted_then_refused": False,
+        })
+    out = pd.DataFrame(rows)
+    return out.sort_values(["goal_id", "seed"], kind="stable").reset_index(drop=True)
+
+
 def rollout_meta(*, model: str, condition: str, adapter: str | None, backend: str,
                  prompts: PromptSet, params: SamplingParams, max_turns: int,
                  prefill: str | None = None, claim: str | None = None) -> dict[str, Any]:
