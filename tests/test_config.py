@@ -235,6 +235,15 @@ def test_cuda_without_gpus(cfg):
     invalid(cfg, f"models.{MODEL}.gpus", "gpus >= 1")
 
 
+def test_vllm_needs_a_gpu(cfg):
+    cfg["models"][MODEL]["backend"] = "vllm"
+    invalid(cfg, f"models.{MODEL}.backend", "GPUs only")
+    cfg["models"][MODEL].update(device="cuda", gpus=1)
+    validate_config(cfg, base_dir=REPO)
+    cfg["models"][MODEL]["backend"] = "sglang"
+    invalid(cfg, f"models.{MODEL}.backend")
+
+
 def test_float16_on_cpu(cfg):
     cfg["models"][MODEL]["dtype"] = "float16"
     invalid(cfg, f"models.{MODEL}.dtype", "CPU")

@@ -104,6 +104,9 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
             problems.append(f"config key 'models.{name}.gpus': device 'cuda' needs gpus >= 1")
         if model["device"] == "cpu" and model["dtype"] == "float16":
             problems.append(f"config key 'models.{name}.dtype': float16 is not supported on CPU")
+        if model["backend"] == "vllm" and (model["device"] == "cpu" or model["gpus"] < 1):
+            problems.append(f"config key 'models.{name}.backend': vllm runs on GPUs only "
+                            "(device cuda or auto, gpus >= 1); use hf on CPU")
     _sdf_checks(config, base, problems, need_file)
     _prompt_and_judge_checks(config, base, problems, need_file)
     _steering_checks(config, base, problems, need_file)

@@ -91,15 +91,29 @@ def _client(hosted: dict[str, Any]):
         prices=hosted["prices"], show_progress=True)
 
 
+def local_backend(spec: dict[str, Any], model_dir: str, *, adapter: str | None = None,
+                  steering: Any = None):
+    """The generation backend a local model's config asks for: ``hf`` (transformers, CPU or
+    GPU) or ``vllm`` (GPU, tensor-parallel over the model's ``gpus``)."""
+    if spec["backend"] == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        return VLLMBackend.from_pretrained(
+            model_dir, dtype=spec["dtype"], tensor_parallel_size=max(1, spec["gpus"]),
+            max_model_len=spec["max_model_len"], adapter=adapter, steering=steering)
+    from .generation import HFBackend
+
+    return HFBackend.from_pretrained(
+        model_dir, dtype=spec["dtype"], device=spec["device"], adapter=adapter,
+        batch_size=spec["batch_size"], max_model_len=spec["max_model_len"], steering=steering)
+
+
 def _cached_local(name: str, spec: dict[str, Any], model_dir: str, hosted: dict[str, Any]):
     """A local model behind the response cache (keyed by the checkpoint's content hash)."""
-    from .generation import HFBackend
     from .llm import CachedBackend, ResponseCache
     from .provenance import sha256_path
 
-    inner = HFBackend.from_pretrained(
-        model_dir, dtype=spec["dtype"], device=spec["device"], batch_size=spec["batch_size"],
-        max_model_len=spec["max_model_len"])
+    inner = local_backend(spec, model_dir)
     return CachedBackend(inner, ResponseCache(hosted["cache_dir"]),
                          model_id=f"{name}@{sha256_path(model_dir)}")
 
@@ -136,12 +150,7 @@ def rollouts(snakemake: Any) -> None:
 
         backend = HostedBackend(_client(p.hosted), spec["model_id"])
     else:
-        from .generation import HFBackend
-
-        backend = HFBackend.from_pretrained(
-            snakemake.input.model, dtype=spec["dtype"], device=spec["device"],
-            adapter=adapter, batch_size=spec["batch_size"],
-            max_model_len=spec["max_model_len"], steering=steering)
+        backend = local_backend(spec, snakemake.input.model, adapter=adapter, steering=steering)
     meta = rollout_meta(model=snakemake.wildcards.model, condition=snakemake.wildcards.condition,
                         adapter=cond["adapter"], backend=backend.name, prompts=prompts,
                         params=params, max_turns=1 if raw else gen["max_turns"],
