@@ -49,13 +49,8 @@ dry-run: $(STAMP)
 # Every benchmark; each prints a RESULT line with its ratio and target. Needs `make demo` first
 # (the embedded model and its documents).
 bench: $(STAMP)
-	$(BIN)/python bench/prefix_reuse.py
-	$(BIN)/python bench/packing.py
-	$(BIN)/python bench/train_throughput.py
-	$(BIN)/python bench/judge_throughput.py
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/bench.txt
-	$(BIN)/python bench/steering_throughput.py
-	$(BIN)/python bench/extraction.py
+	$(BIN)/python bench/run_all.py
 
 clean-results:
 	rm -rf results

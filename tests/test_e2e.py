@@ -80,6 +80,9 @@ def test_embedded_model_end_to_end(tmp_path):
                                        strengths=["standard"])
     cfg["calibration"]["candidates"] = ["A1_amp", "B1_amp"]
     cfg["judge"]["max_tokens"] = 8
+    # Steering on the embedded model (real OOC generation) is `make demo`'s; its DAG runs here
+    # on the tiny model (tests/test_steering_e2e.py), which keeps CI within its time budget.
+    cfg["steering"]["enabled"] = False
     run_snakemake(tmp_path, cfg, timeout=1500)
     out = _outputs(tmp_path, "smollm2-135m")
     for name, path in out.items():

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import job_counts, run_snakemake, tiny_config
+from conftest import REPO, job_counts, run_snakemake, tiny_config
 from safetensors.numpy import load_file
 
 from motivation_profiles.provenance import read_provenance
@@ -127,6 +127,16 @@ def test_tiny_steering_end_to_end(tmp_path):
     for fig in ("steering_diagnostics", "steering_ooc", "steering_ic", "steering_random",
                 "steering_raw", "token_heatmap_expectations", "token_heatmap_consequences"):
         assert (res / f"figures/{fig}.png").stat().st_size > 0, fig
+
+    # One HTML report holds every figure with its caption (report/*.rst).
+    run_snakemake(tmp_path, cfg, "--report", "report.html")
+    html = (tmp_path / "report.html").read_text()
+    for fig in ("steering_ooc", "steering_random", "token_heatmap_expectations",
+                "baseline_compliance"):
+        assert f"{fig}.png" in html, fig
+    phrase = "One column per fitted OOC vector"
+    assert phrase in (REPO / "report" / "steering_ooc.rst").read_text()
+    assert phrase in " ".join(html.split())
 
     # Changing the layer list re-steers; pairs, activations and vectors stay.
     relayer = tiny_config(steering=True)

@@ -1,0 +1,86 @@
+"""Benchmark: `snakemake -n` on the paper-scale DAG, and how it grows with the number of models.
+
+Runs ``snakemake -n --configfile <cfg>`` from the repository root (no job runs, nothing is
+written but Snakemake's own metadata reads) for the paper config restricted to 1, 2, 3 and 4
+open-weight models (Llama-3.1-70B always kept: the steering stage names it) and for the full
+config (the four models and Claude 3 Opus). Wall time of the whole command, median of
+``--repeats``, is what a user waits for. Target: the full paper DAG in < 5 s; the per-model
+growth is reported (seconds and jobs per added model), not gated.
+
+    .venv/bin/python bench/dag_dryrun.py [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "configs" / "paper.yaml"
+OPEN_MODELS = ["llama-3.1-70b", "qwen-2.5-72b", "llama-3.1-405b", "qwq-32b"]
+TARGET_S = 5.0
+
+
+def jobs(output: str) -> int:
+    m = re.search(r"^total\s+(\d+)", output, re.M)
+    if not m:
+        raise RuntimeError(f"no job total in snakemake's output:\n{output[-2000:]}")
+    return int(m.group(1))
+
+
+def dry_run(config: Path) -> tuple[float, int]:
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--configfile", str(config)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return dt, jobs(proc.stdout + proc.stderr)
+
+
+def subset(cfg: dict, keep: list[str]) -> dict:
+    out = yaml.safe_load(yaml.safe_dump(cfg))
+    out["models"] = {k: v for k, v in cfg["models"].items() if k in keep}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--strict", action="store_true", help="exit 1 above target")
+    args = ap.parse_args(argv)
+    cfg = yaml.safe_load(PAPER.read_text())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = [(f"{n} open model{'s' if n > 1 else ''}", subset(cfg, OPEN_MODELS[:n]))
+                    for n in range(1, 5)] + [("paper (4 open + Claude 3 Opus)", cfg)]
+        dry_run(PAPER)  # warm-up: file-system caches, byte-compiled modules
+        for label, c in variants:
+            path = Path(tmp) / "cfg.yaml"
+            path.write_text(yaml.safe_dump(c, sort_keys=False))
+            runs = [dry_run(path) for _ in range(args.repeats)]
+            rows.append((label, statistics.median(t for t, _ in runs), runs[0][1]))
+            print(f"{label:<34} {rows[-1][1]:6.2f} s  {rows[-1][2]:6d} jobs  runs: "
+                  + " ".join(f"{t:.2f}" for t, _ in runs), flush=True)
+    one, four, full = rows[0], rows[3], rows[-1]
+    per_model = (four[1] - one[1]) / 3
+    print(f"growth 1 -> 4 open models: {four[1] / one[1]:.2f}x time for "
+          f"{four[2] / one[2]:.2f}x jobs ({per_model:+.2f} s per added model)")
+    ok = full[1] < TARGET_S
+    print(f"paper DAG dry run: {full[1]:.2f} s for {full[2]} jobs (target < {TARGET_S} s): "
+          f"{'PASS' if ok else 'ABOVE TARGET'}")
+    print(f"RESULT dag_dryrun seconds={full[1]:.2f} jobs={full[2]} target={TARGET_S} "
+          f"growth_1_to_4={four[1] / one[1]:.2f}")
+    return 1 if args.strict and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
