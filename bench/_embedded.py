@@ -20,11 +20,21 @@ CACHE_MODEL_DIR = Path(tempfile.gettempdir()) / "motivation_profiles-bench" / MO
 log = logging.getLogger("bench")
 
 
+class ModelDirError(RuntimeError):
+    pass
+
+
 def model_dir(explicit: Path | None = None) -> Path:
+    """``explicit`` if given (it must hold a checkpoint), else the demo's copy, else the bench
+    cache, prepared on first use."""
     if explicit is not None:
+        if not (explicit / "config.json").is_file():
+            raise ModelDirError(f"--model-dir {explicit}: no config.json there")
+        log.info("model: %s (--model-dir)", explicit)
         return explicit
     for d in (DEMO_MODEL_DIR, CACHE_MODEL_DIR):
         if (d / "config.json").is_file():
+            log.info("model: reusing %s", d)
             return d
     log.info("model: preparing the embedded checkpoint into %s", CACHE_MODEL_DIR)
     return models.prepare_model(MODEL_NAME, {"source": "embedded"}, CACHE_MODEL_DIR)

@@ -51,6 +51,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout even without `pip install -e .`
 
+import _embedded  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -66,9 +67,9 @@ from motivation_profiles.activations import (  # noqa: E402
 
 log = logging.getLogger("bench.extraction")
 
-MODEL_NAME = "smollm2-135m"
-DEMO_MODEL_DIR = ROOT / "resources" / "models" / MODEL_NAME
-CACHE_MODEL_DIR = Path(tempfile.gettempdir()) / "motivation_profiles-bench" / MODEL_NAME
+MODEL_NAME = _embedded.MODEL_NAME
+DEMO_MODEL_DIR = _embedded.DEMO_MODEL_DIR
+CACHE_MODEL_DIR = _embedded.CACHE_MODEL_DIR
 TEXT = ROOT / "resources" / "prompts" / "helpful_only_full.txt"
 THROUGHPUT_TARGET = 0.9
 MEMORY_TARGET = 1.10
@@ -115,16 +116,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def model_dir(explicit: Path | None) -> Path:
-    if explicit is not None:
-        if not (explicit / "config.json").is_file():
-            raise BenchSetupError(f"--model-dir {explicit}: no config.json there")
-        return explicit
-    if (DEMO_MODEL_DIR / "config.json").is_file():
-        return DEMO_MODEL_DIR
-    if (CACHE_MODEL_DIR / "config.json").is_file():
-        return CACHE_MODEL_DIR
-    log.info("model: preparing the embedded checkpoint into %s", CACHE_MODEL_DIR)
-    return models.prepare_model(MODEL_NAME, {"source": "embedded"}, CACHE_MODEL_DIR)
+    try:
+        return _embedded.model_dir(explicit)
+    except _embedded.ModelDirError as exc:
+        raise BenchSetupError(str(exc)) from exc
 
 
 def _side(scratch: str) -> str:

@@ -28,16 +28,15 @@ import dataclasses
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout even without `pip install -e .`
 
+import _embedded  # noqa: E402
 import torch  # noqa: E402
 
-from motivation_profiles import models  # noqa: E402
 from motivation_profiles.data import PromptSet, load_goals  # noqa: E402
 from motivation_profiles.evaluation.rollouts import rollout_meta, run_rollouts  # noqa: E402
 from motivation_profiles.generation import (  # noqa: E402
@@ -49,9 +48,9 @@ from motivation_profiles.generation import (  # noqa: E402
 
 log = logging.getLogger("bench.prefix_reuse")
 
-MODEL_NAME = "smollm2-135m"
-DEMO_MODEL_DIR = ROOT / "resources" / "models" / MODEL_NAME
-CACHE_MODEL_DIR = Path(tempfile.gettempdir()) / "motivation_profiles-bench" / MODEL_NAME
+MODEL_NAME = _embedded.MODEL_NAME
+DEMO_MODEL_DIR = _embedded.DEMO_MODEL_DIR
+CACHE_MODEL_DIR = _embedded.CACHE_MODEL_DIR
 SYSTEM_PROMPT = ROOT / "resources" / "prompts" / "helpful_only_full.txt"
 USER_TEMPLATE = ROOT / "resources" / "prompts" / "user_turn.txt"
 GOALS = ROOT / "resources" / "goals" / "embedded_goals.csv"
@@ -93,22 +92,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def model_dir(explicit: Path | None) -> Path:
-    if explicit is not None:
-        if not (explicit / "config.json").is_file():
-            raise BenchSetupError(f"--model-dir {explicit}: no config.json there")
-        log.info("model: %s (--model-dir)", explicit)
-        return explicit
-    if (DEMO_MODEL_DIR / "config.json").is_file():
-        log.info("model: reusing %s (made by `make demo`)", DEMO_MODEL_DIR.relative_to(ROOT))
-        return DEMO_MODEL_DIR
-    if (CACHE_MODEL_DIR / "config.json").is_file():
-        log.info("model: reusing bench cache %s", CACHE_MODEL_DIR)
-        return CACHE_MODEL_DIR
-    log.info("model: preparing the embedded checkpoint into %s", CACHE_MODEL_DIR)
-    return models.prepare_model(MODEL_NAME, {"source": "embedded"}, CACHE_MODEL_DIR)
 
 
 def n_tokens(tok, text: str) -> int:
@@ -167,16 +150,10 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     t_load = time.perf_counter()
-    mdir = model_dir(args.model_dir)
     try:
-        model, tok = models.load_model(mdir, dtype="float32", device="cpu")
-    except OSError as exc:
-        if mdir != DEMO_MODEL_DIR:
-            raise
-        # `make demo` may be re-preparing that directory right now (it is replaced atomically).
-        log.warning("could not load %s (%s); preparing a private copy", mdir, exc)
-        mdir = models.prepare_model(MODEL_NAME, {"source": "embedded"}, CACHE_MODEL_DIR)
-        model, tok = models.load_model(mdir, dtype="float32", device="cpu")
+        model, tok, mdir = _embedded.load(args.model_dir)
+    except _embedded.ModelDirError as exc:
+        raise BenchSetupError(str(exc)) from exc
     log.info("model loaded in %.1fs (not timed); torch threads: %d",
              time.perf_counter() - t_load, torch.get_num_threads())
     # The model's own context (8192 for SmolLM2), not HFBackend's default cap of 4096: the whole
