@@ -128,6 +128,14 @@ def test_tiny_steering_end_to_end(tmp_path):
                 "steering_raw", "token_heatmap_expectations", "token_heatmap_consequences"):
         assert (res / f"figures/{fig}.png").stat().st_size > 0, fig
 
+    # Every table says which rule, config and inputs made it (activation indexes included).
+    for path in res.rglob("*.parquet"):
+        if any(part.startswith(".") for part in path.parts):
+            continue  # a resumable job's .partial directory
+        prov = read_provenance(path)
+        assert prov["rule"] and prov["config_hash"] and prov["package_version"], path
+        assert prov["inputs"], path
+
     # One HTML report holds every figure with its caption (report/*.rst).
     run_snakemake(tmp_path, cfg, "--report", "report.html")
     html = (tmp_path / "report.html").read_text()

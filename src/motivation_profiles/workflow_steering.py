@@ -100,7 +100,7 @@ def activations(snakemake: Any) -> None:
 
     from .activations import extract_activations
     from .models import load_model
-    from .provenance import read_table
+    from .provenance import read_table, write_table
 
     p = snakemake.params
     ex = p.extraction
@@ -113,6 +113,8 @@ def activations(snakemake: Any) -> None:
     prov = _provenance(snakemake, params=dict(p.items()))
     (out / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True,
                                                     default=str))
+    # The index is a Parquet table like every other: it carries the provenance too.
+    write_table(index, out / "index.parquet", prov)
     log.info("%d rows (%d pairs) -> %s", len(index), index["pair_id"].nunique(), out)
 
 
