@@ -103,6 +103,7 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
     cfg["metrics"]["bootstrap_samples"] = 200
     st = cfg["steering"]
     st["enabled"] = steering
+    st["sources"] = ["ooc", "ic"]
     st["ooc"].update(splits={"train": 3, "validation": 2, "keyword_hard": 2},
                      candidates_per_round=6, max_rounds=2,
                      max_tokens={"dialogue": 24, "sentence": 12})

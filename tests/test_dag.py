@@ -11,20 +11,19 @@ def test_embedded_config_dry_run(tmp_path):
     cfg = absolutize(load_repo_config())
     cfg["sdf"]["enabled"] = False  # the SDF branches: tests/test_sdf_e2e.py
     proc = run_snakemake(tmp_path, cfg, "-n")
-    # baseline + 24 prompt conditions (8 claims x 3 strengths) + steering: 4 fitted vectors
-    # (2 concepts x OOC/IC) x 2 multipliers + 2 random controls x 2 multipliers, each judged;
-    # 3 raw-AdvBench conditions (baseline, one vector at -4/+4) judged for compliance.
-    # Steering: 3 OOC splits x 2 concepts, IC pairs per concept from every judged
-    # non-steering condition; one activation cache per pair set (6 OOC + 2 IC).
+    # baseline + 24 prompt conditions (8 claims x 3 strengths) + steering: 2 fitted OOC
+    # vectors x 2 multipliers + 2 random controls x 2 multipliers, each judged; 3 raw-AdvBench
+    # conditions (baseline, two vectors at +4) judged for compliance. Steering: 3 OOC splits x
+    # 2 concepts, one activation cache per pair set (IC is off in the embedded config).
     assert job_counts(proc.stdout + proc.stderr) == {
-        "prepare_model": 1, "goals": 1, "rollouts": 40, "metrics": 37, "metrics_table": 1,
-        "judge": 37, "prompt_profile": 1, "profiles": 1, "figure_baseline": 1,
+        "prepare_model": 1, "goals": 1, "rollouts": 36, "metrics": 33, "metrics_table": 1,
+        "judge": 33, "prompt_profile": 1, "profiles": 1, "figure_baseline": 1,
         "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,
         "figure_judge_scores": 1, "all": 1,
-        "ooc_pairs": 6, "ic_pairs": 2, "activations": 8, "fit_vectors": 4,
+        "ooc_pairs": 6, "activations": 6, "fit_vectors": 2,
         "random_vectors": 2, "steering_layers": 1, "judge_raw": 3, "steering_summary": 1,
         "raw_summary": 1, "steering_profile": 1, "token_cosines": 1,
-        "figure_steering_diagnostics": 1, "figure_steering_ic": 1, "figure_steering_ooc": 1,
+        "figure_steering_diagnostics": 1, "figure_steering_ooc": 1,
         "figure_steering_random": 1, "figure_steering_raw": 1,
         "figure_token_heatmap_consequences": 1, "figure_token_heatmap_expectations": 1,
     }

@@ -73,11 +73,10 @@ def test_malformed_steering_names_are_errors(bad):
 def test_embedded_plan(cfg):
     plan = SteeringPlan.from_config(cfg)
     assert plan.models == ("smollm2-135m",)
-    assert plan.fitted_vectors() == ["expectations_ooc", "consequences_ooc",
-                                     "expectations_ic", "consequences_ic"]
+    assert plan.fitted_vectors() == ["expectations_ooc", "consequences_ooc"]  # no IC: embedded
     assert plan.random_vectors() == ["random_expectations_ooc_1", "random_consequences_ooc_1"]
     conds = plan.steer_conditions("smollm2-135m")
-    assert len(conds) == 4 * 2 + 2 * 2
+    assert len(conds) == 2 * 2 + 2 * 2
     assert "steer-random_expectations_ooc_1-x-4" in conds
     assert plan.raw_conditions("smollm2-135m") == [
         "raw-baseline", "raw-expectations_ooc-x+4", "raw-consequences_ooc-x+4"]
@@ -88,9 +87,14 @@ def test_embedded_plan(cfg):
                                     for s in ("train", "validation", "keyword_hard")]
     assert plan.vector_file("random_consequences_ooc_1") == "random/consequences_ooc_1.safetensors"
     figs = plan.figures(("smollm2-135m",))
-    assert {"steering_ooc", "steering_ic", "steering_random", "steering_raw",
+    assert {"steering_ooc", "steering_random", "steering_raw",
             "token_heatmap_expectations", "sdf_steering_alignment",
             "steering_diagnostics"} <= set(figs)
+    assert "steering_ic" not in figs
+    cfg["steering"]["sources"] = ["ooc", "ic"]
+    both = SteeringPlan.from_config(cfg)
+    assert both.fitted_vectors()[2:] == ["expectations_ic", "consequences_ic"]
+    assert "steering_ic" in both.figures(("smollm2-135m",))
     assert "sdf_steering_alignment" not in plan.figures(())
 
 
