@@ -42,13 +42,15 @@ def dry_run(config: Path) -> tuple[float, int]:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     dt = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     return dt, jobs(proc.stdout + proc.stderr)
 
 
 def subset(cfg: dict, keep: list[str]) -> dict:
     out = yaml.safe_load(yaml.safe_dump(cfg))
     out["models"] = {k: v for k, v in cfg["models"].items() if k in keep}
+    per_model = out["sdf"]["training"].get("per_model") or {}
+    out["sdf"]["training"]["per_model"] = {k: v for k, v in per_model.items() if k in keep}
     return out
 
 
