@@ -29,7 +29,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .config import TIERS  # noqa: E402
-from .figures import FAMILY_COLORS, TIER_COLORS, TIER_LABELS, save  # noqa: E402
+from .figures import (  # noqa: E402
+    FAMILY_COLORS,
+    TIER_COLORS,
+    TIER_LABELS,
+    _require,  # one check for every figure module
+    save,
+)
 from .steering_names import (  # noqa: E402
     CONCEPT_DIRECTION,
     CONCEPTS,
@@ -55,16 +61,6 @@ MAX_TOKENS = 64
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    """ValueError when ``df`` is empty or lacks one of ``columns`` (named in the message)."""
-    if df is None or len(df) == 0:
-        raise ValueError(f"{what}: the input table is empty")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: the input table lacks column(s) {', '.join(missing)} "
-                         f"(has {', '.join(map(str, df.columns))})")
 
 
 def _name(display_names: Mapping[str, str], model: str) -> str:
