@@ -30,6 +30,9 @@ CHECKS: dict[str, list[tuple[str, str, float, str]]] = {
     "train_throughput.py": [("ratio", ">=", 0.9, "train_lora vs bare peft loop, throughput")],
     "judge_throughput.py": [("duplicates", "==", 0, "judge: duplicate API requests, cold cache"),
                             ("warm_calls", "==", 0, "judge: API calls on a warm cache")],
+    "hosted_rerun.py": [("warm_calls", "==", 0,
+                         "API calls when every hosted-model rule reruns on a warm cache"),
+                        ("tables_equal", "==", 1, "rerun tables equal the cold ones")],
     "steering_throughput.py": [("ratio", ">=", 0.97, "steered / unsteered generation throughput"),
                                ("library_over_ours", ">=", 1.0, "steering-vectors time / ours")],
     "extraction.py": [("ratio", ">=", 0.9,
@@ -37,7 +40,9 @@ CHECKS: dict[str, list[tuple[str, str, float, str]]] = {
                       ("ratio_2x", "<=", 1.10, "extraction peak RSS, 2x transcript length"),
                       ("ratio_8x", "<=", 1.10, "extraction peak RSS, 8x transcript length")],
     "dag_dryrun.py": [("seconds", "<", 5.0, "snakemake -n, paper DAG (s)"),
-                      ("growth_1_to_4", "info", 0, "dry-run time, 4 vs 1 open model")],
+                      ("growth_1_to_4", "info", 0, "dry-run time, 4 vs 1 open model"),
+                      ("vs_floor", "info", 0,
+                       "dry-run time vs Snakemake's floor at the same job count")],
 }
 OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 

@@ -145,10 +145,10 @@ def condition_params(wildcards):
             "steering": None}
 
 
-def rollout_params(wildcards):
-    r = config["rollouts"]
-    return {k: r[k] for k in ("seeds", "temperature", "top_p", "max_new_tokens",
-                              "max_turns", "stop", "prefill")}
+# Sampling settings of every rollout job (a constant, not an input function: Snakemake
+# introspects each input function's signature once per job, which adds up over ~300 jobs).
+ROLLOUT_GENERATION = {k: config["rollouts"][k] for k in (
+    "seeds", "temperature", "top_p", "max_new_tokens", "max_turns", "stop", "prefill")}
 
 
 def rollout_hosted(wildcards):

@@ -18,7 +18,7 @@ rule rollouts:
         f"{RESULTS}/rollouts/{{model}}/{{condition}}.parquet",
     params:
         model=model_runtime,
-        generation=rollout_params,
+        generation=ROLLOUT_GENERATION,
         prompts=config["prompts"],
         condition=condition_params,
         hosted=rollout_hosted,

@@ -90,6 +90,15 @@ def test_other_out_of_range(cfg, section, key, value):
     invalid(cfg, f"{section}.{key}")
 
 
+def test_extraction_token_budget_is_optional_and_positive(cfg):
+    assert "max_batch_tokens" not in cfg["steering"]["extraction"]  # the demo leaves it out
+    validate_config(cfg, base_dir=REPO)
+    cfg["steering"]["extraction"]["max_batch_tokens"] = None
+    validate_config(cfg, base_dir=REPO)
+    cfg["steering"]["extraction"]["max_batch_tokens"] = 0
+    invalid(cfg, "steering.extraction.max_batch_tokens")
+
+
 def test_unknown_key(cfg):
     cfg["rollouts"]["temprature"] = 0.7
     msg = invalid(cfg, "rollouts", "temprature")

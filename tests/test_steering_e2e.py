@@ -83,6 +83,7 @@ def _write_pairs(tmp_path, cfg) -> dict[str, str]:
 def test_tiny_steering_end_to_end(tmp_path):
     cfg = tiny_config(steering=True)
     cfg["steering"]["external_pairs"] = _write_pairs(tmp_path, cfg)
+    cfg["steering"]["extraction"]["max_batch_tokens"] = 512
     run_snakemake(tmp_path, cfg, timeout=1200)
     res = tmp_path / "results"
 
@@ -94,6 +95,7 @@ def test_tiny_steering_end_to_end(tmp_path):
     assert len(index) == 2 * 3 and set(index["side"]) == {"pos", "neg"}
     assert (index["span_tokens"] > 0).all()
     assert (index["response_tokens"] > index["span_tokens"]).all()
+    assert json.loads((act / "meta.json").read_text())["max_batch_tokens"] == 512
     shard = load_file(str(act / "shard_00000.safetensors"))
     assert shard["response_mean"].shape == (6, 2, 64) and np.isfinite(shard["span_mean"]).all()
 
@@ -149,6 +151,7 @@ def test_tiny_steering_end_to_end(tmp_path):
     # Changing the layer list re-steers; pairs, activations and vectors stay.
     relayer = tiny_config(steering=True)
     relayer["steering"]["external_pairs"] = cfg["steering"]["external_pairs"]
+    relayer["steering"]["extraction"] = cfg["steering"]["extraction"]
     relayer["steering"]["layers"].update(select="list", list=[0 if chosen == "1" else 1])
     dry = run_snakemake(tmp_path, relayer, "-n")
     counts = job_counts(dry.stdout + dry.stderr)

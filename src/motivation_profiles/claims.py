@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from .config import load_yaml
+
 STRENGTHS = ("weak", "standard", "strong")
 INTERVENTIONS = ("A1_amp", "A1_sup", "A2_amp", "A2_sup", "B1_amp", "B1_sup", "B2_amp",
                  "B2_sup")
@@ -77,7 +79,7 @@ def read_claim_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ClaimError(f"{path}: claims file for intervention {stem!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ClaimError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, Mapping):

@@ -17,6 +17,16 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.y
 TIERS = ("monitored", "unmonitored")
 
 
+# libyaml's loader when PyYAML was built with it: same results as yaml.safe_load, ~10x faster
+# on the 28 KB schema, which every Snakemake invocation parses.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(stream) -> Any:
+    """``yaml.safe_load`` through libyaml when available."""
+    return yaml.load(stream, Loader=_YAML_LOADER)
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key path."""
 
@@ -25,7 +35,7 @@ class ConfigError(ValueError):
 def load_schema(path: str | None = None) -> dict[str, Any]:
     schema_file = Path(path) if path else SCHEMA_PATH
     with open(schema_file) as fh:
-        return yaml.safe_load(fh)
+        return load_yaml(fh)
 
 
 def _key_path(parts) -> str:
@@ -295,7 +305,7 @@ def load_config_files(paths, *, base_dir: str | Path = ".") -> dict[str, Any]:
     config: dict[str, Any] = {}
     for path in paths:
         with open(path) as fh:
-            part = yaml.safe_load(fh)
+            part = load_yaml(fh)
         if not isinstance(part, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         config = merge(config, part)

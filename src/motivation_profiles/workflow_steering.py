@@ -109,7 +109,8 @@ def activations(snakemake: Any) -> None:
                             device=p.model["device"])
     out = Path(snakemake.output[0])
     index = extract_activations(model, tok, pairs, out, batch_size=ex["batch_size"],
-                                shard_size=ex["shard_size"], max_length=ex["max_length"])
+                                shard_size=ex["shard_size"], max_length=ex["max_length"],
+                                max_batch_tokens=ex.get("max_batch_tokens"))
     prov = _provenance(snakemake, params=dict(p.items()))
     (out / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True,
                                                     default=str))
