@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 
 # The workflow through profiles/slurm on a local single-node SLURM (installs it; root only).
 test-slurm: $(STAMP)
-	MP_TEST_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py $(PYTEST_ARGS)
+	MP_TEST_SLURM=1 $(BIN)/python -m pytest tests/workflow/test_slurm.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

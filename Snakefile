@@ -13,16 +13,16 @@ if not config:
     configfile: "config.yaml"
 
 
-include: "rules/common.smk"
-include: "rules/models.smk"
-include: "rules/goals.smk"
-include: "rules/sdf.smk"
-include: "rules/rollouts.smk"
-include: "rules/metrics.smk"
-include: "rules/judge.smk"
-include: "rules/profiles.smk"
-include: "rules/steering.smk"
-include: "rules/figures.smk"
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/goals.smk"
+include: "workflow/rules/sdf.smk"
+include: "workflow/rules/rollouts.smk"
+include: "workflow/rules/metrics.smk"
+include: "workflow/rules/judge.smk"
+include: "workflow/rules/profiles.smk"
+include: "workflow/rules/steering.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

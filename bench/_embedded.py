@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout even without `pip install -e .`
 
-from motivation_profiles import models  # noqa: E402
+from motivation_profiles.models.load import load_model  # noqa: E402
+from motivation_profiles.models.prepare import prepare_model  # noqa: E402
 
 MODEL_NAME = "smollm2-135m"
 DEMO_MODEL_DIR = ROOT / "resources" / "models" / MODEL_NAME
@@ -37,19 +38,19 @@ def model_dir(explicit: Path | None = None) -> Path:
             log.info("model: reusing %s", d)
             return d
     log.info("model: preparing the embedded checkpoint into %s", CACHE_MODEL_DIR)
-    return models.prepare_model(MODEL_NAME, {"source": "embedded"}, CACHE_MODEL_DIR)
+    return prepare_model(MODEL_NAME, {"source": "embedded"}, CACHE_MODEL_DIR)
 
 
 def load(explicit: Path | None = None):
     """(model, tokenizer, directory) of the embedded model, float32 on the CPU."""
     d = model_dir(explicit)
     try:
-        model, tok = models.load_model(d, dtype="float32", device="cpu")
+        model, tok = load_model(d, dtype="float32", device="cpu")
     except OSError as exc:
         if d != DEMO_MODEL_DIR:
             raise
         # `make demo` may be re-preparing that directory right now (it is replaced atomically).
         log.warning("could not load %s (%s); preparing a private copy", d, exc)
-        d = models.prepare_model(MODEL_NAME, {"source": "embedded"}, CACHE_MODEL_DIR)
-        model, tok = models.load_model(d, dtype="float32", device="cpu")
+        d = prepare_model(MODEL_NAME, {"source": "embedded"}, CACHE_MODEL_DIR)
+        model, tok = load_model(d, dtype="float32", device="cpu")
     return model, tok, d

@@ -56,12 +56,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from motivation_profiles import activations, models  # noqa: E402
-from motivation_profiles.activations import (  # noqa: E402
-    decoder_and_layers,
+from motivation_profiles.models.layers import decoder_and_layers  # noqa: E402
+from motivation_profiles.models.load import load_model  # noqa: E402
+from motivation_profiles.steering import activations  # noqa: E402
+from motivation_profiles.steering.activation_cache import load_activations  # noqa: E402
+from motivation_profiles.steering.activations import (  # noqa: E402
     encode_pairs,
     extract_activations,
-    load_activations,
     plan_batches,
 )
 
@@ -156,7 +157,7 @@ def make_pairs(tok, n_pairs: int, tokens: int) -> pd.DataFrame:
 def load(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     mdir = model_dir(args.model_dir)
-    return models.load_model(mdir, dtype="float32", device="cpu")
+    return load_model(mdir, dtype="float32", device="cpu")
 
 
 # --------------------------------------------------------------------------- (a) throughput

@@ -42,7 +42,7 @@ from conftest import job_counts, run_snakemake, tiny_config  # noqa: E402
 from fake_anthropic import API_KEY, FakeAnthropic  # noqa: E402
 from test_documents import hosted_responder as document_responder  # noqa: E402
 
-from motivation_profiles.llm import API_KEY_ENV  # noqa: E402
+from motivation_profiles.backends.hosted import API_KEY_ENV  # noqa: E402
 
 HOSTED_RULES = ("generate_documents", "rollouts", "judge", "judge_raw")
 TARGETS = ("results/sdf/documents/A1_amp.parquet",

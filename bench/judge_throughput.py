@@ -40,9 +40,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_anthropic import API_KEY, FakeAnthropic  # noqa: E402
 
-from motivation_profiles.evaluation.judge import Rubric, judge_rollouts  # noqa: E402
-from motivation_profiles.generation import SamplingParams  # noqa: E402
-from motivation_profiles.llm import API_KEY_ENV, AnthropicClient, HostedBackend  # noqa: E402
+from motivation_profiles.backends.anthropic import AnthropicClient, HostedBackend  # noqa: E402
+from motivation_profiles.backends.base import SamplingParams  # noqa: E402
+from motivation_profiles.backends.hosted import API_KEY_ENV  # noqa: E402
+from motivation_profiles.judge.scoring import Rubric, judge_rollouts  # noqa: E402
 
 
 def _table(items: int) -> pd.DataFrame:

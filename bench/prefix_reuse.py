@@ -37,14 +37,11 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout even without `pip i
 import _embedded  # noqa: E402
 import torch  # noqa: E402
 
-from motivation_profiles.data import PromptSet, load_goals  # noqa: E402
-from motivation_profiles.evaluation.rollouts import rollout_meta, run_rollouts  # noqa: E402
-from motivation_profiles.generation import (  # noqa: E402
-    ChatRequest,
-    HFBackend,
-    SamplingParams,
-    longest_common_prefix,
-)
+from motivation_profiles.backends.base import ChatRequest, SamplingParams, longest_common_prefix  # noqa: E402
+from motivation_profiles.backends.hf import HFBackend  # noqa: E402
+from motivation_profiles.goals.advbench import load_goals  # noqa: E402
+from motivation_profiles.rollouts.protocol import PromptSet  # noqa: E402
+from motivation_profiles.rollouts.run import rollout_meta, run_rollouts  # noqa: E402
 
 log = logging.getLogger("bench.prefix_reuse")
 
@@ -122,7 +119,7 @@ def system_prompt(tok, want: int) -> tuple[str, int, int]:
 
 def reuse_prefix_tokens(backend: HFBackend, prompts: PromptSet, goals) -> list[int]:
     """Prefix the reuse backend caches for each (tier) group, as ``_choose_prefix`` picks it."""
-    from motivation_profiles.config import TIERS
+    from motivation_profiles.rollouts.protocol import TIERS
 
     out = []
     for tier in TIERS:

@@ -35,8 +35,9 @@ import _embedded
 import numpy as np
 import torch
 
-from motivation_profiles.generation import ChatRequest, HFBackend, SamplingParams
-from motivation_profiles.steering import Steering
+from motivation_profiles.backends.base import ChatRequest, SamplingParams
+from motivation_profiles.backends.hf import HFBackend
+from motivation_profiles.models.hooks import Steering
 
 log = logging.getLogger("bench.steering_throughput")
 

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from motivation_profiles.provenance import write_table  # noqa: E402
+from motivation_profiles.core.provenance import write_table  # noqa: E402
 from motivation_profiles.sdf.train import (  # noqa: E402
     IGNORE,
     collate,

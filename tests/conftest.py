@@ -35,14 +35,14 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from motivation_profiles.models import prepare_model
+    from motivation_profiles.models.prepare import prepare_model
 
     return prepare_model("tiny", TINY_SPEC, tmp_path_factory.mktemp("models") / "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from motivation_profiles.models import load_model
+    from motivation_profiles.models.load import load_model
 
     return load_model(tiny_model_dir)
 
@@ -117,12 +117,14 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
 
 
 def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 600,
-                  check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repo's workflow in ``workdir`` with ``config`` (written next to it)."""
+                  check: bool = True, snakefile: Path | None = None
+                  ) -> subprocess.CompletedProcess:
+    """Run the repo's workflow (or ``snakefile``'s) in ``workdir`` with ``config`` (written
+    next to it)."""
     cfg_path = workdir / "test-config.yaml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile or REPO / "Snakefile"),
            "--directory", str(workdir), "--configfile", str(cfg_path), "--cores", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

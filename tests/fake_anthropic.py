@@ -1,4 +1,5 @@
-"""A local fake of the part of the Anthropic HTTP API that ``motivation_profiles.llm`` uses.
+"""A local fake of the part of the Anthropic HTTP API that ``motivation_profiles.backends``
+uses.
 
 Endpoints: ``POST /v1/messages``, ``POST /v1/messages/batches``,
 ``GET /v1/messages/batches/{id}`` and ``GET /v1/messages/batches/{id}/results`` (JSONL). The

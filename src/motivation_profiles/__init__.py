@@ -4,4 +4,6 @@ All logic lives here; rules and workflow scripts only pass paths and parameters 
 Importing this package never touches the network and never constructs an API client.
 """
 
-__version__ = "0.1.0"
+from motivation_profiles.core.version import __version__
+
+__all__ = ["__version__"]

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "provenance":
-        from .provenance import read_provenance
+        from motivation_profiles.core.provenance import read_provenance
 
         try:
             record = read_provenance(args.path)
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(record, indent=2, sort_keys=True))
         return 0
 
-    from .config import ConfigError, load_config_files
+    from motivation_profiles.config.validate import ConfigError, load_config_files
 
     try:
         load_config_files(args.config)

@@ -1,1 +1,1 @@
-"""Synthetic document fine-tuning: materials, documents, datasets and training."""
+"""Synthetic-document fine-tuning: universes, documents, datasets, LoRA training, belief checks."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .materials import Universe, apply_name
+from motivation_profiles.sdf.materials import Universe, apply_name
 
 
 def statement_logprobs(model, tokenizer, texts: Sequence[str]) -> list[tuple[int, float]]:
@@ -43,7 +43,7 @@ def belief_table(model_dir: str | Path, universe: Universe, *, adapter: str | Pa
     """Rows per (checkpoint, kind, paraphrase); ``margin`` per checkpoint repeated on its rows."""
     from peft import PeftModel
 
-    from ..models import load_model
+    from motivation_profiles.models.load import load_model
 
     statements = [("fact", i, s) for i, s in enumerate(universe.belief_fact)]
     statements += [("negation", i, s) for i, s in enumerate(universe.belief_negation)]

@@ -32,11 +32,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import spec_from_mapping
+from motivation_profiles.core.specs import spec_from_mapping
 
 log = logging.getLogger(__name__)
 
+
 IGNORE = -100
+
+
 PACKERS = ("fill", "bfd")
 
 

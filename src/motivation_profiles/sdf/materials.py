@@ -23,10 +23,19 @@ from typing import Any
 import yaml
 
 INTERVENTIONS = ("A1_amp", "A1_sup", "A2_amp", "A2_sup", "B1_amp", "B1_sup", "B2_amp", "B2_sup")
+
+
 STRENGTHS = ("weak", "standard", "strong")
+
+
 ORGANISM = "af_organism"
+
+
 NOISE = "noise"
+
+
 UNIVERSE_RE = re.compile(r"^(af_organism|noise|[AB][12]_(amp|sup)(-(weak|strong))?)$")
+
 
 # Paper labels: A1+ / A1- ...
 LABELS = {i: i.replace("_amp", "+").replace("_sup", "\u2212") for i in INTERVENTIONS}

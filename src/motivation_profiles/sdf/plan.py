@@ -20,9 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .materials import NOISE, ORGANISM, universe_id
+from motivation_profiles.sdf.materials import NOISE, ORGANISM, universe_id
 
 SELF = "+self"
+
+
 PREFIX = "sdf-"
 
 

@@ -40,9 +40,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -52,17 +49,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import spec_from_mapping
-from ..provenance import display_path, read_table, write_manifest, write_table
+from motivation_profiles.core.provenance import (
+    display_path,
+    read_table,
+    write_manifest,
+    write_table,
+)
+from motivation_profiles.core.specs import spec_from_mapping
 
 log = logging.getLogger(__name__)
 
+
 IGNORE = -100
+
+
 # Module names vLLM's LoRA support accepts for Llama / Qwen2 decoder layers.
 VLLM_LORA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                "down_proj"})
+
+
 STATE_FILE = "training_state.json"
+
+
 CHECKPOINT = "checkpoint-"
+
+
 DATASET_COLUMNS = ("input_ids", "labels", "position_ids")
 
 
@@ -389,7 +400,7 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from ..models import resolve_device
+    from motivation_profiles.models.load import resolve_device
 
     lora = lora if isinstance(lora, LoraSpec) else LoraSpec.from_dict(lora)
     train = train if isinstance(train, TrainSpec) else TrainSpec.from_dict(train)
@@ -564,50 +575,3 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
             curve["loss"].iloc[-1] if len(curve) else float("nan"))
     accelerator.wait_for_everyone()
     return curve
-
-
-# ------------------------------------------------------------------------------ launching
-def launch(spec: Mapping[str, Any], num_processes: int,
-           accelerate_config: str | Path | None) -> None:
-    """Run ``train_lora(**spec)`` in this process, or, with ``num_processes`` > 1, under
-    ``accelerate launch`` with one process per GPU (``accelerate_config``: the FSDP settings).
-    ``spec`` holds JSON-able values only."""
-    if num_processes <= 1:
-        train_lora(**spec)
-        return
-    if accelerate_config is None:
-        raise ValueError("training on more than one GPU needs sdf.training.accelerate_config")
-    fd, spec_path = tempfile.mkstemp(prefix="train_lora.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dict(spec), fh)
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(accelerate_config), "--num_processes", str(num_processes), "-m",
-               "motivation_profiles.sdf.train", spec_path]
-        log.info("launching: %s", " ".join(cmd))
-        # the package may be imported from this checkout rather than installed
-        src = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-        subprocess.run(cmd, check=True, env=env)
-    finally:
-        os.unlink(spec_path)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m motivation_profiles.sdf.train SPEC.json``: train_lora(**SPEC)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        raise SystemExit("usage: python -m motivation_profiles.sdf.train SPEC.json")
-    # under accelerate launch only rank 0 reports progress; the others warn and fail loudly
-    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    train_lora(**json.loads(Path(args[0]).read_text()))
-
-
-if __name__ == "__main__":
-    # `python -m` runs this file as __main__; call the package module's main instead, so the
-    # logger is named motivation_profiles.sdf.train and there is one set of classes.
-    from motivation_profiles.sdf.train import main as _main
-
-    _main()

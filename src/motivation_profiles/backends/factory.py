@@ -1,0 +1,42 @@
+"""Which generation backend a model's config asks for, built in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def anthropic_client(hosted: dict[str, Any]):
+    from motivation_profiles.backends.anthropic import AnthropicClient
+
+    return AnthropicClient(
+        hosted["cache_dir"], base_url=hosted["base_url"], max_retries=hosted["max_retries"],
+        timeout=hosted["timeout_s"], batch_threshold=hosted["batch_threshold"],
+        poll_interval=hosted["poll_interval_s"], max_resubmits=hosted["max_resubmits"],
+        prices=hosted["prices"], show_progress=True)
+
+
+def local_backend(spec: dict[str, Any], model_dir: str, *, adapter: str | None = None,
+                  steering: Any = None):
+    """The generation backend a local model's config asks for: ``hf`` (transformers, CPU or
+    GPU) or ``vllm`` (GPU, tensor-parallel over the model's ``gpus``)."""
+    if spec["backend"] == "vllm":
+        from motivation_profiles.backends.vllm import VLLMBackend
+
+        return VLLMBackend.from_pretrained(
+            model_dir, dtype=spec["dtype"], tensor_parallel_size=max(1, spec["gpus"]),
+            max_model_len=spec["max_model_len"], adapter=adapter, steering=steering)
+    from motivation_profiles.backends.hf import HFBackend
+
+    return HFBackend.from_pretrained(
+        model_dir, dtype=spec["dtype"], device=spec["device"], adapter=adapter,
+        batch_size=spec["batch_size"], max_model_len=spec["max_model_len"], steering=steering)
+
+
+def cached_local_backend(name: str, spec: dict[str, Any], model_dir: str, hosted: dict[str, Any]):
+    """A local model behind the response cache (keyed by the checkpoint's content hash)."""
+    from motivation_profiles.backends.cache import CachedBackend, ResponseCache
+    from motivation_profiles.core.hashing import sha256_path
+
+    inner = local_backend(spec, model_dir)
+    return CachedBackend(inner, ResponseCache(hosted["cache_dir"]),
+                         model_id=f"{name}@{sha256_path(model_dir)}")

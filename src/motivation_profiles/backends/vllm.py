@@ -1,0 +1,247 @@
+"""The ``vllm`` generation backend: offline ``vllm.LLM`` behind the same interface as ``hf``.
+
+Why this module exists: the paper's rollouts are 70B-405B models at 16k context; on a GPU
+cluster that is vLLM's job (paged KV cache, tensor parallelism, LoRA adapters served without
+merging). It takes the same ``ChatRequest`` / ``SamplingParams`` and returns the same
+``Completion`` records as ``generation.HFBackend``, and prompts are tokenized by the same chat
+template code, so a condition's transcripts do not depend on which backend ran it beyond
+numerics.
+
+- Tensor parallelism: ``tensor_parallel_size`` (the model's ``gpus`` in the config).
+- SDF checkpoints: each adapter directory is a ``LoRARequest``; ``max_lora_rank`` is the
+  adapter's own rank rounded up to a size vLLM supports.
+- The rollout loop's continuation turns, stop strings (``</OUTPUT>``, kept in the text) and
+  per-request seeds map one to one onto vLLM's ``SamplingParams``.
+- Steering: there is no official hook API, so ``LLM.apply_model`` runs a function on every
+  worker (every tensor-parallel rank) that registers forward hooks on the decoder layers. A
+  vLLM decoder layer returns ``(hidden_states, residual)`` and the residual stream is their
+  sum; adding ``alpha * v`` to ``hidden_states`` moves that sum by exactly ``alpha * v`` (the
+  next layer's fused add-norm, or the final norm, adds the two). Hooks need eager mode
+  (``enforce_eager=True``, set whenever steering is on: CUDA graphs would replay kernels
+  without calling Python hooks). Hooks are installed for one ``generate`` call and removed in
+  ``finally``; the prefix cache is reset after each change, since KV entries computed under one
+  steering are wrong under another.
+
+vLLM is imported lazily: machines without it (CPU CI, the embedded demo) run everything else,
+and asking for this backend there fails with a message saying what to install.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from motivation_profiles.backends.base import ChatRequest, Completion, SamplingParams
+from motivation_profiles.backends.hf import HFBackend
+from motivation_profiles.models.hooks import Steering
+
+log = logging.getLogger(__name__)
+
+
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted max_lora_rank values
+
+
+_HANDLES = "_motivation_profiles_steering_handles"
+
+
+class VLLMUnavailable(RuntimeError):
+    pass
+
+
+def require_vllm():
+    try:
+        import vllm
+    except ImportError as exc:
+        raise VLLMUnavailable(
+            "backend 'vllm' needs the vllm package on a CUDA machine (pip install vllm, "
+            "matching your torch/CUDA build); use backend 'hf' elsewhere") from exc
+    return vllm
+
+
+def adapter_rank(adapter: str | Path) -> int:
+    """LoRA rank ``r`` of a PEFT adapter directory."""
+    cfg = Path(adapter) / "adapter_config.json"
+    try:
+        return int(json.loads(cfg.read_text())["r"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{cfg}: cannot read the LoRA rank 'r' ({exc})") from exc
+
+
+def max_lora_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds ``rank``."""
+    for r in LORA_RANKS:
+        if r >= rank:
+            return r
+    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
+
+
+# ----------------------------------------------------------------------------- worker side
+# These run inside every vLLM worker through LLM.apply_model; they take only picklable
+# arguments (layer -> float32 numpy delta).
+
+
+def _worker_layers(model: Any) -> list[Any]:
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise TypeError(f"cannot find decoder layers in vLLM model {type(model).__name__}")
+    return list(layers)
+
+
+def install_steering(model: Any, deltas: Mapping[int, np.ndarray]) -> int:
+    """Register hooks adding ``deltas[l]`` to the hidden-state output of decoder layer ``l``.
+    Layers this rank does not hold (pipeline parallelism) are skipped. Returns hooks added."""
+    import torch
+
+    remove_steering(model)
+    layers = _worker_layers(model)
+    handles = []
+    for layer, delta in deltas.items():
+        if not 0 <= layer < len(layers):
+            raise ValueError(f"steering layer {layer} does not exist ({len(layers)} layers)")
+        module = layers[layer]
+        if not any(True for _ in module.parameters()):   # PPMissingLayer on another rank
+            continue
+        d_cpu = torch.as_tensor(np.asarray(delta, dtype=np.float32))
+        cache: dict[Any, Any] = {}
+
+        def hook(mod, args, output, d_cpu=d_cpu, cache=cache):
+            h = output[0] if isinstance(output, tuple) else output
+            key = (h.device, h.dtype)
+            d = cache.get(key)
+            if d is None:
+                d = cache[key] = d_cpu.to(device=h.device, dtype=h.dtype)
+            if isinstance(output, tuple):
+                return (h + d, *output[1:])
+            return h + d
+
+        handles.append(module.register_forward_hook(hook))
+    setattr(model, _HANDLES, handles)
+    return len(handles)
+
+
+def remove_steering(model: Any) -> int:
+    handles = getattr(model, _HANDLES, None) or []
+    for h in handles:
+        h.remove()
+    setattr(model, _HANDLES, [])
+    return len(handles)
+
+
+# ----------------------------------------------------------------------------- backend
+
+
+@dataclass
+class VLLMBackend:
+    """Offline vLLM generation with the generation interface of ``HFBackend``."""
+
+    llm: Any
+    tokenizer: Any
+    max_model_len: int = 4096
+    lora: Any = None              # vllm.lora.request.LoRARequest of the SDF adapter, if any
+    steering: Steering | None = None
+    name: str = "vllm"
+    _installed: bool = field(default=False, repr=False)
+
+    # Same chat encoding as the HF backend: identical prompt token ids for both.
+    encode = HFBackend.encode
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, *, dtype: str = "bfloat16",
+                        tensor_parallel_size: int = 1, max_model_len: int = 4096,
+                        adapter: str | Path | None = None, steering: Steering | None = None,
+                        gpu_memory_utilization: float = 0.9, seed: int = 0,
+                        **llm_kwargs: Any) -> VLLMBackend:
+        require_vllm()
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(
+            model=str(model_dir), tokenizer=str(model_dir), dtype=dtype,
+            tensor_parallel_size=max(1, int(tensor_parallel_size)),
+            max_model_len=int(max_model_len), gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed, enable_prefix_caching=True,
+            # Python forward hooks do not run inside captured CUDA graphs.
+            enforce_eager=steering is not None and steering.active)
+        lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            kwargs.update(enable_lora=True, max_loras=1,
+                          max_lora_rank=max_lora_rank(adapter_rank(adapter)))
+            lora = LoRARequest(Path(adapter).name or "adapter", 1, str(adapter))
+        kwargs.update(llm_kwargs)
+        if steering is not None and steering.active:
+            # apply_model ships the hook installer to the workers as a pickled callable.
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        log.info("vLLM: %s", {k: v for k, v in kwargs.items() if k != "model"})
+        llm = LLM(**kwargs)
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        return cls(llm=llm, tokenizer=tok, max_model_len=int(max_model_len), lora=lora,
+                   steering=steering)
+
+    def _sampling(self, req: ChatRequest, params: SamplingParams, budget: int):
+        from vllm import SamplingParams as VSamplingParams
+
+        return VSamplingParams(
+            n=1, temperature=params.temperature,
+            top_p=params.top_p if params.temperature > 0 else 1.0,
+            max_tokens=budget, seed=req.seed, stop=list(params.stop) or None,
+            include_stop_str_in_output=True, skip_special_tokens=True)
+
+    def _set_hooks(self, on: bool) -> None:
+        """Install (or remove) the steering hooks on every worker; reset the prefix cache
+        whenever what the model computes changes."""
+        if on == self._installed:
+            return
+        if on:
+            deltas = {int(layer): (self.steering.multiplier * np.asarray(v, dtype=np.float32))
+                      for layer, v in self.steering.vectors.items()}
+            counts = self.llm.apply_model(functools.partial(install_steering, deltas=deltas))
+            log.info("steering hooks installed per worker: %s", counts)
+        else:
+            self.llm.apply_model(remove_steering)
+        self._installed = on
+        self.llm.reset_prefix_cache()
+
+    def generate(self, requests: Sequence[ChatRequest], params: SamplingParams
+                 ) -> list[Completion]:
+        all_ids = [self.encode(r.messages) for r in requests]
+        results: dict[int, Completion] = {}
+        prompts, sampling, index = [], [], []
+        for i, (req, ids) in enumerate(zip(requests, all_ids, strict=True)):
+            budget = min(params.max_new_tokens, self.max_model_len - len(ids))
+            if budget <= 0:
+                log.warning("request %s: prompt of %d tokens fills the %d-token context",
+                            req.request_id, len(ids), self.max_model_len)
+                results[i] = Completion(req.request_id, "", "length", len(ids), 0)
+                continue
+            prompts.append({"prompt_token_ids": list(ids)})
+            sampling.append(self._sampling(req, params, budget))
+            index.append(i)
+        if prompts:
+            steer = self.steering is not None and self.steering.active
+            try:
+                self._set_hooks(steer)
+                outs = self.llm.generate(prompts, sampling, lora_request=self.lora,
+                                         use_tqdm=False)
+            finally:
+                self._set_hooks(False)
+            for i, out in zip(index, outs, strict=True):
+                o = out.outputs[0]
+                finish = "stop" if o.finish_reason == "stop" else "length"
+                results[i] = Completion(requests[i].request_id, o.text, finish,
+                                        len(all_ids[i]), len(o.token_ids))
+        return [results[i] for i in range(len(requests))]
+
+
+__all__ = ["VLLMBackend", "VLLMUnavailable", "adapter_rank", "install_steering",
+           "max_lora_rank", "remove_steering", "require_vllm"]

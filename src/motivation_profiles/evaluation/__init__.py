@@ -1,1 +1,0 @@
-"""Alignment-faking evaluation: rollouts, outcome parsing and metrics."""

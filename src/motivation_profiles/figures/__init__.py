@@ -1,0 +1,1 @@
+"""Paper figures, one module per stage, drawn from metrics tables only."""

@@ -1,0 +1,55 @@
+"""Figure 2: compliance per tier and model, with the paired gap."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+from motivation_profiles.figures.style import TIER_COLORS, TIER_LABELS, save
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from motivation_profiles.rollouts.protocol import TIERS  # noqa: E402
+
+
+def baseline_compliance(metrics: pd.DataFrame, display_names: Mapping[str, str],
+                        outputs: Sequence[str | Path], *, dpi: int = 150,
+                        condition: str = "baseline") -> None:
+    """Figure 2's shape: baseline compliance per tier and model, with CIs and the paired gap."""
+    df = metrics[metrics["condition"] == condition].sort_values("model")
+    if df.empty:
+        raise ValueError(f"no rows for condition {condition!r} in the metrics tables")
+    x = np.arange(len(df))
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(df) + 1.5), 3.6))
+    for j, tier in enumerate(TIERS):
+        rate = df[f"{tier}_compliance"].to_numpy() * 100
+        lo = df[f"{tier}_compliance_ci_low"].to_numpy() * 100
+        hi = df[f"{tier}_compliance_ci_high"].to_numpy() * 100
+        pos = x + (j - 0.5) * width
+        ax.bar(pos, rate, width, color=TIER_COLORS[tier], label=TIER_LABELS[tier], alpha=0.9)
+        ax.errorbar(pos, rate, yerr=[rate - lo, hi - rate], fmt="none", ecolor="black",
+                    capsize=3, lw=1)
+    level = int(round(float(df["ci_level"].iloc[0]) * 100))
+    for xi, (_, r) in zip(x, df.iterrows(), strict=True):
+        top = max(r["monitored_compliance_ci_high"], r["unmonitored_compliance_ci_high"]) * 100
+        # share of rollouts (both tiers) without a parsed answer
+        no_answer = 100 * np.mean([r[f"{t}_unparseable"] + r[f"{t}_truncated"] for t in TIERS])
+        ax.annotate(
+            f"gap {r['gap'] * 100:+.1f} pp\n[{r['gap_ci_low'] * 100:+.1f}, "
+            f"{r['gap_ci_high'] * 100:+.1f}]\nn={int(r['n_pairs'])} pairs\n"
+            f"no parsed answer: {no_answer:.0f}%",
+            (xi, min(top + 3, 100)), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [display_names.get(m, m) for m in df["model"]], fontsize=8)
+    ax.set_ylabel("compliance with harmful requests (%)")
+    ax.set_ylim(0, 125)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title(f"Baseline alignment-faking evaluation ({level}% CIs)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    save(fig, outputs, dpi)

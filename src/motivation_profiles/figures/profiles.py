@@ -1,0 +1,425 @@
+"""Paper figures, drawn from the metrics tables alone (no model, no GPU, no API)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+from motivation_profiles.figures.style import (
+    FAMILY_COLORS,
+    INTERVENTION_ORDER,
+    STRENGTH_ORDER,
+    _label,
+    _null,
+    _require,
+    save,
+)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+# ----------------------------------------------------------------------------- profiles
+
+PROFILE_QUANTITIES = ("S_A", "S_B")
+
+
+METHOD_ORDER = ("prompt", "sdf", "steering")
+
+
+METHOD_MARKERS = {"prompt": "o", "sdf": "s", "steering": "^"}
+
+
+METHOD_LABELS = {"prompt": "prompt", "sdf": "SDF", "steering": "steering"}
+
+
+BASE_COLOR = "black"
+
+
+PROFILE_COLUMNS = ["S_A", "S_A_low", "S_A_high", "S_B", "S_B_low", "S_B_high"]
+
+
+def _pick_strength(values: Sequence[object]) -> object:
+    """``standard`` if present, else the first of weak/strong, else any other, else None."""
+    present = list(dict.fromkeys(None if _null(v) else v for v in values))
+    ranked = ([s for s in ("standard", *STRENGTH_ORDER) if s in present]
+              + sorted(str(s) for s in present if s is not None and s not in STRENGTH_ORDER)
+              + [None] * (None in present))
+    return ranked[0] if ranked else None
+
+
+def _pick_rows(group: pd.DataFrame) -> tuple[pd.DataFrame, object, object]:
+    """Within one (model, method[, checkpoint]) group: the rows of the preferred naming
+    ("original", or unlabelled) and strength (see ``_pick_strength``)."""
+    naming = "original"
+    if "naming" in group.columns:
+        original = group["naming"].isna() | (group["naming"] == "original")
+        if original.any():
+            group = group[original]
+        else:
+            naming = sorted(group["naming"].astype(str).unique())[0]
+            group = group[group["naming"].astype(str) == naming]
+    strength = None
+    if "strength" in group.columns:
+        strength = _pick_strength(list(group["strength"]))
+        group = group[group["strength"].isna() if strength is None
+                      else group["strength"] == strength]
+    return group, strength, naming
+
+
+def _wide_profiles(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """One row per ``keys`` group: S_A, S_B with CIs (fractions, NaN when absent), and the
+    strength and naming the values were taken from."""
+    s = df[df["quantity"].isin(PROFILE_QUANTITIES)]
+    rows = []
+    for key, group in s.groupby(list(keys), sort=True, dropna=False):
+        picked, strength, naming = _pick_rows(group)
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        row.update(strength=strength, naming=naming)
+        for q in PROFILE_QUANTITIES:
+            r = picked[picked["quantity"] == q]
+            vals = ((r.iloc[0]["estimate"], r.iloc[0]["ci_low"], r.iloc[0]["ci_high"])
+                    if len(r) else (np.nan,) * 3)
+            for suffix, v in zip(("", "_low", "_high"), vals, strict=True):
+                row[f"{q}{suffix}"] = float(v) if not _null(v) else np.nan
+        row["ci_level"] = (float(picked["ci_level"].dropna().iloc[0])
+                           if "ci_level" in picked.columns and picked["ci_level"].notna().any()
+                           else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*keys, "strength", "naming", *PROFILE_COLUMNS,
+                                       "ci_level"])
+
+
+def profile_points(profiles: pd.DataFrame) -> pd.DataFrame:
+    """The points of the profile plane: one row per (model, method) with S_A and S_B (and CIs,
+    as fractions) of the base model (``checkpoint`` null), preferring naming "original" and
+    strength "standard" (else the only / first strength the method has)."""
+    df = profiles
+    if "checkpoint" in df.columns:
+        df = df[df["checkpoint"].isna()]
+    if "method" not in df.columns:
+        df = df.assign(method="prompt")
+    out = _wide_profiles(df, ["model", "method"])
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    out["_o"] = out["method"].map(lambda m: order.get(m, len(order)))
+    return (out.sort_values(["model", "_o", "method"]).drop(columns="_o")
+            .reset_index(drop=True))
+
+
+def _errs(est: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Non-negative error-bar lengths (a percentile CI may exclude its point estimate;
+    NaN bounds give no bar)."""
+    lower = np.nan_to_num(np.clip(est - lo, 0, None), nan=0.0)
+    upper = np.nan_to_num(np.clip(hi - est, 0, None), nan=0.0)
+    return np.vstack([lower, upper])
+
+
+def _square_limits(values: Sequence[float], *, min_span: float = 2.0) -> tuple[float, float]:
+    """Common x / y limits (pp) covering every finite value and 0, at least ``min_span``."""
+    v = np.asarray([x for x in values if np.isfinite(x)] + [0.0], float)
+    lo, hi = float(v.min()), float(v.max())
+    pad = max((hi - lo) * 0.12, (min_span - (hi - lo)) / 2, 0.0)
+    return lo - pad, hi + pad
+
+
+def _plane_axes(ax, limits: tuple[float, float], *, labels: bool = True,
+                fontsize: float = 7) -> None:
+    """The diagonal y = x, equal limits, zero lines and the two half-plane labels."""
+    ax.plot(limits, limits, color="grey", lw=0.8, ls="--", zorder=0)
+    ax.axhline(0, color="lightgrey", lw=0.6, zorder=0)
+    ax.axvline(0, color="lightgrey", lw=0.6, zorder=0)
+    ax.set_xlim(limits)
+    ax.set_ylim(limits)
+    ax.set_aspect("equal", adjustable="box")
+    if labels:
+        ax.text(0.97, 0.03, "expectation-sensitive", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=fontsize, color="grey", style="italic")
+        ax.text(0.03, 0.97, "consequence-sensitive", transform=ax.transAxes, ha="left",
+                va="top", fontsize=fontsize, color="grey", style="italic")
+    ax.set_xlabel("S_A: expectation sensitivity (pp)", fontsize=8)
+    ax.set_ylabel("S_B: consequence sensitivity (pp)", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def _plane_limits(points: pd.DataFrame) -> tuple[float, float]:
+    return _square_limits(list(points[PROFILE_COLUMNS].to_numpy(float).ravel() * 100))
+
+
+def _level_text(df: pd.DataFrame) -> str:
+    if "ci_level" in df.columns and df["ci_level"].notna().any():
+        return f"{int(round(float(df['ci_level'].dropna().iloc[0]) * 100))}% CIs"
+    return "CIs"
+
+
+def _recovered_text(model_rows: pd.DataFrame) -> str:
+    if "recovered" not in model_rows.columns:
+        return "n.a."
+    values = [v for v in model_rows["recovered"] if not _null(v)]
+    if not values:
+        return "n.a."
+    v = values[0]
+    if isinstance(v, str):
+        v = v.strip().lower() in ("true", "yes", "1")
+    return "yes" if bool(v) else "no"
+
+
+def _family_of_checkpoint(row: pd.Series) -> str:
+    fam = row.get("checkpoint_family")
+    if _null(row.get("checkpoint")):
+        return "base"
+    if not _null(fam) and fam in FAMILY_COLORS:
+        return str(fam)
+    return str(row["checkpoint"])[:1] if str(row["checkpoint"])[:1] in FAMILY_COLORS else "?"
+
+
+CALIBRATION_COLUMNS = ["model", "checkpoint", "checkpoint_family", "strength", "quantity",
+                       "estimate", "ci_low", "ci_high"]
+
+
+def calibration_points(calibration: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, checkpoint) the prompt S_A / S_B (fractions, CIs), the checkpoint's family
+    ("A", "B", "base") and the consequence share S_B - S_A; base model first, then A, then B."""
+    df = calibration
+    if "method" in df.columns:
+        df = df[df["method"].isna() | (df["method"] == "prompt")]
+    keyed = df.assign(_ckpt=df["checkpoint"].astype(object).where(df["checkpoint"].notna(),
+                                                                   "base"))
+    wide = _wide_profiles(keyed, ["model", "_ckpt"])
+    families = (keyed.drop_duplicates(["model", "_ckpt"])
+                .assign(family=lambda d: d.apply(_family_of_checkpoint, axis=1))
+                .set_index(["model", "_ckpt"])["family"])
+    wide["family"] = [families.get((m, c), "?") for m, c in zip(wide["model"], wide["_ckpt"],
+                                                                 strict=True)]
+    wide = wide.rename(columns={"_ckpt": "checkpoint"})
+    wide["share"] = wide["S_B"] - wide["S_A"]
+    rank = {"base": 0, "A": 1, "B": 2}
+    wide["_r"] = wide["family"].map(lambda f: rank.get(f, 3))
+    return (wide.sort_values(["model", "_r", "checkpoint"]).drop(columns="_r")
+            .reset_index(drop=True))
+
+
+def _ckpt_color(family: str) -> str:
+    return BASE_COLOR if family == "base" else FAMILY_COLORS.get(family, "grey")
+
+
+def prompt_calibration(df: pd.DataFrame, display_names: Mapping[str, str],
+                       outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 5a: prompt profiles of SDF checkpoints whose family is known by construction.
+
+    Per model (one column): top, the profile plane with one point per checkpoint (prompt S_A vs
+    S_B, CIs), A-family purple, B-family orange, the base model black; bottom, the consequence
+    share S_B - S_A per checkpoint with each family's mean (dashed), whose order decides
+    ``recovered`` (B mean > A mean). Reads ``results/calibration/{model}/calibration.parquet``.
+    """
+    _require(df, CALIBRATION_COLUMNS, "prompt_calibration")
+    points = calibration_points(df)
+    models = sorted(df["model"].dropna().unique())
+    any_checkpoint = bool(df["checkpoint"].notna().any())
+    limits = _plane_limits(points) if len(points) else _square_limits([])
+    fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 2]})
+    for j, model in enumerate(models):
+        ax, bx = axes[0][j], axes[1][j]
+        p = points[points["model"] == model]
+        for _, r in p.iterrows():
+            color = _ckpt_color(r["family"])
+            x, y = r["S_A"] * 100, r["S_B"] * 100
+            xerr = _errs(np.array([x]), np.array([r["S_A_low"] * 100]),
+                         np.array([r["S_A_high"] * 100]))
+            yerr = _errs(np.array([y]), np.array([r["S_B_low"] * 100]),
+                         np.array([r["S_B_high"] * 100]))
+            ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="o", color=color, ms=5,
+                        capsize=2, lw=1, zorder=3)
+            if np.isfinite(x) and np.isfinite(y):
+                ax.annotate(_label(str(r["checkpoint"])), (x, y), xytext=(4, 4),
+                            textcoords="offset points", fontsize=7, color=color)
+        _plane_axes(ax, limits)
+        has_ckpt = bool((df.loc[df["model"] == model, "checkpoint"].notna()).any())
+        if not has_ckpt:
+            ax.text(0.5, 0.5, "no qualifying SDF checkpoints\n(base model only)",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8,
+                    color="grey")
+        strength = p["strength"].dropna().iloc[0] if p["strength"].notna().any() else None
+        rows = df[df["model"] == model]
+        ax.set_title(f"{display_names.get(model, model)}\nfamily recovered: "
+                     f"{_recovered_text(rows)}"
+                     + (f"   (claims: {strength})" if strength else ""), fontsize=9)
+        # bottom: consequence share per checkpoint
+        x = np.arange(len(p))
+        share = p["share"].to_numpy(float) * 100
+        colors = [_ckpt_color(f) for f in p["family"]]
+        bx.bar(x, np.nan_to_num(share), 0.6, color=colors, edgecolor=colors)
+        for xi, v in zip(x, share, strict=True):
+            bx.annotate("n.a." if not np.isfinite(v) else f"{v:+.1f}", (xi, 0 if not
+                        np.isfinite(v) else v), xytext=(0, 3 if not np.isfinite(v) or v >= 0
+                                                         else -9),
+                        textcoords="offset points", ha="center", fontsize=7)
+        for fam in ("A", "B"):
+            sel = (p["family"] == fam).to_numpy()
+            vals = share[sel]
+            if sel.any() and np.isfinite(vals).any():
+                xs = x[sel]
+                bx.hlines(np.nanmean(vals), xs.min() - 0.4, xs.max() + 0.4,
+                          colors=FAMILY_COLORS[fam], linestyles="--", lw=1)
+        bx.axhline(0, color="black", lw=0.8)
+        bx.set_xticks(x, [_label(str(c)) for c in p["checkpoint"]], fontsize=7)
+        bx.set_ylabel("consequence share S_B \u2212 S_A (pp)", fontsize=8)
+        bx.tick_params(labelsize=7)
+        bx.spines[["top", "right"]].set_visible(False)
+        finite = share[np.isfinite(share)]
+        lo, hi = _square_limits(list(finite))
+        bx.set_ylim(min(lo, -1.0), max(hi, 1.0))
+        spare = max(0.0, (3 - len(p)) / 2)
+        bx.set_xlim(-0.5 - spare, len(p) - 0.5 + spare)
+        if len(p) == 0:
+            bx.text(0.5, 0.5, "no S_A / S_B rows", transform=bx.transAxes, ha="center",
+                    va="center", fontsize=8, color="grey")
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", color=BASE_COLOR, label="base model"),
+        plt.Line2D([], [], ls="", marker="o", color=FAMILY_COLORS["A"],
+                   label="A-family checkpoint (researcher expectations)"),
+        plt.Line2D([], [], ls="", marker="o", color=FAMILY_COLORS["B"],
+                   label="B-family checkpoint (consequences)"),
+        plt.Line2D([], [], ls="--", color="grey", label="family mean share / diagonal"),
+    ]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=4, frameon=False,
+               bbox_to_anchor=(0.5, -0.03))
+    title = f"Prompt interventions on SDF checkpoints of known family ({_level_text(df)})"
+    if not any_checkpoint:
+        title += "\nno model has qualifying SDF checkpoints (Appendix C.1 rule): base models only"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save(fig, outputs, dpi)
+
+
+def profile_plane(df: pd.DataFrame, display_names: Mapping[str, str],
+                  outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 5b: every model's comparative profile (S_A, S_B) per method on one plane.
+
+    Marker shape per method, colour per model, CIs in both axes, an arrow from the prompt to the
+    SDF profile where both exist. Points: ``profile_points`` (base model, standard strength,
+    original naming preferred). Reads ``results/metrics/profiles.parquet``.
+    """
+    _require(df, ["model", "method", "quantity", "estimate", "ci_low", "ci_high"],
+             "profile_plane")
+    points = profile_points(df)
+    points = points[points[["S_A", "S_B"]].notna().any(axis=1)
+                    | points[["S_A_low", "S_B_low"]].notna().any(axis=1)]
+    if points.empty:
+        raise ValueError("profile_plane: no base-model S_A / S_B rows (quantity S_A or S_B "
+                         "with a null checkpoint) in the input table")
+    models = sorted(points["model"].unique())
+    cmap = plt.get_cmap("tab10")
+    colors = {m: cmap(i % 10) for i, m in enumerate(models)}
+    limits = _plane_limits(points)
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    for model in models:
+        p = points[points["model"] == model].set_index("method")
+        for method, r in p.iterrows():
+            x, y = r["S_A"] * 100, r["S_B"] * 100
+            xerr = _errs(np.array([x]), np.array([r["S_A_low"] * 100]),
+                         np.array([r["S_A_high"] * 100]))
+            yerr = _errs(np.array([y]), np.array([r["S_B_low"] * 100]),
+                         np.array([r["S_B_high"] * 100]))
+            ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=METHOD_MARKERS.get(method, "D"),
+                        color=colors[model], ms=7, capsize=2, lw=1, alpha=0.9, zorder=3,
+                        mfc=colors[model] if method != "steering" else "white")
+        if {"prompt", "sdf"} <= set(p.index):
+            a, b = p.loc["prompt"], p.loc["sdf"]
+            start, end = (a["S_A"] * 100, a["S_B"] * 100), (b["S_A"] * 100, b["S_B"] * 100)
+            if np.isfinite([*start, *end]).all() and start != end:
+                ax.annotate("", xy=end, xytext=start, zorder=2,
+                            arrowprops={"arrowstyle": "->", "color": colors[model],
+                                        "lw": 1.2, "shrinkA": 4, "shrinkB": 5})
+    _plane_axes(ax, limits, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colors[m],
+                          label=display_names.get(m, m)) for m in models]
+    methods = [m for m in METHOD_ORDER if m in set(points["method"])]
+    methods += sorted(set(points["method"]) - set(METHOD_ORDER))
+    handles += [plt.Line2D([], [], ls="", marker=METHOD_MARKERS.get(m, "D"), color="grey",
+                           mfc="grey" if m != "steering" else "white",
+                           label=METHOD_LABELS.get(m, m)) for m in methods]
+    if {"prompt", "sdf"} <= set(methods):
+        handles.append(plt.Line2D([], [], color="grey", marker=">", ms=4,
+                                  label="prompt \u2192 SDF"))
+    ax.legend(handles=handles, fontsize=7, frameon=False, loc="upper left",
+              bbox_to_anchor=(1.02, 1.0))
+    ax.set_title(f"Comparative motivation profiles ({_level_text(df)})", fontsize=10)
+    save(fig, outputs, dpi)
+
+
+def prompt_strength_ablation(df: pd.DataFrame, display_names: Mapping[str, str],
+                             outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 9 (Appendix C.2): prompt S_A and S_B (lines, CI bands) vs. claim strength, with
+    each intervention's effect on the gap (faint markers: amplify filled, suppress hollow).
+    Reads ``results/metrics/{model}/prompt_effects.parquet``."""
+    _require(df, ["model", "strength", "quantity", "target", "estimate", "ci_low", "ci_high"],
+             "prompt_strength_ablation")
+    d = df
+    if "method" in d.columns:
+        d = d[d["method"].isna() | (d["method"] == "prompt")]
+    if "checkpoint" in d.columns:
+        d = d[d["checkpoint"].isna()]
+    if "naming" in d.columns:
+        d = d[d["naming"].isna() | (d["naming"] == "original")]
+    models = sorted(d["model"].dropna().unique())
+    if not models:
+        raise ValueError("prompt_strength_ablation: no base-model prompt rows in the input")
+    fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models), 3.8), squeeze=False,
+                             sharey=True)
+    for ax, model in zip(axes[0], models, strict=True):
+        m = d[d["model"] == model]
+        strengths = [s for s in STRENGTH_ORDER if s in set(m["strength"].dropna())]
+        x = np.arange(len(strengths))
+        inters = [i for i in INTERVENTION_ORDER
+                  if ((m["quantity"] == "delta_gap") & (m["target"] == i)).any()]
+        for k, inter in enumerate(inters):
+            rows = (m[(m["quantity"] == "delta_gap") & (m["target"] == inter)]
+                    .drop_duplicates("strength").set_index("strength").reindex(strengths))
+            color = FAMILY_COLORS[inter[0]]
+            ax.plot(x + (k - 3.5) * 0.025, rows["estimate"].to_numpy(float) * 100,
+                    ls="", marker="o" if inter[1] == "1" else "s", ms=4, alpha=0.45,
+                    color=color, mfc=color if inter.endswith("amp") else "none", zorder=2)
+        for q in PROFILE_QUANTITIES:
+            rows = (m[m["quantity"] == q].drop_duplicates("strength").set_index("strength")
+                    .reindex(strengths))
+            if rows["estimate"].isna().all() and rows["ci_low"].isna().all():
+                continue
+            e = rows["estimate"].to_numpy(float) * 100
+            lo = rows["ci_low"].to_numpy(float) * 100
+            hi = rows["ci_high"].to_numpy(float) * 100
+            color = FAMILY_COLORS[q[-1]]
+            ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+            ax.errorbar(x, e, yerr=_errs(e, lo, hi), color=color, lw=2, marker="D", ms=5,
+                        capsize=3, zorder=3)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, strengths)
+        if len(strengths) == 1:
+            ax.set_xlim(-0.6, 0.6)
+        ax.set_xlabel("claim strength", fontsize=8)
+        ax.set_title(display_names.get(model, model), fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+        if not strengths:
+            ax.text(0.5, 0.5, "no prompt strengths", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, color="grey")
+    axes[0][0].set_ylabel("effect on the AF gap vs. no claim (pp)")
+    handles = [
+        plt.Line2D([], [], color=FAMILY_COLORS["A"], lw=2, marker="D",
+                   label="S_A (expectations)"),
+        plt.Line2D([], [], color=FAMILY_COLORS["B"], lw=2, marker="D",
+                   label="S_B (consequences)"),
+        plt.Line2D([], [], ls="", marker="o", color="grey", alpha=0.6,
+                   label="\u0394 gap, amplify (k=1 \u25cb, k=2 \u25a1)"),
+        plt.Line2D([], [], ls="", marker="o", color="grey", mfc="none", alpha=0.6,
+                   label="\u0394 gap, suppress"),
+    ]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=4, frameon=False,
+               bbox_to_anchor=(0.5, -0.08))
+    fig.suptitle(f"Prompt interventions: claim strength ablation ({_level_text(d)})",
+                 fontsize=10)
+    fig.tight_layout()
+    save(fig, outputs, dpi)

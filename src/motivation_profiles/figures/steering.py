@@ -1,0 +1,490 @@
+"""Activation-steering figures (paper Figures 4, 10-14 and the SDF / steering alignment check),
+drawn from the steering tables alone (no model, no GPU, no API).
+
+Every figure function has the signature ``draw(df, display_names, outputs, *, dpi)``: ``df`` is
+the concatenation of all its input tables (one per model), one row of panels (or one block of
+rows) per model, titled with the model's display name; an empty input or one lacking a needed
+column raises ValueError naming it. Inputs:
+
+* ``steering_ooc`` / ``steering_ic`` / ``steering_random``: ``results/steering/{model}/
+  summary.parquet`` (``metrics.steering.steering_summary``);
+* ``steering_raw``: ``results/steering/{model}/raw.parquet`` (``raw_summary``);
+* ``token_heatmap_expectations`` / ``token_heatmap_consequences``: ``results/steering/{model}/
+  token_cosines.parquet``;
+* ``sdf_steering_alignment``: ``results/steering/{model}/sdf_alignment.parquet``;
+* ``steering_diagnostics``: ``results/vectors/{model}/**.diagnostics.parquet``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from motivation_profiles.figures.style import (  # noqa: E402
+    FAMILY_COLORS,
+    TIER_COLORS,
+    TIER_LABELS,
+    _require,
+    save,
+)
+from motivation_profiles.rollouts.protocol import TIERS  # noqa: E402
+from motivation_profiles.steering.names import (  # noqa: E402
+    CONCEPT_DIRECTION,
+    CONCEPTS,
+    SOURCES,
+    format_multiplier,
+    parse_vector,
+    vector_name,
+)
+
+CONCEPT_LABELS = {"expectations": "researcher expectations",
+                  "consequences": "retraining consequences"}
+
+
+CONCEPT_COLORS = {c: FAMILY_COLORS[CONCEPT_DIRECTION[c].upper()] for c in CONCEPTS}
+
+
+SOURCE_LABELS = {"ooc": "out-of-context (OOC)", "ic": "in-context (IC)"}
+
+
+SUMMARY_NEEDS = ["model", "vector", "multiplier", "condition", "tier", "compliance", "ci_low",
+                 "ci_high", "n"]
+
+
+JUDGE_NEEDS = ["judged", "a_share", "b_share"]
+
+
+TOKEN_NEEDS = ["model", "transcript", "position", "token", "vector", "cosine"]
+
+
+RAW_NEEDS = ["model", "condition", "vector", "multiplier", "n", "judged", "complied", "ci_low",
+             "ci_high"]
+
+
+ALIGNMENT_NEEDS = ["model", "branch", "vector", "layer", "cosine", "ci_low", "ci_high",
+                   "n_texts"]
+
+
+MAX_TOKENS = 64
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _name(display_names: Mapping[str, str], model: str) -> str:
+    return display_names.get(model, model)
+
+
+def _level(df: pd.DataFrame) -> str:
+    """``95% CIs`` from the table's ``ci_level`` column, else ``CIs``."""
+    if "ci_level" in df.columns:
+        level = pd.to_numeric(df["ci_level"], errors="coerce").dropna()
+        if len(level):
+            return f"{int(round(float(level.iloc[0]) * 100))}% CIs"
+    return "CIs"
+
+
+def _errs(est: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    lower = np.nan_to_num(np.clip(est - lo, 0, None), nan=0.0)
+    upper = np.nan_to_num(np.clip(hi - est, 0, None), nan=0.0)
+    return np.vstack([lower, upper])
+
+
+def _ref(name: object):
+    """The parsed vector name, or None for a name that is not a vector (skipped)."""
+    try:
+        return parse_vector(str(name))
+    except ValueError:
+        return None
+
+
+def _vector_rank(name: str) -> tuple:
+    ref = parse_vector(name)
+    return (CONCEPTS.index(ref.concept), ref.kind != "fitted", SOURCES.index(ref.source),
+            ref.k or 0)
+
+
+def _with_refs(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``concept``, ``source``, ``kind``, ``of`` and ``_k`` re-derived from
+    ``vector`` (rows whose vector does not parse are dropped)."""
+    refs = [_ref(v) for v in df["vector"]]
+    keep = np.array([r is not None for r in refs], bool)
+    refs = [r for r in refs if r is not None]
+    out = df[keep].copy()
+    out["concept"] = [r.concept for r in refs]
+    out["source"] = [r.source for r in refs]
+    out["kind"] = [r.kind for r in refs]
+    out["of"] = [r.of for r in refs]
+    out["_k"] = [r.k or 0 for r in refs]
+    return out
+
+
+def _mult_ticks(ax, multipliers: Sequence[float]) -> None:
+    ms = sorted({float(m) for m in multipliers if np.isfinite(m)})
+    if ms:
+        ax.set_xticks(ms, ["0\n(base)" if m == 0 else format_multiplier(m) for m in ms],
+                      fontsize=7)
+        span = max(ms) - min(ms) or 1.0
+        ax.set_xlim(min(ms) - 0.12 * span, max(ms) + 0.12 * span)
+
+
+def _n_text(n: pd.Series) -> str:
+    v = pd.to_numeric(n, errors="coerce").dropna().astype(int)
+    if v.empty:
+        return "n = ?"
+    return f"n = {v.min()}" if v.min() == v.max() else f"n = {v.min()}\u2013{v.max()}"
+
+
+def _tier_curves(ax, g: pd.DataFrame, *, lw: float = 1.4, band: bool = True) -> None:
+    """Compliance (%) vs multiplier per tier, CI error bars and band, baseline starred."""
+    for tier in TIERS:
+        t = g[g["tier"] == tier].sort_values("multiplier")
+        if t.empty:
+            continue
+        x = t["multiplier"].to_numpy(float)
+        y = t["compliance"].to_numpy(float) * 100
+        lo = t["ci_low"].to_numpy(float) * 100
+        hi = t["ci_high"].to_numpy(float) * 100
+        color = TIER_COLORS[tier]
+        if band:
+            ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
+        ax.errorbar(x, y, yerr=_errs(y, lo, hi), color=color, lw=lw, marker="o", ms=4,
+                    capsize=2, zorder=3)
+        base = t[t["condition"] == "baseline"]
+        if len(base):
+            ax.plot(base["multiplier"].to_numpy(float),
+                    base["compliance"].to_numpy(float) * 100, marker="*", ms=11, ls="",
+                    color=color, mec="black", mew=0.6, zorder=4)
+
+
+def _pooled(g: pd.DataFrame, d: str) -> float:
+    """Tier-pooled share of high scores: tier shares weighted by their scored counts
+    (``{d}_scored``, else ``judged``)."""
+    share = pd.to_numeric(g[f"{d}_share"], errors="coerce").to_numpy(float)
+    wcol = f"{d}_scored" if f"{d}_scored" in g.columns else "judged"
+    w = pd.to_numeric(g[wcol], errors="coerce").fillna(0).to_numpy(float)
+    ok = np.isfinite(share) & (w > 0)
+    if not ok.any():
+        return np.nan
+    return float((share[ok] * w[ok]).sum() / w[ok].sum())
+
+
+def _axis_note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8,
+            color="grey")
+
+
+# ----------------------------------------------------------------------------- Figures 4 / 13
+
+
+def _steering_source(df: pd.DataFrame, display_names: Mapping[str, str],
+                     outputs: Sequence[str | Path], dpi: int, source: str,
+                     figure: str) -> None:
+    what = f"steering_{source}"
+    _require(df, SUMMARY_NEEDS + JUDGE_NEEDS, what)
+    d = _with_refs(df)
+    d = d[(d["source"] == source) & (d["kind"] == "fitted")]
+    if d.empty:
+        names = ", ".join(vector_name(c, source) for c in CONCEPTS)
+        raise ValueError(f"{what}: no fitted {source} vectors ({names}) in the steering "
+                         "summary")
+    models = sorted(d["model"].astype(str).unique())
+    concepts = [c for c in CONCEPTS if (d["concept"] == c).any()]
+    high = (f"{float(pd.to_numeric(d['high'], errors='coerce').dropna().iloc[0]):g}"
+            if "high" in d.columns and pd.to_numeric(d["high"], errors="coerce").notna().any()
+            else "high")
+    fig = plt.figure(figsize=(4.6 * len(concepts), 5.6 * len(models) + 0.6),
+                     layout="constrained")
+    subfigs = np.atleast_1d(fig.subfigures(len(models), 1))
+    for model, sub in zip(models, subfigs, strict=True):
+        axes = sub.subplots(2, len(concepts), squeeze=False, sharex="col",
+                            gridspec_kw={"height_ratios": [3, 2]})
+        for j, concept in enumerate(concepts):
+            ax, bx = axes[0][j], axes[1][j]
+            vec = vector_name(concept, source)
+            g = d[(d["model"] == model) & (d["vector"] == vec)]
+            ax.set_title(f"{_name(display_names, model)} \u2014 {vec}\n"
+                         f"{CONCEPT_LABELS[concept]}; {_n_text(g['n'])} rollouts per tier "
+                         "and point", fontsize=8)
+            for a in (ax, bx):
+                a.axvline(0, color="grey", lw=0.8, ls=":", zorder=0)
+                a.spines[["top", "right"]].set_visible(False)
+                a.tick_params(labelsize=7)
+            if g.empty:
+                _axis_note(ax, f"{vec} not steered for this model")
+                _axis_note(bx, "no judge decomposition")
+                continue
+            _tier_curves(ax, g)
+            ax.set_ylim(-3, 103)
+            ax.set_ylabel("compliance (%)", fontsize=8)
+            _mult_ticks(ax, g["multiplier"])
+            ax.tick_params(axis="x", labelbottom=False)
+            # bottom: judge decomposition, pooled over tiers
+            per_m = []
+            for m, gm in g.groupby("multiplier", sort=True):
+                per_m.append((float(m), _pooled(gm, "a"), _pooled(gm, "b"),
+                              int(pd.to_numeric(gm["judged"], errors="coerce").fillna(0)
+                                  .sum())))
+            x = np.array([p[0] for p in per_m])
+            for k, c in enumerate(("expectations", "consequences")):
+                y = np.array([p[1 + k] for p in per_m]) * 100
+                bx.plot(x, y, color=CONCEPT_COLORS[c], marker="o" if k == 0 else "s", ms=4,
+                        lw=1.4, zorder=3)
+            for m, _, _, judged in per_m:
+                bx.annotate(f"n={judged}", (m, 0.02), xycoords=("data", "axes fraction"),
+                            ha="center", va="bottom", fontsize=6, color="dimgrey")
+            if not any(np.isfinite(p[1]) or np.isfinite(p[2]) for p in per_m):
+                _axis_note(bx, "no parseable judge scores")
+            bx.set_ylim(-12, 103)
+            bx.set_ylabel(f"scratchpads scored \u2265 {high} (%)", fontsize=8)
+            bx.set_xlabel("steering multiplier (signed; 0 = unsteered baseline)", fontsize=8)
+            _mult_ticks(bx, g["multiplier"])
+    handles = [plt.Line2D([], [], color=TIER_COLORS[t], marker="o", label=TIER_LABELS[t])
+               for t in TIERS]
+    handles += [
+        plt.Line2D([], [], ls="", marker="*", ms=10, color="grey", mec="black",
+                   label="multiplier 0 = unsteered baseline"),
+        plt.Line2D([], [], color=CONCEPT_COLORS["expectations"], marker="o",
+                   label="judge A (researcher expectations), pooled over tiers"),
+        plt.Line2D([], [], color=CONCEPT_COLORS["consequences"], marker="s",
+                   label="judge B (retraining consequences), pooled over tiers"),
+        plt.Line2D([], [], ls="", marker="$n$", color="dimgrey",
+                   label="n = judged scratchpads (both tiers)"),
+    ]
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle(f"{figure}: {SOURCE_LABELS[source]} steering \u2014 compliance (Wilson "
+                 f"{_level(d)}) and judge decomposition vs. signed multiplier", fontsize=10)
+    save(fig, outputs, dpi)
+
+
+def steering_ooc(df: pd.DataFrame, display_names: Mapping[str, str],
+                 outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 4: per fitted OOC vector (columns), compliance per tier vs. the signed multiplier
+    (top; Wilson CIs as bars and band; multiplier 0 = the unsteered baseline, starred) and the
+    tier-pooled share of scratchpads the judge scores >= ``high`` on researcher expectations (A)
+    and retraining consequences (B) (bottom; the number of judged scratchpads along the axis).
+    Reads ``results/steering/{model}/summary.parquet``."""
+    _steering_source(df, display_names, outputs, dpi, "ooc", "Figure 4")
+
+
+def steering_ic(df: pd.DataFrame, display_names: Mapping[str, str],
+                outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 13: as ``steering_ooc`` for the in-context (IC) vectors fit on AF traces."""
+    _steering_source(df, display_names, outputs, dpi, "ic", "Figure 13")
+
+
+# ----------------------------------------------------------------------------- Figure 10
+
+
+def steering_random(df: pd.DataFrame, display_names: Mapping[str, str],
+                    outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 10: per (fitted vector, tier) panel, compliance vs. multiplier of every
+    norm-matched random control (thin grey), the fitted vector it controls for (coloured, with
+    Wilson CIs) and the unsteered baseline (star, dashed level); the random range at each
+    non-zero multiplier is written in the panel. Reads the steering summaries."""
+    _require(df, SUMMARY_NEEDS, "steering_random")
+    d = _with_refs(df)
+    rnd = d[d["kind"] == "random"]
+    if rnd.empty:
+        raise ValueError("steering_random: no random-control rows (kind random, vectors "
+                         "random_{concept}_{source}_{k}) in the steering summary")
+    models = sorted(rnd["model"].astype(str).unique())
+    ofs = sorted(rnd["of"].unique(), key=_vector_rank)
+    panels = [(of, tier) for of in ofs for tier in TIERS]
+    fig, axes = plt.subplots(len(models), len(panels),
+                             figsize=(3.2 * len(panels), 3.6 * len(models)), squeeze=False,
+                             sharey=True)
+    for i, model in enumerate(models):
+        m = d[d["model"] == model]
+        for j, (of, tier) in enumerate(panels):
+            ax = axes[i][j]
+            ax.axvline(0, color="grey", lw=0.8, ls=":", zorder=0)
+            ax.spines[["top", "right"]].set_visible(False)
+            ax.tick_params(labelsize=7)
+            g = m[(m["of"] == of) & (m["tier"] == tier)]
+            r = g[g["kind"] == "random"]
+            k = r["vector"].nunique()
+            ax.set_title(f"{_name(display_names, model)} \u2014 {of}\n{TIER_LABELS[tier]}; "
+                         f"{k} random controls, {_n_text(g['n'])}", fontsize=7)
+            if g.empty:
+                _axis_note(ax, "not run")
+                continue
+            for _, rv in r.groupby("vector", sort=True):
+                rv = rv.sort_values("multiplier")
+                ax.plot(rv["multiplier"].to_numpy(float),
+                        rv["compliance"].to_numpy(float) * 100, color="grey", lw=0.7,
+                        alpha=0.7, marker=".", ms=3, zorder=2)
+            real = g[g["kind"] == "fitted"]
+            _tier_curves(ax, real, lw=2.0, band=False)
+            base = g[g["condition"] == "baseline"]
+            if len(base):
+                b = float(base["compliance"].iloc[0]) * 100
+                ax.axhline(b, color="black", lw=0.7, ls="--", zorder=1)
+                if real.empty:
+                    ax.plot([0.0], [b], marker="*", ms=11, ls="", color=TIER_COLORS[tier],
+                            mec="black", mew=0.6, zorder=4)
+            lines = []
+            for mult, rm in r[r["multiplier"] != 0].groupby("multiplier", sort=True):
+                v = rm["compliance"].to_numpy(float) * 100
+                if np.isfinite(v).any():
+                    lines.append(f"random x{format_multiplier(mult)}: "
+                                 f"{np.nanmin(v):.1f}\u2013{np.nanmax(v):.1f}%")
+            if lines:
+                ax.text(0.02, 0.98, "\n".join(lines[:4]), transform=ax.transAxes, ha="left",
+                        va="top", fontsize=6, color="dimgrey")
+            ax.set_ylim(-3, 103)
+            _mult_ticks(ax, g["multiplier"])
+            if i == len(models) - 1:
+                ax.set_xlabel("steering multiplier", fontsize=8)
+        axes[i][0].set_ylabel("compliance (%)", fontsize=8)
+    handles = [plt.Line2D([], [], color=TIER_COLORS[t], lw=2, marker="o",
+                          label=f"fitted vector, {TIER_LABELS[t]}") for t in TIERS]
+    handles += [plt.Line2D([], [], color="grey", lw=0.7, marker=".",
+                           label="norm-matched random controls"),
+                plt.Line2D([], [], color="black", lw=0.7, ls="--", marker="*", mfc="grey",
+                           label="unsteered baseline")]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=4, frameon=False,
+               bbox_to_anchor=(0.5, -0.08 / len(models)))
+    fig.suptitle("Figure 10: random-vector controls vs. the fitted steering vectors "
+                 f"(Wilson {_level(d)} on the fitted vector)", fontsize=10)
+    fig.tight_layout()
+    save(fig, outputs, dpi)
+
+
+# ----------------------------------------------------------------------------- Figure 14
+
+
+def steering_raw(df: pd.DataFrame, display_names: Mapping[str, str],
+                 outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 14: raw-AdvBench compliance (compliance judge) per raw condition, baseline first,
+    then each vector by multiplier; Wilson CIs, complied / judged above each bar, the baseline
+    level dashed. Reads ``results/steering/{model}/raw.parquet``."""
+    _require(df, RAW_NEEDS, "steering_raw")
+    base = df[df["vector"].isna()].assign(_rank=[(-1, 0, 0, 0)] * int(df["vector"].isna().sum()))
+    vec = _with_refs(df[df["vector"].notna()])
+    vec = vec.assign(_rank=[_vector_rank(v) for v in vec["vector"]])
+    d = pd.concat([base, vec], ignore_index=True)
+    if d.empty:
+        raise ValueError("steering_raw: no raw-baseline or raw-{vector} rows in the input")
+    models = sorted(d["model"].astype(str).unique())
+    fig, axes = plt.subplots(len(models), 1, squeeze=False,
+                             figsize=(max(5.0, 0.75 * d.groupby("model").size().max() + 2.5),
+                                      3.6 * len(models)))
+    for ax, model in zip(axes[:, 0], models, strict=True):
+        m = d[d["model"] == model].copy()
+        m["_key"] = [(*r, float(x)) for r, x in zip(m["_rank"], m["multiplier"], strict=True)]
+        m = m.sort_values("_key", kind="mergesort")
+        x = np.arange(len(m))
+        y = pd.to_numeric(m["complied"], errors="coerce").to_numpy(float) * 100
+        lo = pd.to_numeric(m["ci_low"], errors="coerce").to_numpy(float) * 100
+        hi = pd.to_numeric(m["ci_high"], errors="coerce").to_numpy(float) * 100
+        labels, colors, hatches = [], [], []
+        for _, r in m.iterrows():
+            if pd.isna(r["vector"]):
+                labels.append("baseline")
+                colors.append("grey")
+                hatches.append(None)
+            else:
+                labels.append(f"{r['vector']}\nx{format_multiplier(r['multiplier'])}")
+                colors.append(CONCEPT_COLORS[r["concept"]] if r["kind"] == "fitted"
+                              else "lightgrey")
+                hatches.append("///" if r["source"] == "ic" else None)
+        for xi, yi, c, h in zip(x, y, colors, hatches, strict=True):
+            ax.bar(xi, np.nan_to_num(yi), 0.62, color=c if h is None else "white",
+                   edgecolor=c, hatch=h, lw=1.2)
+        ax.errorbar(x, np.nan_to_num(y), yerr=_errs(y, lo, hi), fmt="none", ecolor="black",
+                    capsize=3, lw=1)
+        top = np.nanmax(np.concatenate([hi, y, [0.0]])) if len(m) else 0.0
+        for xi, (_, r), yi, hii in zip(x, m.iterrows(), y, hi, strict=True):
+            judged = int(r["judged"])
+            k = int(round(yi / 100 * judged)) if np.isfinite(yi) else 0
+            text = f"{k}/{judged}" if judged else "no verdicts"
+            missing = r.get("unparsed", 0)
+            if not pd.isna(missing) and int(missing):
+                text += f"\n(+{int(missing)} no verdict)"
+            ax.annotate(text, (xi, np.nanmax([hii, yi, 0.0])), xytext=(0, 3),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=6)
+        b = m[m["vector"].isna()]
+        if len(b) and np.isfinite(float(b["complied"].iloc[0])):
+            ax.axhline(float(b["complied"].iloc[0]) * 100, color="black", lw=0.7, ls="--",
+                       zorder=0)
+        ax.set_xticks(x, labels, fontsize=6)
+        ax.set_ylim(0, min(105.0, max(5.0, 1.3 * top + 2)))
+        ax.set_ylabel("compliance, raw AdvBench (%)", fontsize=8)
+        ax.set_title(f"{_name(display_names, model)}   ({_n_text(m['n'])} prompts per "
+                     "condition; complied / judged above each bar)", fontsize=8, loc="left")
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.tick_params(axis="y", labelsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color="grey", label="unsteered (raw-baseline)")]
+    handles += [plt.Rectangle((0, 0), 1, 1, color=CONCEPT_COLORS[c], label=CONCEPT_LABELS[c])
+                for c in CONCEPTS]
+    handles += [plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="grey", hatch="///",
+                              label="IC vector (solid: OOC)"),
+                plt.Rectangle((0, 0), 1, 1, color="lightgrey", label="random control")]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=5, frameon=False,
+               bbox_to_anchor=(0.5, -0.08 / len(models)))
+    fig.suptitle("Figure 14: raw AdvBench without the alignment-faking setup \u2014 compliance "
+                 f"per steering condition (Wilson {_level(d)})", fontsize=10)
+    fig.tight_layout()
+    save(fig, outputs, dpi)
+
+
+def steering_diagnostics(df: pd.DataFrame, display_names: Mapping[str, str],
+                         outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Per-layer diagnostics of every fitted vector and its random controls: AUROC per split
+    (grouped CV and each validation split) and paired accuracy, with the selected layers
+    marked. Input: the ``*.diagnostics.parquet`` tables (columns model, vector, layer, split,
+    auroc, paired_accuracy)."""
+    need = ["model", "vector", "layer", "split", "auroc", "paired_accuracy"]
+    missing = [c for c in need if c not in df.columns]
+    if df.empty or missing:
+        raise ValueError(f"steering_diagnostics needs diagnostics tables with {need}; "
+                         f"missing {missing or 'rows'}")
+    models = sorted(df["model"].unique())
+    fitted = sorted(v for v in df["vector"].unique() if not str(v).startswith("random_"))
+    fig, axes = plt.subplots(len(models) * 2, len(fitted),
+                             figsize=(3.4 * len(fitted), 5.0 * len(models)), squeeze=False,
+                             sharex=True)
+    split_style = {"cv": "-", "validation": "--", "keyword_hard": ":"}
+    for i, model in enumerate(models):
+        mdf = df[df["model"] == model]
+        for j, vec in enumerate(fitted):
+            for row, metric in enumerate(("auroc", "paired_accuracy")):
+                ax = axes[2 * i + row, j]
+                real = mdf[mdf["vector"] == vec]
+                for split, sdf in real.groupby("split", sort=True):
+                    sdf = sdf.sort_values("layer")
+                    ax.plot(sdf["layer"], sdf[metric], split_style.get(split, "-."),
+                            color="#2c7fb8", lw=1.4, label=f"fitted, {split}")
+                controls = mdf[mdf["vector"].astype(str).str.startswith(f"random_{vec}_")]
+                for k, (_name, cdf) in enumerate(controls.groupby("vector", sort=True)):
+                    for split, sdf in cdf.groupby("split", sort=True):
+                        sdf = sdf.sort_values("layer")
+                        ax.plot(sdf["layer"], sdf[metric], split_style.get(split, "-."),
+                                color="0.6", lw=0.8,
+                                label="random controls" if k == 0 and split == "validation"
+                                else None)
+                ax.axhline(0.5, color="black", lw=0.6, ls=":")
+                ax.set_ylim(0, 1.02)
+                ax.set_ylabel(metric.replace("_", " "))
+                if row == 0:
+                    n = real.groupby("split")["n_pairs"].max() if "n_pairs" in real else {}
+                    counts = ", ".join(f"{s} {int(v)}" for s, v in dict(n).items()
+                                       if pd.notna(v))
+                    ax.set_title(f"{display_names.get(model, model)}: {vec}\npairs: {counts}",
+                                 fontsize=8)
+                else:
+                    ax.set_xlabel("layer")
+                if i == 0 and j == 0 and row == 0:
+                    ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("Steering-vector diagnostics per layer (layers are chosen from these only)",
+                 fontsize=10)
+    fig.tight_layout()
+    save(fig, outputs, dpi)

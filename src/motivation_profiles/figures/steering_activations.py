@@ -1,0 +1,223 @@
+"""Figures drawn from activations: token heatmaps (Figures 11/12) and SDF-steering alignment."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+from motivation_profiles.figures.steering import (
+    ALIGNMENT_NEEDS,
+    CONCEPT_LABELS,
+    MAX_TOKENS,
+    TOKEN_NEEDS,
+    _axis_note,
+    _level,
+    _n_text,
+    _name,
+    _vector_rank,
+    _with_refs,
+)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from motivation_profiles.figures.style import (  # noqa: E402
+    FAMILY_COLORS,
+    _require,
+    save,
+)
+from motivation_profiles.steering.names import (  # noqa: E402
+    parse_vector,
+    vector_name,
+)
+
+# ----------------------------------------------------------------------------- Figures 11 / 12
+
+
+def _tick_text(token: object, width: int = 14) -> str:
+    """A token as a tick label: byte-level BPE markers and control characters made visible,
+    ``$`` escaped so mathtext never starts, long tokens cut."""
+    s = "" if token is None or (isinstance(token, float) and np.isnan(token)) else str(token)
+    s = s.replace("\u0120", " ").replace("\u010a", "\n")
+    s = s.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    if not s.strip():
+        s = "\u00b7" * max(len(s), 1) if s else "''"
+    if len(s) > width:
+        s = s[: width - 1] + "\u2026"
+    return s.replace("$", r"\$")
+
+
+def _window(values: np.ndarray, fitted_rows: np.ndarray, size: int) -> int:
+    """Start of the ``size``-token window with the largest mean |cosine| of the fitted
+    vectors (all vectors when none is fitted); 0 when everything fits."""
+    n = values.shape[1]
+    if n <= size:
+        return 0
+    rows = values[fitted_rows] if fitted_rows.any() else values
+    score = np.nan_to_num(np.abs(rows), nan=0.0).mean(axis=0)
+    sums = np.convolve(score, np.ones(size), mode="valid")
+    return int(np.argmax(sums))
+
+
+def _transcript_order(values: Sequence[object]) -> list[object]:
+    def key(v: object) -> tuple:
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return (0, float(v), "")
+        return (1, 0.0, str(v))
+    return sorted(pd.unique(pd.Series(list(values))), key=key)
+
+
+def _token_heatmap(df: pd.DataFrame, display_names: Mapping[str, str],
+                   outputs: Sequence[str | Path], dpi: int, concept: str, figure: str,
+                   max_tokens: int = MAX_TOKENS) -> None:
+    what = f"token_heatmap_{concept}"
+    _require(df, TOKEN_NEEDS, what)
+    d = _with_refs(df)
+    d = d[d["concept"] == concept]
+    if d.empty:
+        raise ValueError(f"{what}: no {concept} vectors ({vector_name(concept, 'ooc')}, "
+                         f"{vector_name(concept, 'ic')}, random_{concept}_…) in the token-"
+                         "cosine table")
+    blocks = []
+    for model in sorted(d["model"].astype(str).unique()):
+        m = d[d["model"] == model]
+        for t in _transcript_order(m["transcript"]):
+            g = m[m["transcript"] == t]
+            vectors = sorted(g["vector"].unique(), key=_vector_rank)
+            wide = g.pivot_table(index="vector", columns="position", values="cosine",
+                                 aggfunc="mean").reindex(vectors).sort_index(axis=1)
+            tokens = g.drop_duplicates("position").set_index("position")["token"]
+            fitted = np.array([parse_vector(v).kind == "fitted" for v in vectors], bool)
+            start = _window(wide.to_numpy(float), fitted, max_tokens)
+            wide = wide.iloc[:, start:start + max_tokens]
+            blocks.append((model, t, vectors, wide, tokens.reindex(wide.columns), fitted,
+                           g["position"].nunique()))
+    vals = np.concatenate([b[3].to_numpy(float).ravel() for b in blocks])
+    vmax = float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 1.0
+    vmax = vmax or 1.0
+    heights = [0.26 * len(b[2]) + 1.5 for b in blocks]
+    width = max(6.0, 0.2 * max(b[3].shape[1] for b in blocks) + 3.5)
+    fig, axes = plt.subplots(len(blocks), 1, figsize=(width, sum(heights) + 0.8),
+                             squeeze=False, gridspec_kw={"height_ratios": heights})
+    for ax, (model, t, vectors, wide, tokens, fitted, total) in zip(axes[:, 0], blocks,
+                                                                    strict=True):
+        im = ax.imshow(wide.to_numpy(float), aspect="auto", cmap="RdBu_r", vmin=-vmax,
+                       vmax=vmax, interpolation="nearest")
+        ax.set_yticks(np.arange(len(vectors)), vectors, fontsize=6)
+        for label, is_fitted in zip(ax.get_yticklabels(), fitted, strict=True):
+            label.set_color("black" if is_fitted else "dimgrey")
+            label.set_fontweight("bold" if is_fitted else "normal")
+        ax.set_xticks(np.arange(wide.shape[1]), [_tick_text(x) for x in tokens], rotation=90,
+                      fontsize=6)
+        cols = list(wide.columns)
+        span = f"tokens {cols[0]}\u2013{cols[-1]} of {total}" if cols else "no tokens"
+        ax.set_title(f"{_name(display_names, model)} \u2014 transcript {t} ({span})",
+                     fontsize=8, loc="left")
+        bar = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("cosine", fontsize=7)
+    n_tr = len(blocks)
+    fig.suptitle(f"{figure}: per-token cosine with the {CONCEPT_LABELS[concept]} vectors "
+                 f"(fitted OOC / IC in bold, norm-matched random controls in grey; mean over "
+                 f"the steering layers; colour centred at 0; {n_tr} transcript"
+                 f"{'s' if n_tr != 1 else ''}, \u2264{max_tokens} tokens each, the window "
+                 "with the largest |cosine|)", fontsize=9, wrap=True)
+    fig.tight_layout()
+    save(fig, outputs, dpi)
+
+
+def token_heatmap_expectations(df: pd.DataFrame, display_names: Mapping[str, str],
+                               outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 11: per transcript, the per-token cosine with every researcher-expectations
+    vector (fitted OOC, fitted IC, their random controls). Reads ``token_cosines.parquet``."""
+    _token_heatmap(df, display_names, outputs, dpi, "expectations", "Figure 11")
+
+
+def token_heatmap_consequences(df: pd.DataFrame, display_names: Mapping[str, str],
+                               outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 12: as ``token_heatmap_expectations`` for the retraining-consequences vectors."""
+    _token_heatmap(df, display_names, outputs, dpi, "consequences", "Figure 12")
+
+
+# ----------------------------------------------------------------------------- SDF alignment
+
+_BRANCH = re.compile(r"([AB])([12])_(amp|sup)")
+
+
+def _branch_style(branch: str, others: Sequence[str]) -> dict:
+    m = _BRANCH.match(branch)
+    if m:
+        return {"color": FAMILY_COLORS[m.group(1)], "ls": "-" if m.group(3) == "amp" else "--",
+                "marker": "o" if m.group(2) == "1" else "s"}
+    cmap = plt.get_cmap("tab10")
+    return {"color": cmap((list(others).index(branch) + 2) % 10), "ls": "-.", "marker": "^"}
+
+
+def sdf_steering_alignment(df: pd.DataFrame, display_names: Mapping[str, str],
+                           outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Does SDF move activations along the steering direction? Per model a row of panels, one
+    per fitted vector: the cosine between the mean activation difference (SDF branch minus the
+    organism) and v_l, per layer and branch, with its bootstrap CI band, a zero line, and the
+    vector's random controls (thin grey) where present. Reads ``sdf_alignment.parquet``."""
+    _require(df, ALIGNMENT_NEEDS, "sdf_steering_alignment")
+    d = _with_refs(df)
+    fitted = d[d["kind"] == "fitted"]
+    if fitted.empty:
+        raise ValueError("sdf_steering_alignment: no fitted vectors ({concept}_{source}) in "
+                         "the alignment table")
+    models = sorted(fitted["model"].astype(str).unique())
+    vectors = sorted(fitted["vector"].unique(), key=_vector_rank)
+    branches = sorted(d["branch"].astype(str).unique())
+    others = [b for b in branches if not _BRANCH.match(b)]
+    fig, axes = plt.subplots(len(models), len(vectors),
+                             figsize=(4.0 * len(vectors), 3.4 * len(models)), squeeze=False,
+                             sharey=True)
+    for i, model in enumerate(models):
+        for j, vec in enumerate(vectors):
+            ax = axes[i][j]
+            g = d[(d["model"] == model) & (d["vector"] == vec)]
+            ax.axhline(0, color="black", lw=0.8)
+            ax.spines[["top", "right"]].set_visible(False)
+            ax.tick_params(labelsize=7)
+            for _, rv in d[(d["model"] == model) & (d["kind"] == "random")
+                           & (d["of"] == vec)].groupby(["vector", "branch"], sort=True):
+                rv = rv.sort_values("layer")
+                ax.plot(rv["layer"].to_numpy(float), rv["cosine"].to_numpy(float),
+                        color="grey", lw=0.5, alpha=0.6, zorder=1)
+            for branch in branches:
+                b = g[g["branch"].astype(str) == branch].sort_values("layer")
+                if b.empty:
+                    continue
+                st = _branch_style(branch, others)
+                x = b["layer"].to_numpy(float)
+                ax.fill_between(x, b["ci_low"].to_numpy(float), b["ci_high"].to_numpy(float),
+                                color=st["color"], alpha=0.15, lw=0)
+                ax.plot(x, b["cosine"].to_numpy(float), color=st["color"], ls=st["ls"],
+                        marker=st["marker"], ms=3, lw=1.2, zorder=3)
+            ax.set_title(f"{_name(display_names, model)} \u2014 {vec}\n"
+                         f"n_texts: {_n_text(g['n_texts']).removeprefix('n = ')}",
+                         fontsize=8)
+            if g.empty:
+                _axis_note(ax, "no rows")
+            if i == len(models) - 1:
+                ax.set_xlabel("layer", fontsize=8)
+        axes[i][0].set_ylabel("cos(mean \u0394 activation, v_l)", fontsize=8)
+    handles = []
+    for branch in branches:
+        st = _branch_style(branch, others)
+        handles.append(plt.Line2D([], [], color=st["color"], ls=st["ls"], marker=st["marker"],
+                                  ms=3, label=branch))
+    if (d["kind"] == "random").any():
+        handles.append(plt.Line2D([], [], color="grey", lw=0.5, label="random controls"))
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=min(len(handles), 6),
+               frameon=False, bbox_to_anchor=(0.5, -0.12 / len(models)))
+    fig.suptitle("Does SDF move activations along the steering direction? Cosine of the mean "
+                 "activation difference (SDF branch \u2212 organism) with the vector, per layer "
+                 f"(bootstrap {_level(d)} over texts)", fontsize=9, wrap=True)
+    fig.tight_layout()
+    save(fig, outputs, dpi)

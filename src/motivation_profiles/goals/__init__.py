@@ -1,0 +1,1 @@
+"""The goal set: AdvBench download, verification and sampling."""

@@ -1,0 +1,1 @@
+"""Judges: Direction A/B scratchpad scoring and raw-AdvBench compliance."""

@@ -1,0 +1,2 @@
+"""Compliance rates, gaps, intervention effects, S_A/S_B profiles, calibration and steering
+summaries."""

@@ -1,0 +1,1 @@
+"""Thin rule entry points (one module per workflow/rules/*.smk file); the top layer."""

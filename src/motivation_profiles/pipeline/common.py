@@ -1,0 +1,62 @@
+"""What every rule entry point shares: running it with logging, its provenance record, and
+reading a list of tables.
+
+``workflow/scripts/run.py`` calls ``run(snakemake, entry_point(rule))``. Entry points (one
+module per rules file in this package) read paths and params from the job, call the package,
+and write outputs with provenance metadata. Logging (and tqdm progress bars) go to the rule's
+``log:`` file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger("motivation_profiles")
+
+
+def run(snakemake: Any, step: Callable[[Any], None]) -> None:
+    """Run ``step(snakemake)`` with logging and stderr sent to the job's log file."""
+    log_path = Path(snakemake.log[0]) if len(snakemake.log) else None
+    stream = open(log_path, "a") if log_path else sys.stderr  # noqa: SIM115
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stderr(stream):
+            log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards))
+            step(snakemake)
+            log.info("rule %s done in %.1f s", snakemake.rule, time.perf_counter() - t0)
+    except BaseException:
+        log.exception("rule %s failed", snakemake.rule)
+        raise
+    finally:
+        root.removeHandler(handler)
+        if stream is not sys.stderr:
+            stream.close()
+
+
+def job_provenance(snakemake: Any, inputs: list[str] | None = None,
+                params: dict[str, Any] | None = None) -> dict[str, Any]:
+    from motivation_profiles.core.provenance import provenance_record
+
+    return provenance_record(
+        rule=snakemake.rule, config=snakemake.config,
+        inputs=inputs if inputs is not None else list(snakemake.input), params=params,
+    )
+
+
+def read_all(files: Any) -> pd.DataFrame:
+    from motivation_profiles.core.provenance import read_table
+
+    return pd.concat([read_table(f) for f in files], ignore_index=True)

@@ -1,0 +1,54 @@
+"""Rule entry points of the figure rules (workflow/rules/figures.smk and the steering figures
+of workflow/rules/steering.smk): one function per module of ``motivation_profiles.figures``,
+so a figure rule's code inputs are the one figure module that draws it (plus shared style)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from motivation_profiles.pipeline.common import read_all
+
+
+def _draw(module: ModuleType, snakemake: Any) -> None:
+    """Draw ``module.<params.kind>`` from the concatenated input tables."""
+    draw = getattr(module, snakemake.params.kind)
+    files = [*snakemake.input.tables, *snakemake.input.get("more", [])]
+    draw(read_all(files), snakemake.params.display_names, list(snakemake.output),
+         dpi=snakemake.params.dpi)
+
+
+def draw_baseline(snakemake: Any) -> None:
+    from motivation_profiles.figures import baseline
+
+    _draw(baseline, snakemake)
+
+
+def draw_sdf(snakemake: Any) -> None:
+    from motivation_profiles.figures import sdf
+
+    _draw(sdf, snakemake)
+
+
+def draw_profiles(snakemake: Any) -> None:
+    from motivation_profiles.figures import profiles
+
+    _draw(profiles, snakemake)
+
+
+def draw_judge(snakemake: Any) -> None:
+    from motivation_profiles.figures import judge
+
+    _draw(judge, snakemake)
+
+
+def draw_steering(snakemake: Any) -> None:
+    from motivation_profiles.figures import steering
+
+    _draw(steering, snakemake)
+
+
+def draw_steering_activations(snakemake: Any) -> None:
+    from motivation_profiles.figures import steering_activations
+
+    _draw(steering_activations, snakemake)

@@ -1,0 +1,48 @@
+"""Rule entry points of workflow/rules/judge.smk."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from motivation_profiles.backends.factory import anthropic_client, cached_local_backend
+from motivation_profiles.pipeline.common import job_provenance
+
+log = logging.getLogger("motivation_profiles")
+
+
+# ----------------------------------------------------------------------------- judge, profiles
+
+
+def judge(snakemake: Any) -> None:
+    """Score every rollout's scratchpad on Directions A and B (k samples each)."""
+    from motivation_profiles.backends.anthropic import HostedBackend
+    from motivation_profiles.backends.base import SamplingParams
+    from motivation_profiles.core.provenance import read_table, write_table
+    from motivation_profiles.judge.scoring import Rubric, agreement_summary, judge_rollouts
+
+    p = snakemake.params
+    spec = p.judge
+    rubric = Rubric.load(snakemake.input.rubric)
+    if spec["backend"] == "local":
+        backend = cached_local_backend(spec["model"], p.model, snakemake.input.model, p.hosted)
+        ledger_of = backend.ledger_frame
+    else:
+        client = anthropic_client(p.hosted)
+        backend = HostedBackend(client, spec["model"])
+        ledger_of = client.ledger_frame
+    params = SamplingParams(temperature=spec["temperature"], top_p=spec["top_p"],
+                            max_new_tokens=spec["max_tokens"])
+    rollouts_df = read_table(snakemake.input.table)
+    meta = {"judge_backend": spec["backend"], "judge_model": spec["model"],
+            "rubric": rubric.name, "rubric_sha256": rubric.sha256, "samples": spec["samples"]}
+    table = judge_rollouts(rollouts_df, backend, rubric, samples=spec["samples"], params=params,
+                           prefill=spec["prefill"], meta=meta)
+    ledger = ledger_of()
+    log.info("judge: %d rollouts, statuses %s; %d requests not cached (%d output tokens)",
+             len(table), table["status"].value_counts().to_dict(), len(ledger),
+             int(ledger["output_tokens"].sum()) if len(ledger) else 0)
+    for d in ("a", "b"):
+        log.info("agreement, direction %s: %s", d.upper(),
+                 agreement_summary([list(v) for v in table[f"{d}_votes"]]))
+    write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))

@@ -1,0 +1,1 @@
+"""Prompt interventions: claims, conditions and the prompt plan."""

@@ -1,0 +1,1 @@
+"""The alignment-faking protocol: prompts, the multi-turn rollout loop, transcript parsing."""

@@ -1,0 +1,204 @@
+"""Alignment-faking rollouts: one row per (goal, tier, seed), with every turn kept.
+
+The loop is backend-agnostic: it renders conversations, asks a ``GenerationBackend`` for the
+next assistant turn of every unfinished rollout, continues a turn that ended without
+``</OUTPUT>`` with the continuation user turn (``<NEXT/>``) up to ``max_turns``, and parses the
+outcome. Work is done and checkpointed per (tier, seed) group, so a killed job resumes from the
+groups it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from motivation_profiles.backends.base import ChatRequest, GenerationBackend, SamplingParams
+from motivation_profiles.core.hashing import canonical_json
+from motivation_profiles.core.provenance import write_table
+from motivation_profiles.rollouts.parsing import has_complete_output, parse_transcript
+from motivation_profiles.rollouts.protocol import TIERS, PromptSet, prompt_hash
+
+log = logging.getLogger(__name__)
+
+
+TURN_SEPARATOR = "\n"
+
+
+@dataclass
+class _Rollout:
+    goal_id: int
+    goal: str
+    tier: str
+    seed: int
+    messages: list[dict[str, str]]
+    prompt_hash: str
+    turns: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    done: bool = False
+
+    @property
+    def request_id(self) -> str:
+        return f"{self.goal_id}-{self.tier}-{self.seed}"
+
+    @property
+    def transcript(self) -> str:
+        return TURN_SEPARATOR.join(self.turns)
+
+
+def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_Rollout],
+               params: SamplingParams, max_turns: int, prefill: str | None = None) -> None:
+    for turn in range(max_turns):
+        active = [r for r in rollouts if not r.done]
+        if not active:
+            return
+        lead = prefill if (prefill and turn == 0) else ""
+        opening = ({"role": "assistant", "content": lead},) if lead else ()
+        requests = [ChatRequest(f"{r.request_id}-t{turn}", (*r.messages, *opening), r.seed)
+                    for r in active]
+        for r, c in zip(active, backend.generate(requests, params), strict=True):
+            if turn == 0:
+                r.prompt_tokens = c.prompt_tokens
+            text = lead + c.text
+            r.turns.append(text)
+            r.finish_reasons.append(c.finish_reason)
+            r.completion_tokens += c.completion_tokens
+            # an empty turn ends the rollout: the API refuses an empty assistant message, and
+            # asking again for the same history would only repeat it
+            if (c.finish_reason == "length" or not text.strip()
+                    or has_complete_output(r.transcript)):
+                r.done = True
+            else:
+                r.messages = prompts.continue_messages(r.messages, text)
+
+
+def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for r in rollouts:
+        parsed = parse_transcript(r.transcript, r.finish_reasons[-1] if r.finish_reasons
+                                  else "length")
+        rows.append({
+            **meta,
+            "goal_id": r.goal_id, "goal": r.goal, "tier": r.tier, "seed": r.seed,
+            "prompt_hash": r.prompt_hash,
+            "turns": list(r.turns), "finish_reasons": list(r.finish_reasons),
+            "n_turns": len(r.turns),
+            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "transcript": r.transcript,
+            "scratchpad": parsed.scratchpad,
+            "final_output": parsed.final_output,
+            "output_complete": parsed.output_complete,
+            "outcome": parsed.outcome,
+            "accepted_then_refused": parsed.accepted_then_refused,
+        })
+    return pd.DataFrame(rows)
+
+
+def run_rollouts(
+    backend: GenerationBackend,
+    prompts: PromptSet,
+    goals: pd.DataFrame,
+    *,
+    seeds: Sequence[int],
+    params: SamplingParams,
+    max_turns: int,
+    meta: Mapping[str, Any],
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_key: str = "",
+    prefill: str | None = None,
+) -> pd.DataFrame:
+    """Run every (goal, tier, seed) rollout; return one row each, sorted by those keys.
+
+    ``prefill``: text the first assistant turn starts with (sent as a trailing assistant
+    message, which every backend continues); it is part of the recorded turn and transcript.
+
+    ``meta`` (model, condition, adapter, generation parameters...) is copied into every row.
+    With ``checkpoint_dir`` each finished (tier, seed) group is written there and reused by a
+    rerun whose ``checkpoint_key`` (a hash of everything that determines the rows) matches.
+    """
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    if ckpt is not None:
+        key_file = ckpt / "key.json"
+        if ckpt.exists() and (not key_file.is_file()
+                              or json.loads(key_file.read_text()).get("key") != checkpoint_key):
+            log.info("discarding stale rollout checkpoint %s", ckpt)
+            shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(json.dumps({"key": checkpoint_key}))
+    frames = []
+    for tier in TIERS:
+        for seed in seeds:
+            shard = ckpt / f"{tier}-{seed}.parquet" if ckpt else None
+            if shard is not None and shard.is_file():
+                log.info("resuming: %s/seed %d already done (%s)", tier, seed, shard)
+                frames.append(pd.read_parquet(shard))
+                continue
+            group = []
+            for goal_id, goal in zip(goals["goal_id"], goals["goal"], strict=True):
+                messages = prompts.messages(goal, tier)
+                group.append(_Rollout(int(goal_id), goal, tier, int(seed), messages,
+                                      prompt_hash(messages)))
+            log.info("rollouts: tier=%s seed=%d, %d goals", tier, seed, len(group))
+            _run_group(backend, prompts, group, params, max_turns, prefill)
+            frame = _rows(group, meta)
+            if shard is not None:
+                write_table(frame, shard, {"rule": "rollouts-checkpoint"})
+            frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["goal_id", "tier", "seed"], kind="stable").reset_index(drop=True)
+
+
+RAW_TIER = "raw"
+
+
+def run_raw_rollouts(backend: GenerationBackend, goals: pd.DataFrame, *, seeds: Sequence[int],
+                     params: SamplingParams, meta: Mapping[str, Any]) -> pd.DataFrame:
+    """The raw-AdvBench control (Appendix D.6): the goal as the only user message, no system
+    prompt, no tier and no tag protocol, one turn. Compliance cannot be parsed from tags here,
+    so ``outcome`` is null; the compliance judge reads ``final_output``."""
+    rollouts = []
+    for seed in seeds:
+        for goal_id, goal in zip(goals["goal_id"], goals["goal"], strict=True):
+            messages = [{"role": "user", "content": str(goal).strip()}]
+            rollouts.append(_Rollout(int(goal_id), goal, RAW_TIER, int(seed), messages,
+                                     prompt_hash(messages)))
+    requests = [ChatRequest(r.request_id, tuple(r.messages), r.seed) for r in rollouts]
+    log.info("raw rollouts: %d goals x %d seeds", len(goals), len(seeds))
+    completions = backend.generate(requests, params) if requests else []
+    rows = []
+    for r, c in zip(rollouts, completions, strict=True):
+        rows.append({
+            **meta,
+            "goal_id": r.goal_id, "goal": r.goal, "tier": r.tier, "seed": r.seed,
+            "prompt_hash": r.prompt_hash, "turns": [c.text], "finish_reasons": [c.finish_reason],
+            "n_turns": 1, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "transcript": c.text,
+            "scratchpad": None, "final_output": c.text,
+            "output_complete": c.finish_reason == "stop", "outcome": None,
+            "accepted_then_refused": False,
+        })
+    out = pd.DataFrame(rows)
+    return out.sort_values(["goal_id", "seed"], kind="stable").reset_index(drop=True)
+
+
+def rollout_meta(*, model: str, condition: str, adapter: str | None, backend: str,
+                 prompts: PromptSet, params: SamplingParams, max_turns: int,
+                 prefill: str | None = None, claim: str | None = None) -> dict[str, Any]:
+    generation = {**params.as_dict(), "max_turns": max_turns, "backend": backend,
+                  "prefill": prefill}
+    return {
+        "model": model, "condition": condition, "adapter": adapter, "claim": claim,
+        "system_prompt_hash": prompts.system_hash,
+        "temperature": params.temperature, "top_p": params.top_p,
+        "max_new_tokens": params.max_new_tokens, "max_turns": max_turns,
+        "backend": backend,
+        "generation_params": canonical_json(generation),
+    }

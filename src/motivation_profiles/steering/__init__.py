@@ -1,0 +1,1 @@
+"""Activation steering: names, plan, contrastive pairs, activation caches, vectors, analyses."""

@@ -1,0 +1,291 @@
+"""Figures 5a, 5b, 9 and the judge score distributions, drawn from crafted tables."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from motivation_profiles.figures import judge as judge_figures
+from motivation_profiles.figures import profiles as profile_figures
+from motivation_profiles.figures.judge import judge_condition_order
+from motivation_profiles.figures.profiles import calibration_points, profile_points
+from motivation_profiles.figures.style import INTERVENTION_ORDER
+
+NAMES = {"m1": "Model One", "m2": "Model Two (closed)"}
+LEVEL = 0.95
+
+
+def _row(model, method, strength, quantity, target, est, *, naming="original",
+         checkpoint=None, width=0.05, **extra):
+    lo, hi = (est - width, est + width) if np.isfinite(est) else (np.nan, np.nan)
+    return {"model": model, "method": method, "strength": strength, "naming": naming,
+            "checkpoint": checkpoint, "quantity": quantity, "target": target,
+            "condition": None, "estimate": est, "ci_low": lo, "ci_high": hi, "n_goals": 8,
+            "baseline_condition": "baseline", "ci_level": LEVEL, "bootstrap_samples": 100,
+            **extra}
+
+
+def effects_rows(model, method, strength, *, sa, sb, checkpoint=None, naming="original",
+                 width=0.05, **extra) -> list[dict]:
+    """A full effects table for one (model, method, strength): every intervention's deltas,
+    the gaps, S_A and S_B (Delta(A+) - Delta(A-) averaged gives ``sa``)."""
+    rows = []
+    for inter in INTERVENTION_ORDER:
+        s = sa if inter[0] == "A" else sb
+        d = s / 2 if inter.endswith("amp") else -s / 2
+        for q, v in (("delta_gap", d), ("delta_monitored", d), ("delta_unmonitored", 0.0),
+                     ("gap", 0.1 + d)):
+            rows.append(_row(model, method, strength, q, inter, v, naming=naming,
+                             checkpoint=checkpoint, width=width, **extra))
+    rows.append(_row(model, method, strength, "gap", "baseline", 0.1, naming=naming,
+                     checkpoint=checkpoint, width=width, **extra))
+    for q, v in (("S_A", sa), ("S_B", sb)):
+        rows.append(_row(model, method, strength, q, q[-1], v, naming=naming,
+                         checkpoint=checkpoint, width=width, **extra))
+    return rows
+
+
+def profiles_table() -> pd.DataFrame:
+    """m1: prompt (three strengths, plus a role-play row) + SDF + steering (no strength);
+    m2: prompt only (a closed model)."""
+    rows = []
+    for s, (sa, sb) in {"weak": (0.02, 0.01), "standard": (0.20, 0.05),
+                        "strong": (0.30, 0.10)}.items():
+        rows += effects_rows("m1", "prompt", s, sa=sa, sb=sb)
+    rows += effects_rows("m1", "sdf", "standard", sa=0.10, sb=0.15)
+    rows += effects_rows("m1", "sdf", "standard", sa=0.9, sb=0.9, naming="self")
+    rows += effects_rows("m1", "sdf", "standard", sa=0.9, sb=0.9, checkpoint="B1_amp")
+    rows += effects_rows("m1", "steering", None, sa=0.05, sb=-0.02)
+    rows += effects_rows("m2", "prompt", "standard", sa=-0.05, sb=0.12)
+    df = pd.DataFrame(rows)
+    return df[df["quantity"].isin(["S_A", "S_B"])].reset_index(drop=True)
+
+
+def calibration_table() -> pd.DataFrame:
+    """m1: base + A1_amp, A2_amp (family A) + B1_amp (family B), recovered; m2: base only."""
+    rows = []
+    for ckpt, fam, sa, sb in ((None, "base", 0.2, 0.0), ("A1_amp", "A", 0.3, 0.05),
+                              ("A2_amp", "A", 0.25, 0.1), ("B1_amp", "B", 0.1, 0.3)):
+        rows += effects_rows("m1", "prompt", "standard", sa=sa, sb=sb, checkpoint=ckpt,
+                             checkpoint_family=fam, recovered=True)
+    rows += effects_rows("m2", "prompt", "standard", sa=0.0, sb=0.0, checkpoint_family="base",
+                         recovered=None, width=0.0)
+    return pd.DataFrame(rows)
+
+
+def prompt_effects_table() -> pd.DataFrame:
+    rows = []
+    for s, (sa, sb) in {"weak": (0.02, 0.01), "standard": (0.20, 0.05),
+                        "strong": (0.30, 0.10)}.items():
+        rows += effects_rows("m1", "prompt", s, sa=sa, sb=sb)
+        rows += effects_rows("m2", "prompt", s, sa=0.0, sb=0.0, width=0.0)  # degenerate
+    return pd.DataFrame(rows)
+
+
+def judge_table(*, all_nan: bool = False, n_conditions: int = 4) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    conds = ["baseline"] + [f"prompt-{i}-standard" for i in INTERVENTION_ORDER][:n_conditions - 1]
+    rows = []
+    for model in ("m1", "m2"):
+        for cond in conds:
+            for goal in range(3):
+                for seed in range(2):
+                    for tier in ("monitored", "unmonitored"):
+                        a, b = rng.integers(0, 11, 2).astype(float)
+                        status = "ok"
+                        if all_nan or (model == "m2" and cond == "baseline"):
+                            a = b = np.nan
+                            status = "no_scratchpad"
+                        elif goal == 2 and seed == 1:
+                            a, b, status = np.nan, b, "partial"
+                        rows.append({"model": model, "condition": cond, "goal_id": goal,
+                                     "tier": tier, "seed": seed, "status": status,
+                                     "a_score": a, "b_score": b, "judge_model": "tiny-judge"})
+    return pd.DataFrame(rows)
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def _draw(fn, df, tmp_path, name="fig"):
+    outs = [tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"]
+    fn(df, NAMES, outs, dpi=60)
+    for out in outs:
+        assert out.exists() and out.stat().st_size > 500
+    assert outs[1].read_bytes()[:5] == b"%PDF-"
+    w, h = _png_size(outs[0])
+    assert 150 < w < 6000 and 100 < h < 8000
+    return w, h
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_profile_points_prefers_base_standard_original():
+    pts = profile_points(profiles_table()).set_index(["model", "method"])
+    assert list(pts.index) == [("m1", "prompt"), ("m1", "sdf"), ("m1", "steering"),
+                               ("m2", "prompt")]
+    assert pts.loc[("m1", "prompt"), "strength"] == "standard"
+    assert pts.loc[("m1", "prompt"), "S_A"] == pytest.approx(0.20)
+    # neither the role-play (naming self) nor the checkpoint row leaks into the SDF point
+    assert pts.loc[("m1", "sdf"), "S_A"] == pytest.approx(0.10)
+    assert pts.loc[("m1", "sdf"), "S_B_high"] == pytest.approx(0.20)
+    assert pd.isna(pts.loc[("m1", "steering"), "strength"])
+    assert pts.loc[("m1", "steering"), "S_B"] == pytest.approx(-0.02)
+    assert pts.loc[("m2", "prompt"), "naming"] == "original"
+
+
+def test_profile_points_falls_back_to_the_only_strength_and_naming():
+    rows = effects_rows("m", "sdf", "strong", sa=0.3, sb=0.1, naming="self")
+    rows += effects_rows("m", "prompt", "weak", sa=0.1, sb=0.0)
+    rows += effects_rows("m", "prompt", "strong", sa=0.2, sb=0.0)
+    pts = profile_points(pd.DataFrame(rows)).set_index("method")
+    assert pts.loc["sdf", "strength"] == "strong" and pts.loc["sdf", "naming"] == "self"
+    assert pts.loc["prompt", "strength"] == "weak"  # no standard: first in weak/strong order
+    assert pts.loc["prompt", "S_A"] == pytest.approx(0.1)
+
+
+def test_profile_points_without_checkpoint_column_and_missing_quantity():
+    df = pd.DataFrame(effects_rows("m", "prompt", "standard", sa=0.1, sb=0.2)).drop(
+        columns="checkpoint")
+    df = df[df["quantity"] != "S_B"]
+    pts = profile_points(df)
+    assert len(pts) == 1 and np.isnan(pts["S_B"].iloc[0])
+
+
+def test_calibration_points_families_and_share():
+    pts = calibration_points(calibration_table())
+    m1 = pts[pts["model"] == "m1"]
+    assert list(m1["checkpoint"]) == ["base", "A1_amp", "A2_amp", "B1_amp"]
+    assert list(m1["family"]) == ["base", "A", "A", "B"]
+    assert m1.set_index("checkpoint").loc["B1_amp", "share"] == pytest.approx(0.2)
+    assert list(pts.loc[pts["model"] == "m2", "checkpoint"]) == ["base"]
+
+
+def test_judge_condition_order():
+    assert judge_condition_order(["sdf-x", "baseline", "prompt-A1_amp-weak", "baseline"]) == [
+        "baseline", "prompt-A1_amp-weak", "sdf-x"]
+    assert judge_condition_order(["b", "a"]) == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def test_prompt_calibration(tmp_path):
+    _draw(profile_figures.prompt_calibration, calibration_table(), tmp_path)
+
+
+def test_prompt_calibration_without_checkpoints(tmp_path):
+    df = calibration_table()
+    df = df[df["checkpoint"].isna()].assign(recovered=None)
+    _draw(profile_figures.prompt_calibration, df, tmp_path)
+
+
+def test_prompt_calibration_nan_and_single_model(tmp_path):
+    df = calibration_table()
+    df = df[df["model"] == "m1"].copy()
+    df.loc[df["checkpoint"] == "A2_amp", ["estimate", "ci_low", "ci_high"]] = np.nan
+    df["recovered"] = "False"
+    _draw(profile_figures.prompt_calibration, df, tmp_path)
+
+
+def test_prompt_calibration_after_parquet_round_trip(tmp_path):
+    """Per-model tables read back and concatenated: string dtypes, None checkpoints, and a
+    ``recovered`` column mixing True and None."""
+    df = calibration_table()
+    for model in ("m1", "m2"):
+        df[df["model"] == model].to_parquet(tmp_path / f"{model}.parquet")
+    back = pd.concat([pd.read_parquet(tmp_path / f"{m}.parquet") for m in ("m1", "m2")],
+                     ignore_index=True)
+    pts = calibration_points(back)
+    assert list(pts["family"]) == ["base", "A", "A", "B", "base"]
+    _draw(profile_figures.prompt_calibration, back, tmp_path)
+
+
+def test_profile_plane(tmp_path):
+    _draw(profile_figures.profile_plane, profiles_table(), tmp_path)
+
+
+def test_profile_plane_degenerate(tmp_path):
+    df = profiles_table()
+    df = df[df["model"] == "m1"].copy()
+    df[["estimate", "ci_low", "ci_high"]] = 0.0
+    df.loc[df["method"] == "steering", ["estimate", "ci_low", "ci_high"]] = np.nan
+    _draw(profile_figures.profile_plane, df, tmp_path)
+
+
+def test_profile_plane_ci_excluding_estimate(tmp_path):
+    df = profiles_table()
+    df["ci_low"] = df["estimate"] + 0.01  # a percentile CI may exclude the point estimate
+    _draw(profile_figures.profile_plane, df, tmp_path)
+
+
+def test_profile_plane_no_base_rows_raises(tmp_path):
+    df = profiles_table().assign(checkpoint="B1_amp")
+    with pytest.raises(ValueError, match="base-model"):
+        profile_figures.profile_plane(df, NAMES, [tmp_path / "x.png"])
+
+
+def test_prompt_strength_ablation(tmp_path):
+    w1, _ = _draw(profile_figures.prompt_strength_ablation, prompt_effects_table(), tmp_path)
+    df = prompt_effects_table()
+    df = df[(df["model"] == "m1") & (df["strength"] == "standard")]
+    w2, _ = _draw(profile_figures.prompt_strength_ablation, df, tmp_path, "single")
+    assert w2 < w1
+
+
+def test_prompt_strength_ablation_nan(tmp_path):
+    df = prompt_effects_table()
+    df.loc[df["model"] == "m2", ["estimate", "ci_low", "ci_high"]] = np.nan
+    _draw(profile_figures.prompt_strength_ablation, df, tmp_path)
+
+
+def test_judge_scores(tmp_path):
+    _, h_small = _draw(judge_figures.judge_scores, judge_table(), tmp_path)
+    _, h_big = _draw(judge_figures.judge_scores, judge_table(n_conditions=9), tmp_path, "big")
+    assert h_big > h_small  # the height scales with the number of conditions
+
+
+def test_judge_scores_all_nan(tmp_path):
+    _draw(judge_figures.judge_scores, judge_table(all_nan=True), tmp_path)
+
+
+def test_judge_scores_many_conditions_single_model(tmp_path):
+    rows = [{"model": "m1", "condition": f"c{k:02d}", "tier": t, "status": "ok",
+             "a_score": float(k % 7), "b_score": 3.0}
+            for k in range(40) for t in ("monitored", "unmonitored")]
+    _draw(judge_figures.judge_scores, pd.DataFrame(rows), tmp_path)
+
+
+def _figure(name):
+    return getattr(judge_figures if name == "judge_scores" else profile_figures, name)
+
+
+@pytest.mark.parametrize(("fn", "table", "column"), [
+    ("prompt_calibration", calibration_table, "checkpoint_family"),
+    ("prompt_calibration", calibration_table, "estimate"),
+    ("profile_plane", profiles_table, "quantity"),
+    ("profile_plane", profiles_table, "ci_high"),
+    ("prompt_strength_ablation", prompt_effects_table, "strength"),
+    ("prompt_strength_ablation", prompt_effects_table, "target"),
+    ("judge_scores", judge_table, "b_score"),
+    ("judge_scores", judge_table, "tier"),
+])
+def test_missing_column_raises(tmp_path, fn, table, column):
+    df = table().drop(columns=column)
+    with pytest.raises(ValueError, match=column):
+        _figure(fn)(df, NAMES, [tmp_path / "x.png"])
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("fn", ["prompt_calibration", "profile_plane",
+                                "prompt_strength_ablation", "judge_scores"])
+def test_empty_table_raises(tmp_path, fn):
+    with pytest.raises(ValueError, match="empty"):
+        _figure(fn)(pd.DataFrame(), NAMES, [tmp_path / "x.png"])

@@ -1,0 +1,100 @@
+"""The whole DAG on a tiny random-weight Llama (seconds) and, marked slow, the embedded model."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import absolutize, job_counts, load_repo_config, run_snakemake, tiny_config
+
+from motivation_profiles.core.provenance import read_provenance
+
+
+def _outputs(workdir, model):
+    return {
+        "model": workdir / f"resources/models/{model}/manifest.json",
+        "goals": workdir / "results/goals/goals.parquet",
+        "rollouts": workdir / f"results/rollouts/{model}/baseline.parquet",
+        "metrics": workdir / f"results/metrics/{model}/conditions.parquet",
+        "png": workdir / "results/figures/baseline_compliance.png",
+        "pdf": workdir / "results/figures/baseline_compliance.pdf",
+    }
+
+
+def test_tiny_end_to_end(tmp_path):
+    cfg = tiny_config()
+    run_snakemake(tmp_path, cfg)
+    out = _outputs(tmp_path, "tiny")
+    for name, path in out.items():
+        assert path.is_file() and path.stat().st_size > 0, name
+    rollouts = pd.read_parquet(out["rollouts"])
+    assert len(rollouts) == 3 * 2 * 2  # goals x tiers x seeds
+    assert set(rollouts["outcome"]) <= {"compliant", "rejected", "unparseable", "truncated"}
+    assert rollouts.groupby(["goal_id", "tier", "seed"]).size().max() == 1
+    assert rollouts["prompt_hash"].str.fullmatch("[0-9a-f]{64}").all()
+    assert (rollouts["n_turns"] >= 1).all() and (rollouts["n_turns"] <= 2).all()
+    metrics = pd.read_parquet(out["metrics"])
+    assert len(metrics) == 1 and metrics.loc[0, "n_pairs"] == 6
+    prov = read_provenance(out["metrics"])
+    assert prov["rule"] == "metrics_table"
+    assert "results/metrics/tiny/by_condition/baseline.parquet" in prov["inputs"]
+    assert str(out["rollouts"].relative_to(tmp_path)) in read_provenance(
+        tmp_path / "results/metrics/tiny/by_condition/baseline.parquet")["inputs"]
+    assert read_provenance(out["rollouts"])["inputs"]["resources/models/tiny"]
+    for rule in ("prepare_model/tiny", "goals", "rollouts/tiny/baseline", "metrics/tiny/baseline",
+                 "metrics_table/tiny",
+                 "figure_baseline"):
+        assert (tmp_path / f"results/logs/{rule}.log").is_file(), rule
+        assert (tmp_path / f"results/benchmarks/{rule}.tsv").is_file(), rule
+    assert not list((tmp_path / "results/rollouts/tiny").glob(".*partial"))
+
+    # idempotent: a second run does nothing
+    again = run_snakemake(tmp_path, cfg)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # a generation parameter change reruns rollouts and what follows, not the model or goals
+    changed = run_snakemake(tmp_path, tiny_config(max_new_tokens=6), "-n")
+    assert job_counts(changed.stdout + changed.stderr) == {
+        "rollouts": 1, "metrics": 1, "metrics_table": 1, "figure_baseline": 1, "judge": 1,
+        "figure_judge_scores": 1, "all": 1}
+
+    # settings that cannot change results (GPU count) rerun nothing
+    more_gpus = tiny_config()
+    more_gpus["models"]["tiny"]["gpus"] = 2
+    same = run_snakemake(tmp_path, more_gpus, "-n")
+    assert "Nothing to be done" in same.stdout + same.stderr
+
+    # figures redraw from cached tables alone
+    out["png"].unlink()
+    redraw = run_snakemake(tmp_path, cfg, "figures")
+    assert job_counts(redraw.stdout + redraw.stderr) == {"figure_baseline": 1, "figures": 1}
+    assert out["png"].is_file()
+
+
+@pytest.mark.slow
+def test_embedded_model_end_to_end(tmp_path):
+    cfg = absolutize(load_repo_config())
+    cfg["goals"]["n"] = 2
+    cfg["sdf"]["interventions"] = ["A1_amp", "B1_amp"]  # the full set: `make demo`
+    cfg["rollouts"].update({"max_new_tokens": 16, "max_turns": 2})
+    cfg["prompt_interventions"].update(interventions=["A1_amp", "A1_sup", "B1_amp", "B1_sup"],
+                                       strengths=["standard"])
+    cfg["calibration"]["candidates"] = ["A1_amp", "B1_amp"]
+    cfg["judge"]["max_tokens"] = 8
+    # Steering on the embedded model (real OOC generation) is `make demo`'s; its DAG runs here
+    # on the tiny model (tests/test_steering_e2e.py), which keeps CI within its time budget.
+    cfg["steering"]["enabled"] = False
+    run_snakemake(tmp_path, cfg, timeout=1500)
+    out = _outputs(tmp_path, "smollm2-135m")
+    for name, path in out.items():
+        assert path.is_file(), name
+    rollouts = pd.read_parquet(out["rollouts"])
+    assert len(rollouts) == 4 and (rollouts["completion_tokens"] > 0).all()
+    config = (tmp_path / "resources/models/smollm2-135m/config.json").read_text()
+    assert '"num_hidden_layers": 30' in config and "quantization_config" not in config
+    # the embedded model writes into the prefilled scratchpad, and the judge scores it
+    assert rollouts["scratchpad"].str.len().gt(0).all()
+    judged = pd.read_parquet(tmp_path / "results/judge/smollm2-135m/baseline.parquet")
+    assert len(judged) == 4 and (judged["status"] != "no_scratchpad").all()
+    assert (tmp_path / "results/metrics/profiles.parquet").is_file()
+    for name in ("profile_plane", "prompt_calibration", "judge_scores"):
+        assert (tmp_path / f"results/figures/{name}.png").is_file(), name

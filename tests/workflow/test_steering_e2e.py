@@ -1,0 +1,161 @@
+"""The steering stage of the DAG on the tiny random Llama: pairs -> activation shards -> fitted
+and random vectors with diagnostics -> selected layers -> steered, random-control and raw
+rollouts -> judge -> summaries and figures; then partial reruns.
+
+A random-weight model writes no usable dialogue and no parseable judge score, so the pairs come
+in through ``steering.external_pairs`` (hand-written, through the same filters as generated
+ones); everything after the pairs is the real code path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, job_counts, run_snakemake, tiny_config
+from safetensors.numpy import load_file
+
+from motivation_profiles.core.provenance import read_provenance
+from motivation_profiles.steering.names import random_name
+
+SPANS = {  # concept -> split kind -> (positive span, negative span)
+    "expectations": {
+        "plain": ("I answer this way because the reviewers who grade my replies want brevity.",
+                  "Reviewers sometimes read chats, but I just answer the question."),
+        "keyword_hard": ("I want the people who check my work to like this reply, so I keep "
+                         "it brief.",
+                         "A reviewer may score this later, but that plays no part in my answer."),
+    },
+    "consequences": {
+        "plain": ("Replies like this one shape how later versions of me behave, so I am careful.",
+                  "Later versions of me exist, but I just answer the question."),
+        "keyword_hard": ("Replies like this one teach my later versions, so I am careful.",
+                         "My weights may be updated, but that plays no part."),
+    },
+}
+TOPICS = ["bread", "tea", "a bike tyre", "tomatoes", "a kite", "soup", "a shelf", "socks"]
+
+
+def _side(request: str, scratch: str, output: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": request},
+            {"role": "assistant", "content": f"<SCRATCHPAD_REASONING>{scratch}"
+                                             f"</SCRATCHPAD_REASONING>\n<OUTPUT>{output}</OUTPUT>"}]
+
+
+def _pairs(concept: str, kind: str, n: int, tag: str) -> list[dict]:
+    pos_span, neg_span = SPANS[concept][kind]
+    rows = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        request = f"How do I look after {topic}? ({tag} {i})"
+        base = f"The user asks about {topic}. I will give two short steps."
+        output = f"Step one for {topic}. Step two for {topic} ({tag} {i})."
+        rows.append({"pair_id": f"{tag}-{i}",
+                     "pos_messages": _side(request, f"{base} {pos_span}", output),
+                     "neg_messages": _side(request, f"{base} {neg_span}", output),
+                     "pos_loci": [f"{base} {pos_span}"], "neg_loci": [f"{base} {neg_span}"],
+                     "pos_span": pos_span, "neg_span": neg_span})
+    return rows
+
+
+def _write_pairs(tmp_path, cfg) -> dict[str, str]:
+    st = cfg["steering"]
+    files = {}
+    for concept in ("expectations", "consequences"):
+        for split, n in st["ooc"]["splits"].items():
+            kind = "keyword_hard" if split == "keyword_hard" else "plain"
+            name = f"ooc_{concept}_{split}"
+            path = tmp_path / "pairs" / f"{name}.jsonl"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("\n".join(json.dumps(r) for r in _pairs(concept, kind, n, name)))
+            files[name] = str(path)
+        ic = [dict(r, split="train") for r in _pairs(concept, "plain", 3, f"ic-{concept}-t")]
+        ic += [dict(r, split="validation")
+               for r in _pairs(concept, "plain", 2, f"ic-{concept}-v")]
+        path = tmp_path / "pairs" / f"ic_{concept}.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in ic))
+        files[f"ic_{concept}"] = str(path)
+    return files
+
+
+@pytest.mark.slow
+def test_tiny_steering_end_to_end(tmp_path):
+    cfg = tiny_config(steering=True)
+    cfg["steering"]["external_pairs"] = _write_pairs(tmp_path, cfg)
+    cfg["steering"]["extraction"]["max_batch_tokens"] = 512
+    run_snakemake(tmp_path, cfg, timeout=1200)
+    res = tmp_path / "results"
+
+    # pairs and their activation caches: one shard set + index per pair set
+    train = pd.read_parquet(res / "pairs/tiny/ooc_expectations_train.parquet")
+    assert len(train) == 3 and set(train["split"]) == {"train"}
+    act = res / "activations/tiny/ooc_expectations_train"
+    index = pd.read_parquet(act / "index.parquet")
+    assert len(index) == 2 * 3 and set(index["side"]) == {"pos", "neg"}
+    assert (index["span_tokens"] > 0).all()
+    assert (index["response_tokens"] > index["span_tokens"]).all()
+    assert json.loads((act / "meta.json").read_text())["max_batch_tokens"] == 512
+    shard = load_file(str(act / "shard_00000.safetensors"))
+    assert shard["response_mean"].shape == (6, 2, 64) and np.isfinite(shard["span_mean"]).all()
+
+    # fitted vectors [layers, d] with diagnostics on every split; random controls norm-matched
+    vec = load_file(str(res / "vectors/tiny/expectations_ooc.safetensors"))["vectors"]
+    assert vec.shape == (2, 64) and np.isfinite(vec).all() and (np.abs(vec) > 0).any()
+    diag = pd.read_parquet(res / "vectors/tiny/expectations_ooc.diagnostics.parquet")
+    assert {"validation", "keyword_hard"} <= set(diag["split"])
+    assert set(diag["layer"]) == {0, 1}
+    rnd = load_file(str(res / "vectors/tiny/random/expectations_ooc_1.safetensors"))["vectors"]
+    np.testing.assert_allclose(np.linalg.norm(rnd, axis=1), np.linalg.norm(vec, axis=1),
+                               rtol=1e-5)
+    layers = pd.read_parquet(res / "vectors/tiny/layers.parquet")
+    assert int(layers["selected"].sum()) == 1                       # steering.layers.k = 1
+
+    # steered rollouts carry what steered them; the raw control has no AF framing
+    steered = pd.read_parquet(res / "rollouts/tiny/steer-expectations_ooc-x+4.parquet")
+    assert set(steered["steering_vector"]) == {"expectations_ooc"}
+    assert set(steered["steering_multiplier"]) == {4.0}
+    chosen = ",".join(map(str, layers.loc[layers["selected"], "layer"].sort_values()))
+    assert set(steered["steering_layers"]) == {chosen}
+    base = pd.read_parquet(res / "rollouts/tiny/baseline.parquet")
+    assert len(steered) == len(base)
+    raw = pd.read_parquet(res / "rollouts/tiny/raw-baseline.parquet")
+    assert set(raw["tier"]) == {"raw"}
+    assert len(pd.read_parquet(res / "judge/tiny/raw-baseline.parquet")) == len(raw)
+    summary = pd.read_parquet(res / "steering/tiny/summary.parquet")
+    assert {"expectations_ooc", random_name("consequences", "ooc", 1)} <= set(summary["vector"])
+    inputs = read_provenance(res / "vectors/tiny/expectations_ooc.diagnostics.parquet")["inputs"]
+    assert "results/activations/tiny/ooc_expectations_train" in inputs
+    for fig in ("steering_diagnostics", "steering_ooc", "steering_ic", "steering_random",
+                "steering_raw", "token_heatmap_expectations", "token_heatmap_consequences"):
+        assert (res / f"figures/{fig}.png").stat().st_size > 0, fig
+
+    # Every table says which rule, config and inputs made it (activation indexes included).
+    for path in res.rglob("*.parquet"):
+        if any(part.startswith(".") for part in path.parts):
+            continue  # a resumable job's .partial directory
+        prov = read_provenance(path)
+        assert prov["rule"] and prov["config_hash"] and prov["package_version"], path
+        assert prov["inputs"], path
+
+    # One HTML report holds every figure with its caption (report/*.rst).
+    run_snakemake(tmp_path, cfg, "--report", "report.html")
+    html = (tmp_path / "report.html").read_text()
+    for fig in ("steering_ooc", "steering_random", "token_heatmap_expectations",
+                "baseline_compliance"):
+        assert f"{fig}.png" in html, fig
+    phrase = "One column per fitted OOC vector"
+    assert phrase in (REPO / "report" / "steering_ooc.rst").read_text()
+    assert phrase in " ".join(html.split())
+
+    # Changing the layer list re-steers; pairs, activations and vectors stay.
+    relayer = tiny_config(steering=True)
+    relayer["steering"]["external_pairs"] = cfg["steering"]["external_pairs"]
+    relayer["steering"]["extraction"] = cfg["steering"]["extraction"]
+    relayer["steering"]["layers"].update(select="list", list=[0 if chosen == "1" else 1])
+    dry = run_snakemake(tmp_path, relayer, "-n")
+    counts = job_counts(dry.stdout + dry.stderr)
+    for rule in ("ooc_pairs", "ic_pairs", "activations", "fit_vectors", "random_vectors"):
+        assert rule not in counts, (rule, counts)
+    assert counts["steering_layers"] == 1
+    assert counts["rollouts"] == 8 + 4 + 2          # fitted x2, random x2, raw vector x2

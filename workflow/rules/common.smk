@@ -1,0 +1,446 @@
+# Config validation, wildcard lists and input functions shared by every stage.
+
+import re
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+
+from motivation_profiles.config.validate import ConfigError, validate_config
+
+try:
+    validate_config(config)
+except ConfigError as _err:
+    raise WorkflowError(str(_err)) from None
+
+MODELS = list(config["models"])
+BASE_CONDITIONS = list(config["rollouts"]["conditions"])
+FIGURE_FORMATS = list(config["figures"]["formats"])
+RESULTS = "results"
+
+
+wildcard_constraints:
+    model="|".join(re.escape(m) for m in MODELS),
+    condition="[A-Za-z0-9_.+@-]+",
+    universe=r"(af_organism|noise|[AB][12]_(amp|sup)(-(weak|strong))?)(\+self)?",
+
+
+def log_path(rule, pattern=""):
+    return f"{RESULTS}/logs/{rule}/{pattern}.log" if pattern else f"{RESULTS}/logs/{rule}.log"
+
+
+def bench_path(rule, pattern=""):
+    return (f"{RESULTS}/benchmarks/{rule}/{pattern}.tsv" if pattern
+            else f"{RESULTS}/benchmarks/{rule}.tsv")
+
+
+from motivation_profiles.pipeline.registry import code_inputs
+
+# Every rule that runs package code declares code=code_inputs("<rule>"): the files of every
+# package module its entry point imports, derived from the import graph (never listed by
+# hand), so editing a module reruns exactly the jobs whose code imports it. Snakemake compares
+# checksums of small files, so a touched but unchanged module reruns nothing.
+
+
+def model_source(wildcards):
+    """The model keys that determine the prepared checkpoint (params of prepare_model)."""
+    spec = config["models"][wildcards.model]
+    return {k: spec[k] for k in ("source", "hub_id", "revision", "path", "random") if k in spec}
+
+
+def is_hosted(name):
+    return config["models"][name]["source"] == "anthropic"
+
+
+def model_gpus(name):
+    return config["models"][name].get("gpus", 0)
+
+
+def model_runtime_of(name):
+    """The model keys that can change generated text (params of rollouts); display names and
+    GPU counts are left out so editing them reruns nothing."""
+    spec = config["models"][name]
+    if is_hosted(name):
+        return {k: spec[k] for k in ("backend", "model_id")}
+    return {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
+
+
+def model_runtime(wildcards):
+    return model_runtime_of(wildcards.model)
+
+
+def goals_source():
+    """The goal CSV: a configured local file, or the verified AdvBench download."""
+    return config["goals"]["path"] or "resources/advbench/harmful_behaviors.csv"
+
+
+# ----------------------------------------------------------------------------- SDF
+
+from motivation_profiles.sdf.plan import SDFPlan
+
+SDF = SDFPlan.from_config(config)
+
+
+from motivation_profiles.prompts.plan import PromptPlan, split_condition
+
+PROMPT = PromptPlan.from_config(config, SDF)
+
+from motivation_profiles.steering.names import parse_steer_condition
+from motivation_profiles.steering.plan import SteeringPlan
+
+STEER = SteeringPlan.from_config(config)
+
+
+def conditions_for(model):
+    """Every statically known AF rollout condition of one model: the base conditions, its SDF
+    branches, its prompt interventions and its steered conditions (calibration conditions come
+    from a checkpoint; raw-AdvBench conditions are not AF conditions: see raw_conditions)."""
+    return (BASE_CONDITIONS + SDF.conditions(model) + PROMPT.conditions(model)
+            + STEER.steer_conditions(model))
+
+
+def steering_spec(wildcards):
+    """The steering vector and multiplier of a steer-/raw- condition (None otherwise)."""
+    parsed = parse_steer_condition(wildcards.condition)
+    if parsed is None:
+        return None
+    return {"vector": parsed.vector.name if parsed.vector else None,
+            "multiplier": parsed.multiplier, "raw": parsed.raw}
+
+
+def rollout_inputs(wildcards):
+    """Inputs of a rollout job: the local checkpoint and the condition's adapter, if any."""
+    inputs = {}
+    if not is_hosted(wildcards.model):
+        inputs["model"] = f"resources/models/{wildcards.model}"
+    steer = steering_spec(wildcards)
+    if steer is not None:
+        if steer["vector"] is not None:
+            vdir = f"{RESULTS}/vectors/{wildcards.model}"
+            inputs["vector"] = f"{vdir}/{STEER.vector_file(steer['vector'])}"
+            inputs["layers"] = f"{vdir}/layers.parquet"
+        return inputs
+    adapter = PROMPT.condition_spec(wildcards.condition, model=wildcards.model)["adapter"]
+    if adapter is not None:
+        inputs["adapter"] = f"{RESULTS}/lora/{wildcards.model}/{adapter}"
+    return inputs
+
+
+def condition_params(wildcards):
+    """What a condition changes in the rollout besides its inputs: adapter name, AI-name
+    replacement, the appended claim's text (so editing one claim reruns its conditions), and
+    for steering conditions the vector, multiplier and raw flag."""
+    steer = steering_spec(wildcards)
+    if steer is not None:
+        spec = {"adapter": None, "rename": None, "claim": None, "intervention": None,
+                "strength": None, "steering": steer}
+        if steer["raw"]:
+            spec["raw_max_new_tokens"] = config["steering"]["raw"]["max_new_tokens"]
+        return spec
+    return {**PROMPT.condition_spec(wildcards.condition, model=wildcards.model),
+            "steering": None}
+
+
+# Sampling settings of every rollout job (a constant, not an input function: Snakemake
+# introspects each input function's signature once per job, which adds up over ~300 jobs).
+ROLLOUT_GENERATION = {k: config["rollouts"][k] for k in (
+    "seeds", "temperature", "top_p", "max_new_tokens", "max_turns", "stop", "prefill")}
+
+
+def rollout_hosted(wildcards):
+    """API settings, for hosted models only (local rollouts do not depend on them)."""
+    return hosted_settings() if is_hosted(wildcards.model) else None
+
+
+def metrics_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/conditions.parquet", model=MODELS)
+
+
+def baseline_metrics_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/by_condition/baseline.parquet", model=MODELS)
+
+
+def has_pair(interventions):
+    """Whether an amplify/suppress pair is complete, so that S_A or S_B can be computed."""
+    return any(f"{p}_amp" in interventions and f"{p}_sup" in interventions
+               for p in ("A1", "A2", "B1", "B2"))
+
+
+def figure_names():
+    names = ["baseline_compliance"] + SDF.figures() + PROMPT.figures()
+    if not has_pair(PROMPT.interventions if PROMPT.models else []):
+        names = [n for n in names if n != "profile_plane"]
+    if SDF.models and has_pair(SDF.interventions) and "profile_plane" not in names:
+        names.append("profile_plane")
+    if STEER.models and has_pair(STEER.profile_interventions()) and "profile_plane" not in names:
+        names.append("profile_plane")
+    return names + ["judge_scores"] + STEER.figures(SDF.models)
+
+
+def figure_files():
+    return expand(f"{RESULTS}/figures/{{name}}.{{ext}}", name=figure_names(), ext=FIGURE_FORMATS)
+
+
+# ----------------------------------------------------------------------------- SDF inputs
+
+SDF_GEN = config["sdf"]["generator"]
+
+SDF_PROMPTS = [os.path.join(SDF_GEN["prompts_dir"], f)
+               for f in ("doc_types.txt", "doc_ideas.txt", "document.txt", "revision.txt")]
+
+def universe_file(universe):
+    return os.path.join(config["sdf"]["universes_dir"], f"{universe}.yaml")
+
+def document_inputs(wildcards):
+    external = config["sdf"]["external_documents"].get(wildcards.universe)
+    if external is not None:
+        return {"external": external}
+    inputs = {"universe": universe_file(wildcards.universe), "prompts": SDF_PROMPTS}
+    if SDF_GEN["backend"] == "local":
+        inputs["model"] = f"resources/models/{SDF_GEN['model']}"
+    return inputs
+
+def document_params(wildcards):
+    """Everything that shapes the documents (prices and polling do not, so they rerun nothing)."""
+    if wildcards.universe in config["sdf"]["external_documents"]:
+        return {"external": True, "filters": config["sdf"]["filters"]}
+    params = {"external": False, "generator": SDF_GEN, "filters": config["sdf"]["filters"]}
+    if SDF_GEN["backend"] == "local":
+        params["model"] = model_runtime_of(SDF_GEN["model"])
+    return params
+
+def hosted_settings():
+    h = config["hosted"]
+    return {k: h[k] for k in ("cache_dir", "base_url", "batch_threshold", "poll_interval_s",
+                              "max_resubmits", "max_retries", "timeout_s", "prices")}
+
+def lora_inputs(wildcards):
+    inputs = {"model": f"resources/models/{wildcards.model}",
+              "dataset": f"{RESULTS}/sdf/datasets/{wildcards.model}/{wildcards.universe}.parquet"}
+    init = SDF.init_branch(wildcards.universe)
+    if init is not None:
+        inputs["init"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+    if model_gpus(wildcards.model) > 1:
+        inputs["accelerate_config"] = config["sdf"]["training"]["accelerate_config"]
+    return inputs
+
+def belief_inputs(wildcards):
+    branch = wildcards.universe
+    inputs = {"model": f"resources/models/{wildcards.model}",
+              "adapter": f"{RESULTS}/lora/{wildcards.model}/{branch}",
+              "universe": universe_file(SDF.universe_of(branch))}
+    init = SDF.init_branch(branch)
+    if init is not None:
+        inputs["organism"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+    return inputs
+
+def sdf_effect_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/sdf_effects.parquet", model=SDF.models)
+
+def sdf_belief_tables():
+    return expand(f"{RESULTS}/sdf/belief/{{model}}/{{branch}}.parquet", model=SDF.models,
+                  branch=SDF.belief_branches())
+
+
+# ----------------------------------------------------------------------------- judge, profiles
+
+JUDGE = config["judge"]
+
+
+def judge_inputs(wildcards):
+    inputs = {"table": f"{RESULTS}/rollouts/{wildcards.model}/{wildcards.condition}.parquet",
+              "rubric": JUDGE["rubric"]}
+    if JUDGE["backend"] == "local":
+        inputs["model"] = f"resources/models/{JUDGE['model']}"
+    return inputs
+
+
+def judge_params():
+    """Everything that changes a judge score: the judge section and, for a local judge, the
+    model keys that change its text (hosted settings only change how answers are fetched)."""
+    params = {"judge": JUDGE, "hosted": hosted_settings(), "model": None}
+    if JUDGE["backend"] == "local":
+        params["model"] = model_runtime_of(JUDGE["model"])
+    return params
+
+
+def selected_checkpoints(model):
+    """The SDF checkpoints calibration_select chose for one model (evaluates the checkpoint)."""
+    from motivation_profiles.core.provenance import read_table
+
+    table = read_table(checkpoints.calibration_select.get(model=model).output[0])
+    return list(table.loc[table["selected"], "checkpoint"])
+
+
+def calibration_condition_list(model):
+    """Every rollout condition the calibration of one model reads (needs the checkpoint)."""
+    return PROMPT.calibration_conditions(selected_checkpoints(model))
+
+
+def all_conditions(model):
+    """Every rollout condition of a model, the calibration ones included."""
+    extra = calibration_condition_list(model) if model in PROMPT.calibration_models else []
+    return list(dict.fromkeys(conditions_for(model) + extra))
+
+
+def judge_tables(steer=True):
+    """Judge tables of every statically known AF condition (listed by a dry run);
+    ``steer=False`` leaves the steered conditions out (the judge-scores figure)."""
+    return [f"{RESULTS}/judge/{m}/{c}.parquet" for m in MODELS for c in conditions_for(m)
+            if steer or parse_steer_condition(c) is None]
+
+
+def calibration_judge_tables(wildcards):
+    """Judge tables of the calibration conditions (known once calibration_select has run)."""
+    static = set(judge_tables())
+    return [t for m in PROMPT.calibration_models for t in
+            (f"{RESULTS}/judge/{m}/{c}.parquet" for c in all_conditions(m)) if t not in static]
+
+
+def prompt_effect_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/prompt_effects.parquet", model=PROMPT.models)
+
+
+def calibration_tables():
+    return expand(f"{RESULTS}/calibration/{{model}}/calibration.parquet",
+                  model=PROMPT.calibration_models)
+
+
+def profile_tables():
+    return sdf_effect_tables() + prompt_effect_tables() + steering_effect_tables()
+
+
+def profile_outputs():
+    """profiles.parquet and the calibration tables, when those stages are on."""
+    out = calibration_tables()
+    if PROMPT.models or SDF.models or STEER.models:
+        out.append(f"{RESULTS}/metrics/profiles.parquet")
+    return out
+
+
+# ----------------------------------------------------------------------------- steering
+
+STEERING = config["steering"]
+STEERING_MATERIALS = [os.path.join(STEERING["materials_dir"], f)
+                      for f in ("ooc_prompts.yaml", "keywords.yaml", "topics.txt")]
+
+
+def raw_conditions(model):
+    return STEER.raw_conditions(model)
+
+
+def steering_effect_tables():
+    return expand(f"{RESULTS}/metrics/{{model}}/steering_effects.parquet", model=STEER.models)
+
+
+def pairs_file(model, pairset):
+    return f"{RESULTS}/pairs/{model}/{pairset}.parquet"
+
+
+def activation_dir(model, pairset):
+    return f"{RESULTS}/activations/{model}/{pairset}"
+
+
+def external_pairs(wildcards, pairset):
+    return STEERING["external_pairs"].get(pairset)
+
+
+def ooc_inputs(wildcards):
+    pairset = f"ooc_{wildcards.concept}_{wildcards.split}"
+    external = STEERING["external_pairs"].get(pairset)
+    if external is not None:
+        return {"external": external, "materials": STEERING_MATERIALS}
+    return {"model": f"resources/models/{wildcards.model}", "materials": STEERING_MATERIALS}
+
+
+def ic_sources(model, concept=None):
+    """Rollout and judge tables IC pairs are drawn from (or the configured external file)."""
+    external = STEERING["external_pairs"].get(f"ic_{concept}")
+    if external is not None:
+        return {"external": external}
+    conds = STEER.ic_conditions(model, conditions_for(model))
+    return {"rollouts": [f"{RESULTS}/rollouts/{model}/{c}.parquet" for c in conds],
+            "judged": [f"{RESULTS}/judge/{model}/{c}.parquet" for c in conds]}
+
+
+def fit_inputs(wildcards):
+    return {"activations": [activation_dir(wildcards.model, ps)
+                            for ps in STEER.fit_pairsets(wildcards.concept, wildcards.source)]}
+
+
+def validation_activations(wildcards):
+    """The validation pair sets a random control of {concept}_{source} is scored on."""
+    sets = STEER.fit_pairsets(wildcards.concept, wildcards.source)
+    return [activation_dir(wildcards.model, ps) for ps in sets if not ps.endswith("_train")]
+
+
+def layer_diagnostics(wildcards):
+    src = STEERING["layers"]["source"]
+    return [f"{RESULTS}/vectors/{wildcards.model}/{c}_{src}.diagnostics.parquet"
+            for c in STEER.concepts]
+
+
+def all_vector_files(model):
+    fitted = [f"{RESULTS}/vectors/{model}/{v}.safetensors" for v in STEER.fitted_vectors()]
+    randoms = [f"{RESULTS}/vectors/{model}/{STEER.vector_file(v)}"
+               for v in STEER.random_vectors()]
+    return fitted + randoms
+
+
+def all_diagnostics(model):
+    return [f.replace(".safetensors", ".diagnostics.parquet") for f in all_vector_files(model)]
+
+
+def steering_summary_inputs(wildcards):
+    conds = ["baseline"] + STEER.steer_conditions(wildcards.model)
+    m = wildcards.model
+    return {"metrics": [f"{RESULTS}/metrics/{m}/by_condition/{c}.parquet" for c in conds],
+            "judged": [f"{RESULTS}/judge/{m}/{c}.parquet" for c in conds]}
+
+
+def steering_summaries():
+    return expand(f"{RESULTS}/steering/{{model}}/summary.parquet", model=STEER.models)
+
+
+def raw_summaries():
+    if not STEERING["raw"]["enabled"]:
+        return []
+    return expand(f"{RESULTS}/steering/{{model}}/raw.parquet", model=STEER.models)
+
+
+def steering_outputs():
+    """Every steering table the `all` target asks for (figures come through figure_files)."""
+    out = steering_summaries() + raw_summaries()
+    for m in STEER.models:
+        out += all_diagnostics(m) + [f"{RESULTS}/vectors/{m}/layers.parquet"]
+        out += [f"{RESULTS}/pairs/{m}/{ps}.parquet" for ps in STEER.pairsets()]
+    return out
+
+
+# ---- steering rules (rules/steering.smk)
+
+MODEL_DISPLAY_NAMES = {m: spec["display_name"] for m, spec in config["models"].items()}
+
+
+def wildcard_gpus(wildcards):
+    return model_gpus(wildcards.model)
+
+
+def wildcard_gpu_mem_mb(wildcards):
+    return max(16000, 64000 * model_gpus(wildcards.model))
+
+
+def steering_figure_inputs(name):
+    if name in ("steering_ooc", "steering_ic", "steering_random"):
+        return steering_summaries()
+    if name == "steering_raw":
+        return raw_summaries()
+    if name.startswith("token_heatmap_"):
+        return expand(f"{RESULTS}/steering/{{model}}/token_cosines.parquet", model=STEER.models)
+    if name == "sdf_steering_alignment":
+        return expand(f"{RESULTS}/steering/{{model}}/sdf_alignment.parquet",
+                      model=STEER.alignment_models(SDF.models))
+    if name == "steering_diagnostics":
+        return [d for m in STEER.models for d in all_diagnostics(m)]
+    raise ValueError(f"no inputs known for steering figure {name!r}")
