@@ -37,10 +37,10 @@ def bench_path(rule, pattern=""):
 
 from motivation_profiles.pipeline.registry import code_inputs
 
-# Every rule that runs package code declares code=code_inputs("<rule>"): the files of every
-# package module its entry point imports, derived from the import graph (never listed by
-# hand), so editing a module reruns exactly the jobs whose code imports it. Snakemake compares
-# checksums of small files, so a touched but unchanged module reruns nothing.
+# Each scripted rule declares code=code_inputs("<its name>") as an input. That is the list of
+# files of every package module its entry point imports, derived from the import graph (never
+# listed by hand), so editing a module reruns exactly the jobs whose code imports it. Snakemake
+# compares checksums of small files, so a touched but unchanged module reruns nothing.
 
 
 def model_source(wildcards):
