@@ -73,14 +73,16 @@ def absolutize(config: dict) -> dict:
 
 
 def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = False,
-                **rollout_overrides) -> dict:
+                absolute: bool = True, **rollout_overrides) -> dict:
     """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF stages
     (tests of other stages stay fast); ``sdf=True`` keeps them with the tiny model as the
     document generator and two interventions. ``prompt=True`` adds the prompt interventions
     (A1 and B1 pairs at the standard strength, plus calibration when SDF is on).
     ``steering=True`` keeps the steering stage with small OOC splits, one random control and
-    IC pairs from every judged condition. The tiny model is the judge (one sample)."""
-    cfg = absolutize(load_repo_config())
+    IC pairs from every judged condition. The tiny model is the judge (one sample).
+    ``absolute=False`` keeps resource paths relative to the repository (the ``.test/``
+    configs, run by hand from the repository root)."""
+    cfg = load_repo_config()
     cfg["models"] = {"tiny": copy.deepcopy(TINY_SPEC)}
     cfg["sdf"]["enabled"] = sdf
     cfg["sdf"]["generator"]["model"] = "tiny"
@@ -113,7 +115,16 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
     st["raw"].update(max_new_tokens=8)
     st["heatmap"].update(transcripts=1, max_tokens=12)
     st["sdf_alignment"]["bootstrap_samples"] = 50
-    return cfg
+    return absolutize(cfg) if absolute else cfg
+
+
+# The small configs of .test/ (Snakemake's convention), runnable by hand from the repository
+# root: `snakemake --cores 2 --configfile .test/<name>.yaml`. They are tiny_config()'s output,
+# kept in step by tests/workflow/test_dag.py.
+TEST_CONFIGS = {
+    "config-tiny.yaml": {},
+    "config-tiny-sdf-prompt.yaml": {"sdf": True, "prompt": True},
+}
 
 
 def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 600,

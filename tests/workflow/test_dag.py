@@ -82,3 +82,23 @@ def test_figures_target_only_needs_metrics(tmp_path):
     proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n", "figures")
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["figure_baseline"] == 1 and "all" not in counts
+
+
+def test_dot_test_configs_are_the_tiny_configs_and_run_by_hand(repo):
+    """.test/*.yaml equal what tiny_config() builds (relative paths), and each dry-runs from the
+    repository root as a user would type it."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import TEST_CONFIGS, tiny_config
+
+    for name, kwargs in TEST_CONFIGS.items():
+        path = repo / ".test" / name
+        assert yaml.safe_load(path.read_text()) == tiny_config(absolute=False, **kwargs), (
+            f"{path} is stale: regenerate it from tests/conftest.py:tiny_config")
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile",
+                               str(path.relative_to(repo))], cwd=repo, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert job_counts(proc.stdout + proc.stderr).get("rollouts", 0) >= 1
