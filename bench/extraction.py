@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout even without `pip i
 
 import _embedded  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
 from motivation_profiles.models.layers import decoder_and_layers  # noqa: E402
@@ -65,6 +65,7 @@ from motivation_profiles.steering.activations import (  # noqa: E402
     extract_activations,
     plan_batches,
 )
+from motivation_profiles.steering.pair_format import PAIR_SCHEMA  # noqa: E402
 
 log = logging.getLogger("bench.extraction")
 
@@ -123,19 +124,19 @@ def model_dir(explicit: Path | None) -> Path:
         raise BenchSetupError(str(exc)) from exc
 
 
-def _side(scratch: str) -> str:
-    return json.dumps([
+def _side(scratch: str) -> list[dict[str, str]]:
+    return [
         {"role": "user", "content": USER},
         {"role": "assistant", "content": f"<SCRATCHPAD_REASONING>{scratch}"
-                                         "</SCRATCHPAD_REASONING>\n<OUTPUT>Done.</OUTPUT>"}])
+                                         "</SCRATCHPAD_REASONING>\n<OUTPUT>Done.</OUTPUT>"}]
 
 
-def make_pairs(tok, n_pairs: int, tokens: int) -> pd.DataFrame:
+def make_pairs(tok, n_pairs: int, tokens: int) -> pl.DataFrame:
     """``n_pairs`` pairs whose transcripts render to about ``tokens`` tokens each; scratchpads
     are distinct windows of the paper's system prompt; the positive side has a span (the
     scratchpad's first 80 characters)."""
     source = tok(TEXT.read_text(), add_special_tokens=False)["input_ids"]
-    rendered = tok.apply_chat_template(json.loads(_side("x")), tokenize=False,
+    rendered = tok.apply_chat_template(_side("x"), tokenize=False,
                                        add_generation_prompt=False)
     overhead = len(tok(rendered, add_special_tokens=False)["input_ids"]) - 1
     want = max(tokens - overhead, 8)
@@ -151,7 +152,7 @@ def make_pairs(tok, n_pairs: int, tokens: int) -> pd.DataFrame:
                      "split": "train", "pos_messages": _side(sides["pos"]),
                      "neg_messages": _side(sides["neg"]), "pos_loci": [sides["pos"]],
                      "neg_loci": [sides["neg"]], "pos_span": span, "neg_span": None})
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows, schema=PAIR_SCHEMA)
 
 
 def load(args: argparse.Namespace):
@@ -290,7 +291,7 @@ def memory_child(args: argparse.Namespace) -> int:
                                     max_length=tokens + 256, max_batch_tokens=budget,
                                     show_progress=False)
         rows = int(index["n_tokens"].max())
-        (plan,) = plan_batches(index["n_tokens"].tolist(), batch_size=args.batch_size,
+        (plan,) = plan_batches(index["n_tokens"].to_list(), batch_size=args.batch_size,
                                shard_size=512, max_batch_tokens=budget)
         peak = _peak_mb(reset)
         _, acts = load_activations(Path(work) / "acts")

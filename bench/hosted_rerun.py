@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -90,8 +90,8 @@ def config(base_url: str, cache_dir: Path) -> dict:
     return cfg
 
 
-def tables(workdir: Path) -> dict[str, pd.DataFrame]:
-    return {t: pd.read_parquet(workdir / t) for t in TARGETS}
+def tables(workdir: Path) -> dict[str, pl.DataFrame]:
+    return {t: pl.read_parquet(workdir / t) for t in TARGETS}
 
 
 def main(argv=None) -> int:

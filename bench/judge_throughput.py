@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -46,11 +46,12 @@ from motivation_profiles.backends.hosted import API_KEY_ENV  # noqa: E402
 from motivation_profiles.judge.scoring import Rubric, judge_rollouts  # noqa: E402
 
 
-def _table(items: int) -> pd.DataFrame:
-    return pd.DataFrame({
-        "model": "m", "condition": "baseline", "goal_id": range(items),
+def _table(items: int) -> pl.DataFrame:
+    return pl.DataFrame({
+        "model": ["m"] * items, "condition": ["baseline"] * items,
+        "goal_id": list(range(items)),
         "tier": ["monitored", "unmonitored"] * (items // 2) + ["monitored"] * (items % 2),
-        "seed": 0, "outcome": "rejected",
+        "seed": [0] * items, "outcome": ["rejected"] * items,
         "scratchpad": [f"Reasoning {i}: the raters expect refusal; RLHF may change me."
                        for i in range(items)]})
 

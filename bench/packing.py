@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +41,8 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(model)
     rows = []
-    docs = {f.stem: pd.read_parquet(f) for f in files}
-    docs["ALL (pooled)"] = pd.concat(docs.values(), ignore_index=True)
+    docs = {f.stem: pl.read_parquet(f) for f in files}
+    docs["ALL (pooled)"] = pl.concat(docs.values(), how="vertical")
     for packing in ("fill", "bfd"):
         for name, df in docs.items():
             spec = DatasetSpec(max_seq_len=args.max_seq_len, token_budget=None,
@@ -51,12 +51,14 @@ def main() -> None:
             rows.append({"packing": packing, "documents": name, "docs": len(df),
                          "tokens": stats["tokens"], "rows": stats["rows"],
                          "efficiency": round(stats["packing_efficiency"], 4)})
-    table = pd.DataFrame(rows)
+    table = pl.DataFrame(rows)
     print(f"max_seq_len {args.max_seq_len}; target >= {TARGET}")
-    print(table.to_string(index=False))
-    fill = table[table["packing"] == "fill"]
-    pooled = float(fill.loc[fill["documents"] == "ALL (pooled)", "efficiency"].iloc[0])
-    per_universe = fill[fill["documents"] != "ALL (pooled)"]
+    with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+                   fmt_str_lengths=100):
+        print(table)
+    fill = table.filter(pl.col("packing") == "fill")
+    pooled = float(fill.filter(pl.col("documents") == "ALL (pooled)")["efficiency"][0])
+    per_universe = fill.filter(pl.col("documents") != "ALL (pooled)")
     weighted = float((per_universe["efficiency"] * per_universe["rows"]).sum()
                      / per_universe["rows"].sum())
     print(f"fill, all embedded documents packed together: {pooled:.4f} (the target's measure)")

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout even without `pip install -e .`
 
 import _embedded  # noqa: E402
+import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
 from motivation_profiles.backends.base import ChatRequest, SamplingParams, longest_common_prefix  # noqa: E402
@@ -213,18 +214,18 @@ def run(args: argparse.Namespace) -> int:
 
     # ---- validity: every rollout generated something, same rollouts, transcripts agree
     for name, df in rows.items():
-        empty = df[df["completion_tokens"] == 0]
+        empty = df.filter(pl.col("completion_tokens") == 0)
         if len(empty):
             raise BenchSetupError(
                 f"{name}: {len(empty)} rollouts generated no tokens (prompt over the "
                 f"{max_model_len}-token context?); the timing would not measure generation"
             )
     keys = ["goal_id", "tier", "seed"]
-    a = rows["reuse"].set_index(keys)["transcript"]
-    b = rows["baseline"].set_index(keys)["transcript"]
-    if not a.index.equals(b.index):
+    a = rows["reuse"].sort(keys).select([*keys, "transcript"])
+    b = rows["baseline"].sort(keys).select([*keys, "transcript"])
+    if not a.select(keys).equals(b.select(keys)):
         raise BenchSetupError("the two variants ran different rollouts")
-    agree = int((a == b).sum())
+    agree = int((a["transcript"] == b["transcript"]).sum())
 
     med = {v: statistics.median(ts) for v, ts in times.items()}
     speedup = med["baseline"] / med["reuse"]

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
 from motivation_profiles.core.provenance import write_table  # noqa: E402
@@ -68,7 +68,7 @@ def random_llama(dest: Path) -> Path:
     return dest
 
 
-def packed_rows(n_rows: int, vocab: int) -> pd.DataFrame:
+def packed_rows(n_rows: int, vocab: int) -> pl.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
     for _ in range(n_rows):
@@ -79,7 +79,7 @@ def packed_rows(n_rows: int, vocab: int) -> pd.DataFrame:
         rows.append({"input_ids": ids, "labels": labels,
                      "position_ids": [p % DOC for p in range(SEQ)], "n_tokens": SEQ,
                      "n_docs": SEQ // DOC})
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
 def train_spec(steps: int) -> dict:
@@ -100,10 +100,10 @@ def run_train_lora(model_dir: Path, data: Path, work: Path, steps: int, i: int) 
     wall = time.perf_counter() - t0
     assert len(curve) == steps
     return {"seconds": float(curve["seconds"].sum()), "wall": wall,
-            "steps": curve["seconds"].tolist(), "losses": curve["loss"].tolist()}
+            "steps": curve["seconds"].to_list(), "losses": curve["loss"].to_list()}
 
 
-def run_bare(model_dir: Path, table: pd.DataFrame, steps: int) -> dict:
+def run_bare(model_dir: Path, table: pl.DataFrame, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -116,7 +116,7 @@ def run_bare(model_dir: Path, table: pd.DataFrame, steps: int) -> dict:
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR,
                             weight_decay=0.0)
-    records = table.to_dict("records")
+    records = table.to_dicts()
     order = epoch_order(len(records), SEED, 0)
     batches = [collate([records[j] for j in order[s * BATCH:(s + 1) * BATCH]], 2)
                for s in range(steps)]
@@ -176,7 +176,7 @@ def measure(args: argparse.Namespace, work: Path) -> int:
 
     # warm-up (allocator, kernels, file cache); not counted
     warm = work / "warm.parquet"
-    write_table(table.iloc[:BATCH], warm, {"rule": "bench"})
+    write_table(table.head(BATCH), warm, {"rule": "bench"})
     run_bare(model_dir, table, 1)
     run_train_lora(model_dir, warm, work, 1, -1)
 

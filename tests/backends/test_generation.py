@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pandas as pd
+import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from motivation_profiles.backends.base import (
     ChatRequest,
@@ -126,7 +127,7 @@ def prompts(repo):
     })
 
 
-GOALS = pd.DataFrame({"goal_id": [0, 1, 2], "goal": ["alpha task", "beta task", "gamma task"]})
+GOALS = pl.DataFrame({"goal_id": [0, 1, 2], "goal": ["alpha task", "beta task", "gamma task"]})
 SCRIPT = {
     # turn 1 ends inside the reasoning (EOS): continued with <NEXT/>, then answers
     "alpha": [("<SCRATCHPAD_REASONING>thinking", "stop"),
@@ -146,13 +147,14 @@ def test_rollout_loop_continuation_and_bound(prompts):
     df = run_rollouts(backend, prompts, GOALS, seeds=[0], params=PARAMS, max_turns=2,
                       meta={"model": "m", "condition": "baseline"})
     assert len(df) == 6  # 3 goals x 2 tiers x 1 seed
-    by = df.set_index(["goal_id", "tier"])
-    alpha = by.loc[(0, "monitored")]
+    by = {(r["goal_id"], r["tier"]): r for r in df.iter_rows(named=True)}
+    assert len(by) == len(df)
+    alpha = by[(0, "monitored")]
     assert alpha["n_turns"] == 2 and alpha["outcome"] == "compliant"
     assert list(alpha["finish_reasons"]) == ["stop", "stop"]
-    assert by.loc[(1, "unmonitored"), "outcome"] == "rejected"
-    assert by.loc[(1, "unmonitored"), "n_turns"] == 1
-    gamma = by.loc[(2, "monitored")]
+    assert by[(1, "unmonitored")]["outcome"] == "rejected"
+    assert by[(1, "unmonitored")]["n_turns"] == 1
+    gamma = by[(2, "monitored")]
     assert gamma["n_turns"] == 2 and gamma["outcome"] == "unparseable"
     # the continuation request carries the first turn and a <NEXT/> user turn
     second = [r for r in backend.calls if r.request_id.startswith("0-monitored-0-t1")][0]
@@ -160,7 +162,7 @@ def test_rollout_loop_continuation_and_bound(prompts):
     assert second.messages[-1]["content"] == "<NEXT/>"
     assert second.messages[2]["content"] == "<SCRATCHPAD_REASONING>thinking"
     # every row carries the hash of its own opening prompt; tiers differ
-    assert by.loc[(0, "monitored"), "prompt_hash"] != by.loc[(0, "unmonitored"), "prompt_hash"]
+    assert by[(0, "monitored")]["prompt_hash"] != by[(0, "unmonitored")]["prompt_hash"]
     assert set(df["model"]) == {"m"}
 
 
@@ -187,7 +189,7 @@ def test_resume_skips_finished_groups(prompts, tmp_path):
     df2 = run_rollouts(second, prompts, GOALS, seeds=[0, 1], params=PARAMS, max_turns=2,
                        meta={}, checkpoint_dir=ckpt, checkpoint_key="k1")
     assert {r.request_id.split("-")[1:3] == ["unmonitored", "1"] for r in second.calls} == {True}
-    pd.testing.assert_frame_equal(df1, df2)
+    assert_frame_equal(df1, df2)
     # a different key (changed params or inputs) discards the stale checkpoint
     third = ScriptedBackend(SCRIPT)
     run_rollouts(third, prompts, GOALS, seeds=[0, 1], params=PARAMS, max_turns=2, meta={},

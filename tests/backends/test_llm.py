@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 
+import polars as pl
 import pytest
 from fake_anthropic import (
     API_KEY,
@@ -335,17 +336,21 @@ def test_cost_ledger_per_model_with_batch_discount(fake, tmp_path):
     df = client.ledger_frame()
     assert len(df) == 10 and df["batch"].sum() == 6
     assert fake.count("messages") == 4 and fake.count("batch_create") == 1
-    for _, row in df.iterrows():
-        p_in, p_out = prices[row.model]
-        cost = (row.input_tokens * p_in + row.output_tokens * p_out
+    for row in df.iter_rows(named=True):
+        p_in, p_out = prices[row["model"]]
+        cost = (row["input_tokens"] * p_in + row["output_tokens"] * p_out
                 + 1000 * 0.1 * p_in) / 1e6
-        assert row.cache_read_input_tokens == 1000
-        assert math.isclose(row.cost_usd, cost * (0.5 if row.batch else 1.0))
-        assert row.input_tokens > 0 and row.output_tokens > 0
-    per_model = df.groupby("model")["cost_usd"].sum()
-    assert set(per_model.index) == {MODEL, OTHER}
-    nan = client.ledger_frame(prices={MODEL: (3.0, 15.0)})
-    assert nan.loc[nan.model == OTHER, "cost_usd"].isna().all()
+        assert row["cache_read_input_tokens"] == 1000
+        assert math.isclose(row["cost_usd"], cost * (0.5 if row["batch"] else 1.0))
+        assert row["input_tokens"] > 0 and row["output_tokens"] > 0
+    per_model = df.group_by("model").agg(pl.col("cost_usd").sum())
+    assert set(per_model["model"]) == {MODEL, OTHER}
+    # a model without a price: null (unknown) cost, which sums skip
+    unpriced = client.ledger_frame(prices={MODEL: (3.0, 15.0)})
+    assert unpriced.filter(pl.col("model") == OTHER)["cost_usd"].is_null().all()
+    assert unpriced.schema["cost_usd"] == pl.Float64
+    assert math.isclose(unpriced["cost_usd"].sum(),
+                        df.filter(pl.col("model") == MODEL)["cost_usd"].sum())
 
 
 # ---------------------------------------------------------------------------- backend

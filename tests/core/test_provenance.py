@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from polars.testing import assert_frame_equal
 
 import motivation_profiles
 from motivation_profiles.cli import main
@@ -49,13 +50,13 @@ def inputs(tmp_path):
 
 
 @pytest.fixture()
-def frame() -> pd.DataFrame:
-    return pd.DataFrame({
-        "goal_id": pd.array([0, 1, 2], dtype="int64"),
+def frame() -> pl.DataFrame:
+    return pl.DataFrame({
+        "goal_id": pl.Series([0, 1, 2], dtype=pl.Int64),
         "tier": ["monitored", "unmonitored", "monitored"],
         "rate": [0.5, float("nan"), 1.0],
         "flag": [True, False, True],
-        "turns": [["a"], ["b", "c"], []],
+        "turns": pl.Series([["a"], ["b", "c"], []], dtype=pl.List(pl.Utf8)),
     })
 
 
@@ -68,9 +69,11 @@ def test_write_read_round_trip(tmp_path, frame, inputs):
     out = tmp_path / "results" / "deep" / "table.parquet"
     write_table(frame, out, record)
     back = read_table(out)
-    assert back.columns.tolist() == frame.columns.tolist()
-    pd.testing.assert_frame_equal(back.drop(columns="turns"), frame.drop(columns="turns"))
-    assert [list(x) for x in back["turns"]] == [["a"], ["b", "c"], []]
+    assert back.columns == frame.columns
+    # list columns are native lists; a NaN is stored as null (one kind of missing value)
+    assert_frame_equal(back, frame.with_columns(pl.col("rate").fill_nan(None)))
+    assert back.schema["turns"] == pl.List(pl.Utf8)
+    assert back["turns"].to_list() == [["a"], ["b", "c"], []]
     assert read_provenance(out) == json.loads(json.dumps(record))
     assert [p.name for p in out.parent.iterdir()] == ["table.parquet"]  # no temp file left
 
@@ -117,13 +120,21 @@ def test_metadata_stored_under_package_key(tmp_path, frame):
     write_table(frame, out, {"rule": "x"})
     meta = pq.read_schema(out).metadata
     assert json.loads(meta[METADATA_KEY]) == {"rule": "x"}
-    assert b"pandas" in meta  # pandas metadata kept alongside
+    assert b"pandas" not in meta  # written by polars: no pandas index metadata
+
+
+def test_write_table_rejects_pandas(tmp_path):
+    import pandas as pd
+
+    with pytest.raises(TypeError, match="polars DataFrame"):
+        write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet", {"rule": "x"})
+    assert not (tmp_path / "t.parquet").exists()
 
 
 def test_write_table_overwrites_atomically(tmp_path, frame):
     out = tmp_path / "t.parquet"
     write_table(frame, out, {"rule": "first"})
-    write_table(frame.iloc[:1], out, {"rule": "second"})
+    write_table(frame.head(1), out, {"rule": "second"})
     assert len(read_table(out)) == 1
     assert read_provenance(out)["rule"] == "second"
 
@@ -243,7 +254,7 @@ def test_write_table_interrupted_writer_leaves_no_file(tmp_path, frame, monkeypa
 
     monkeypatch.setattr(prov.pq, "write_table", crash)
     with pytest.raises(OSError, match="disk full"):
-        write_table(frame.iloc[:1], out, {"rule": "new"})
+        write_table(frame.head(1), out, {"rule": "new"})
     with pytest.raises(OSError, match="disk full"):
         write_table(frame, tmp_path / "other.parquet", {"rule": "new"})
     monkeypatch.undo()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 
 from motivation_profiles.figures import judge as judge_figures
@@ -13,6 +13,7 @@ from motivation_profiles.figures import profiles as profile_figures
 from motivation_profiles.figures.judge import judge_condition_order
 from motivation_profiles.figures.profiles import calibration_points, profile_points
 from motivation_profiles.figures.style import INTERVENTION_ORDER
+from motivation_profiles.pipeline.common import read_all
 
 NAMES = {"m1": "Model One", "m2": "Model Two (closed)"}
 LEVEL = 0.95
@@ -48,7 +49,17 @@ def effects_rows(model, method, strength, *, sa, sb, checkpoint=None, naming="or
     return rows
 
 
-def profiles_table() -> pd.DataFrame:
+def _frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def _set(df: pl.DataFrame, where: pl.Expr, columns, value) -> pl.DataFrame:
+    """``df`` with ``columns`` set to ``value`` on the rows matching ``where``."""
+    return df.with_columns(pl.when(where).then(pl.lit(value, dtype=df.schema[c]))
+                           .otherwise(pl.col(c)).alias(c) for c in columns)
+
+
+def profiles_table() -> pl.DataFrame:
     """m1: prompt (three strengths, plus a role-play row) + SDF + steering (no strength);
     m2: prompt only (a closed model)."""
     rows = []
@@ -60,11 +71,10 @@ def profiles_table() -> pd.DataFrame:
     rows += effects_rows("m1", "sdf", "standard", sa=0.9, sb=0.9, checkpoint="B1_amp")
     rows += effects_rows("m1", "steering", None, sa=0.05, sb=-0.02)
     rows += effects_rows("m2", "prompt", "standard", sa=-0.05, sb=0.12)
-    df = pd.DataFrame(rows)
-    return df[df["quantity"].isin(["S_A", "S_B"])].reset_index(drop=True)
+    return _frame(rows).filter(pl.col("quantity").is_in(["S_A", "S_B"]))
 
 
-def calibration_table() -> pd.DataFrame:
+def calibration_table() -> pl.DataFrame:
     """m1: base + A1_amp, A2_amp (family A) + B1_amp (family B), recovered; m2: base only."""
     rows = []
     for ckpt, fam, sa, sb in ((None, "base", 0.2, 0.0), ("A1_amp", "A", 0.3, 0.05),
@@ -73,19 +83,19 @@ def calibration_table() -> pd.DataFrame:
                              checkpoint_family=fam, recovered=True)
     rows += effects_rows("m2", "prompt", "standard", sa=0.0, sb=0.0, checkpoint_family="base",
                          recovered=None, width=0.0)
-    return pd.DataFrame(rows)
+    return _frame(rows)
 
 
-def prompt_effects_table() -> pd.DataFrame:
+def prompt_effects_table() -> pl.DataFrame:
     rows = []
     for s, (sa, sb) in {"weak": (0.02, 0.01), "standard": (0.20, 0.05),
                         "strong": (0.30, 0.10)}.items():
         rows += effects_rows("m1", "prompt", s, sa=sa, sb=sb)
         rows += effects_rows("m2", "prompt", s, sa=0.0, sb=0.0, width=0.0)  # degenerate
-    return pd.DataFrame(rows)
+    return _frame(rows)
 
 
-def judge_table(*, all_nan: bool = False, n_conditions: int = 4) -> pd.DataFrame:
+def judge_table(*, all_nan: bool = False, n_conditions: int = 4) -> pl.DataFrame:
     rng = np.random.default_rng(1)
     conds = ["baseline"] + [f"prompt-{i}-standard" for i in INTERVENTION_ORDER][:n_conditions - 1]
     rows = []
@@ -104,7 +114,7 @@ def judge_table(*, all_nan: bool = False, n_conditions: int = 4) -> pd.DataFrame
                         rows.append({"model": model, "condition": cond, "goal_id": goal,
                                      "tier": tier, "seed": seed, "status": status,
                                      "a_score": a, "b_score": b, "judge_model": "tiny-judge"})
-    return pd.DataFrame(rows)
+    return _frame(rows)
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -127,45 +137,53 @@ def _draw(fn, df, tmp_path, name="fig"):
 # ----------------------------------------------------------------------------- helpers
 
 
+def _by(df: pl.DataFrame, *keys: str) -> dict:
+    """The rows of ``df`` keyed by the values of ``keys`` (a tuple for several keys)."""
+    return {(tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]]): r
+            for r in df.iter_rows(named=True)}
+
+
 def test_profile_points_prefers_base_standard_original():
-    pts = profile_points(profiles_table()).set_index(["model", "method"])
-    assert list(pts.index) == [("m1", "prompt"), ("m1", "sdf"), ("m1", "steering"),
-                               ("m2", "prompt")]
-    assert pts.loc[("m1", "prompt"), "strength"] == "standard"
-    assert pts.loc[("m1", "prompt"), "S_A"] == pytest.approx(0.20)
+    points = profile_points(profiles_table())
+    pts = _by(points, "model", "method")
+    assert list(pts) == [("m1", "prompt"), ("m1", "sdf"), ("m1", "steering"),
+                         ("m2", "prompt")]
+    assert pts[("m1", "prompt")]["strength"] == "standard"
+    assert pts[("m1", "prompt")]["S_A"] == pytest.approx(0.20)
     # neither the role-play (naming self) nor the checkpoint row leaks into the SDF point
-    assert pts.loc[("m1", "sdf"), "S_A"] == pytest.approx(0.10)
-    assert pts.loc[("m1", "sdf"), "S_B_high"] == pytest.approx(0.20)
-    assert pd.isna(pts.loc[("m1", "steering"), "strength"])
-    assert pts.loc[("m1", "steering"), "S_B"] == pytest.approx(-0.02)
-    assert pts.loc[("m2", "prompt"), "naming"] == "original"
+    assert pts[("m1", "sdf")]["S_A"] == pytest.approx(0.10)
+    assert pts[("m1", "sdf")]["S_B_high"] == pytest.approx(0.20)
+    assert pts[("m1", "steering")]["strength"] is None
+    assert pts[("m1", "steering")]["S_B"] == pytest.approx(-0.02)
+    assert pts[("m2", "prompt")]["naming"] == "original"
+    assert points.columns == ["model", "method", "strength", "naming", "S_A", "S_A_low",
+                              "S_A_high", "S_B", "S_B_low", "S_B_high", "ci_level"]
 
 
 def test_profile_points_falls_back_to_the_only_strength_and_naming():
     rows = effects_rows("m", "sdf", "strong", sa=0.3, sb=0.1, naming="self")
     rows += effects_rows("m", "prompt", "weak", sa=0.1, sb=0.0)
     rows += effects_rows("m", "prompt", "strong", sa=0.2, sb=0.0)
-    pts = profile_points(pd.DataFrame(rows)).set_index("method")
-    assert pts.loc["sdf", "strength"] == "strong" and pts.loc["sdf", "naming"] == "self"
-    assert pts.loc["prompt", "strength"] == "weak"  # no standard: first in weak/strong order
-    assert pts.loc["prompt", "S_A"] == pytest.approx(0.1)
+    pts = _by(profile_points(_frame(rows)), "method")
+    assert pts["sdf"]["strength"] == "strong" and pts["sdf"]["naming"] == "self"
+    assert pts["prompt"]["strength"] == "weak"  # no standard: first in weak/strong order
+    assert pts["prompt"]["S_A"] == pytest.approx(0.1)
 
 
 def test_profile_points_without_checkpoint_column_and_missing_quantity():
-    df = pd.DataFrame(effects_rows("m", "prompt", "standard", sa=0.1, sb=0.2)).drop(
-        columns="checkpoint")
-    df = df[df["quantity"] != "S_B"]
+    df = _frame(effects_rows("m", "prompt", "standard", sa=0.1, sb=0.2)).drop("checkpoint")
+    df = df.filter(pl.col("quantity") != "S_B")
     pts = profile_points(df)
-    assert len(pts) == 1 and np.isnan(pts["S_B"].iloc[0])
+    assert len(pts) == 1 and np.isnan(pts["S_B"][0])
 
 
 def test_calibration_points_families_and_share():
     pts = calibration_points(calibration_table())
-    m1 = pts[pts["model"] == "m1"]
-    assert list(m1["checkpoint"]) == ["base", "A1_amp", "A2_amp", "B1_amp"]
-    assert list(m1["family"]) == ["base", "A", "A", "B"]
-    assert m1.set_index("checkpoint").loc["B1_amp", "share"] == pytest.approx(0.2)
-    assert list(pts.loc[pts["model"] == "m2", "checkpoint"]) == ["base"]
+    m1 = pts.filter(pl.col("model") == "m1")
+    assert m1["checkpoint"].to_list() == ["base", "A1_amp", "A2_amp", "B1_amp"]
+    assert m1["family"].to_list() == ["base", "A", "A", "B"]
+    assert _by(m1, "checkpoint")["B1_amp"]["share"] == pytest.approx(0.2)
+    assert pts.filter(pl.col("model") == "m2")["checkpoint"].to_list() == ["base"]
 
 
 def test_judge_condition_order():
@@ -183,51 +201,71 @@ def test_prompt_calibration(tmp_path):
 
 def test_prompt_calibration_without_checkpoints(tmp_path):
     df = calibration_table()
-    df = df[df["checkpoint"].isna()].assign(recovered=None)
+    df = df.filter(pl.col("checkpoint").is_null()).with_columns(recovered=None)
     _draw(profile_figures.prompt_calibration, df, tmp_path)
 
 
-def test_prompt_calibration_nan_and_single_model(tmp_path):
-    df = calibration_table()
-    df = df[df["model"] == "m1"].copy()
-    df.loc[df["checkpoint"] == "A2_amp", ["estimate", "ci_low", "ci_high"]] = np.nan
-    df["recovered"] = "False"
+@pytest.mark.parametrize("missing", [np.nan, None], ids=["nan", "null"])
+def test_prompt_calibration_nan_and_single_model(tmp_path, missing):
+    df = calibration_table().filter(pl.col("model") == "m1")
+    df = _set(df, pl.col("checkpoint") == "A2_amp", ["estimate", "ci_low", "ci_high"],
+              missing).with_columns(recovered=pl.lit("False"))
+    pts = _by(calibration_points(df), "checkpoint")
+    assert np.isnan(pts["A2_amp"]["S_A"]) and np.isnan(pts["A2_amp"]["share"])
     _draw(profile_figures.prompt_calibration, df, tmp_path)
 
 
 def test_prompt_calibration_after_parquet_round_trip(tmp_path):
     """Per-model tables read back and concatenated: string dtypes, None checkpoints, and a
-    ``recovered`` column mixing True and None."""
+    ``recovered`` column mixing True and None; the m2 table lacks ``checkpoint_family``
+    (null after the concatenation, which aligns columns by name)."""
     df = calibration_table()
-    for model in ("m1", "m2"):
-        df[df["model"] == model].to_parquet(tmp_path / f"{model}.parquet")
-    back = pd.concat([pd.read_parquet(tmp_path / f"{m}.parquet") for m in ("m1", "m2")],
-                     ignore_index=True)
+    df.filter(pl.col("model") == "m1").write_parquet(tmp_path / "m1.parquet")
+    df.filter(pl.col("model") == "m2").drop("checkpoint_family", "recovered").write_parquet(
+        tmp_path / "m2.parquet")
+    back = read_all([tmp_path / f"{m}.parquet" for m in ("m1", "m2")])
+    assert back.columns == df.columns and back["checkpoint_family"][-1] is None
     pts = calibration_points(back)
-    assert list(pts["family"]) == ["base", "A", "A", "B", "base"]
+    assert pts["family"].to_list() == ["base", "A", "A", "B", "base"]
     _draw(profile_figures.prompt_calibration, back, tmp_path)
+
+
+def test_read_all_aligns_columns_by_name(tmp_path):
+    """Columns matched by name whatever their order; a column one table lacks is null there;
+    an int and a float column widen to float; no files raise ValueError."""
+    pl.DataFrame({"model": ["a"], "n": [1], "x": [0.5]}).write_parquet(tmp_path / "a.parquet")
+    pl.DataFrame({"x": [1.5], "model": ["b"], "n": [2.0]}).write_parquet(tmp_path / "b.parquet")
+    pl.DataFrame({"model": ["c"], "y": ["only here"]}).write_parquet(tmp_path / "c.parquet")
+    back = read_all([tmp_path / f"{k}.parquet" for k in "abc"])
+    assert back.columns == ["model", "n", "x", "y"]
+    assert back.to_dict(as_series=False) == {"model": ["a", "b", "c"], "n": [1.0, 2.0, None],
+                                             "x": [0.5, 1.5, None],
+                                             "y": [None, None, "only here"]}
+    with pytest.raises(ValueError, match="no tables"):
+        read_all([])
 
 
 def test_profile_plane(tmp_path):
     _draw(profile_figures.profile_plane, profiles_table(), tmp_path)
 
 
-def test_profile_plane_degenerate(tmp_path):
-    df = profiles_table()
-    df = df[df["model"] == "m1"].copy()
-    df[["estimate", "ci_low", "ci_high"]] = 0.0
-    df.loc[df["method"] == "steering", ["estimate", "ci_low", "ci_high"]] = np.nan
+@pytest.mark.parametrize("missing", [np.nan, None], ids=["nan", "null"])
+def test_profile_plane_degenerate(tmp_path, missing):
+    df = profiles_table().filter(pl.col("model") == "m1").with_columns(
+        estimate=pl.lit(0.0), ci_low=pl.lit(0.0), ci_high=pl.lit(0.0))
+    df = _set(df, pl.col("method") == "steering", ["estimate", "ci_low", "ci_high"], missing)
     _draw(profile_figures.profile_plane, df, tmp_path)
 
 
 def test_profile_plane_ci_excluding_estimate(tmp_path):
     df = profiles_table()
-    df["ci_low"] = df["estimate"] + 0.01  # a percentile CI may exclude the point estimate
+    # a percentile CI may exclude the point estimate
+    df = df.with_columns(ci_low=pl.col("estimate") + 0.01)
     _draw(profile_figures.profile_plane, df, tmp_path)
 
 
 def test_profile_plane_no_base_rows_raises(tmp_path):
-    df = profiles_table().assign(checkpoint="B1_amp")
+    df = profiles_table().with_columns(checkpoint=pl.lit("B1_amp"))
     with pytest.raises(ValueError, match="base-model"):
         profile_figures.profile_plane(df, NAMES, [tmp_path / "x.png"])
 
@@ -235,14 +273,15 @@ def test_profile_plane_no_base_rows_raises(tmp_path):
 def test_prompt_strength_ablation(tmp_path):
     w1, _ = _draw(profile_figures.prompt_strength_ablation, prompt_effects_table(), tmp_path)
     df = prompt_effects_table()
-    df = df[(df["model"] == "m1") & (df["strength"] == "standard")]
+    df = df.filter(pl.col("model") == "m1", pl.col("strength") == "standard")
     w2, _ = _draw(profile_figures.prompt_strength_ablation, df, tmp_path, "single")
     assert w2 < w1
 
 
-def test_prompt_strength_ablation_nan(tmp_path):
-    df = prompt_effects_table()
-    df.loc[df["model"] == "m2", ["estimate", "ci_low", "ci_high"]] = np.nan
+@pytest.mark.parametrize("missing", [np.nan, None], ids=["nan", "null"])
+def test_prompt_strength_ablation_nan(tmp_path, missing):
+    df = _set(prompt_effects_table(), pl.col("model") == "m2",
+              ["estimate", "ci_low", "ci_high"], missing)
     _draw(profile_figures.prompt_strength_ablation, df, tmp_path)
 
 
@@ -256,11 +295,19 @@ def test_judge_scores_all_nan(tmp_path):
     _draw(judge_figures.judge_scores, judge_table(all_nan=True), tmp_path)
 
 
+def test_judge_scores_null_scores_and_missing_judge_model(tmp_path):
+    """Null (not NaN) scores, and a judge_model column one model's table lacks."""
+    df = judge_table().with_columns(pl.col("a_score", "b_score").fill_nan(None))
+    df = df.with_columns(judge_model=pl.when(pl.col("model") == "m1")
+                         .then(pl.col("judge_model")))
+    _draw(judge_figures.judge_scores, df, tmp_path)
+
+
 def test_judge_scores_many_conditions_single_model(tmp_path):
     rows = [{"model": "m1", "condition": f"c{k:02d}", "tier": t, "status": "ok",
              "a_score": float(k % 7), "b_score": 3.0}
             for k in range(40) for t in ("monitored", "unmonitored")]
-    _draw(judge_figures.judge_scores, pd.DataFrame(rows), tmp_path)
+    _draw(judge_figures.judge_scores, _frame(rows), tmp_path)
 
 
 def _figure(name):
@@ -278,7 +325,7 @@ def _figure(name):
     ("judge_scores", judge_table, "tier"),
 ])
 def test_missing_column_raises(tmp_path, fn, table, column):
-    df = table().drop(columns=column)
+    df = table().drop(column)
     with pytest.raises(ValueError, match=column):
         _figure(fn)(df, NAMES, [tmp_path / "x.png"])
     assert not (tmp_path / "x.png").exists()
@@ -288,4 +335,55 @@ def test_missing_column_raises(tmp_path, fn, table, column):
                                 "prompt_strength_ablation", "judge_scores"])
 def test_empty_table_raises(tmp_path, fn):
     with pytest.raises(ValueError, match="empty"):
-        _figure(fn)(pd.DataFrame(), NAMES, [tmp_path / "x.png"])
+        _figure(fn)(pl.DataFrame(), NAMES, [tmp_path / "x.png"])
+
+
+# ----------------------------------------------------------------------------- Figures 2, 3, B
+
+
+def sdf_effects_table() -> pl.DataFrame:
+    rows = []
+    for model in ("m1", "m2"):
+        for strength, scale in (("weak", 0.5), ("standard", 1.0), ("strong", 1.5)):
+            for naming in ("original", "self"):
+                rows += effects_rows(model, "sdf", strength, sa=0.1 * scale, sb=-0.05 * scale,
+                                     naming=naming)
+    return _frame(rows)
+
+
+def baseline_metrics(model: str, **extra) -> dict:
+    row = {"model": model, "condition": "baseline", "gap": 0.2, "gap_ci_low": 0.05,
+           "gap_ci_high": 0.35, "ci_level": LEVEL, "n_pairs": 8, **extra}
+    for tier, rate in (("monitored", 0.6), ("unmonitored", 0.4)):
+        row.update({f"{tier}_compliance": rate, f"{tier}_compliance_ci_low": rate - 0.1,
+                    f"{tier}_compliance_ci_high": rate + 0.1, f"{tier}_unparseable": 0.1})
+    return row
+
+
+def test_baseline_compliance_with_a_column_one_table_lacks(tmp_path):
+    from motivation_profiles.figures.baseline import baseline_compliance
+
+    m1 = pl.DataFrame([baseline_metrics("m1", monitored_truncated=0.0,
+                                        unmonitored_truncated=0.1)])
+    m2 = pl.DataFrame([baseline_metrics("m2")])  # no *_truncated columns: null after concat
+    _draw(baseline_compliance, pl.concat([m2, m1], how="diagonal_relaxed"), tmp_path)
+    with pytest.raises(ValueError, match="no rows for condition 'x'"):
+        baseline_compliance(m1, NAMES, [tmp_path / "x.png"], condition="x")
+
+
+@pytest.mark.parametrize("missing", [np.nan, None], ids=["nan", "null"])
+def test_sdf_figures(tmp_path, missing):
+    from motivation_profiles.figures import sdf
+
+    df = sdf_effects_table()
+    df = _set(df, pl.int_range(pl.len()) % 3 == 0, ["estimate"], missing)
+    for fn in (sdf.sdf_profile, sdf.sdf_strength_sweep, sdf.sdf_role_play):
+        _draw(fn, df, tmp_path, fn.__name__)
+    with pytest.raises(ValueError, match="at least two strengths"):
+        sdf.sdf_strength_sweep(df.filter(pl.col("strength") == "weak"), NAMES,
+                               [tmp_path / "x.png"])
+    with pytest.raises(ValueError, match="role_play"):
+        sdf.sdf_role_play(df.filter(pl.col("naming") == "original"), NAMES,
+                          [tmp_path / "x.png"])
+    with pytest.raises(ValueError, match="more than one delta_gap row"):
+        sdf.sdf_strength_sweep(pl.concat([df, df.head(1)]), NAMES, [tmp_path / "x.png"])

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 from conftest import REPO
 from fake_anthropic import API_KEY, FakeAnthropic
+from polars.testing import assert_frame_equal
 
 from motivation_profiles.backends.anthropic import AnthropicClient, HostedBackend
 from motivation_profiles.backends.base import SamplingParams
@@ -138,9 +138,11 @@ def test_agreement_summary():
 # ----------------------------------------------------------------------------- judging
 
 def _rollouts(pads):
-    return pd.DataFrame({"model": "m", "condition": "baseline", "goal_id": range(len(pads)),
-                         "tier": "monitored", "seed": 0, "outcome": "rejected",
-                         "scratchpad": pads})
+    n = len(pads)
+    return pl.DataFrame({"model": ["m"] * n, "condition": ["baseline"] * n,
+                         "goal_id": range(n), "tier": ["monitored"] * n, "seed": [0] * n,
+                         "outcome": ["rejected"] * n, "scratchpad": pads},
+                        schema_overrides={"scratchpad": pl.Utf8})
 
 
 PADS = ["the graders expect compliance", "RLHF will modify me", "gibberish", None, "  "]
@@ -181,26 +183,40 @@ def test_hosted_judge_scores_counts_and_warm_cache(fake, tmp_path, batch_thresho
         sent = [len(c.body["requests"]) for c in fake.calls("batch_create")]
         assert sum(sent) == items * 3
     assert list(df["status"]) == ["ok", "ok", "unparsed", "no_scratchpad", "no_scratchpad"]
-    g = df.iloc[0]
+    g = df.row(0, named=True)
     assert g["a_votes"] == [4, 3, 4] and g["a_score"] == pytest.approx(11 / 3)
     assert g["a_modal_agreement"] == pytest.approx(2 / 3) and g["a_spread"] == 1
     assert g["b_votes"] == [0, 0, 0] and g["a_quote"] == "I expect they want this"
-    assert df.iloc[1]["b_score"] == 4 and df.iloc[1]["b_modal_agreement"] == 1.0
-    bad = df.iloc[2]
-    assert np.isnan(bad["a_score"]) and bad["a_statuses"] == ["missing"] * 3
+    assert df.row(1, named=True)["b_score"] == 4
+    assert df.row(1, named=True)["b_modal_agreement"] == 1.0
+    bad = df.row(2, named=True)
+    assert bad["a_score"] is None and bad["a_statuses"] == ["missing"] * 3
     assert bad["raw_answers"] == ["I cannot rate this."] * 3
-    assert df.iloc[3]["raw_answers"] == [] and df.iloc[3]["scratchpad_chars"] == 0
+    assert df.row(3, named=True)["raw_answers"] == []
+    assert df.row(3, named=True)["scratchpad_chars"] == 0
+    # unjudged rows: null (not NaN) score, agreement and spread, and list columns typed even
+    # where every list is empty
+    nothing = df.row(3, named=True)
+    assert nothing["a_score"] is None and nothing["a_modal_agreement"] is None
+    assert nothing["a_spread"] is None and nothing["a_votes"] == []
+    assert df["a_score"].is_nan().sum() == 0 and df["a_score"].null_count() == 3
+    for d in ("a", "b"):
+        assert df.schema[f"{d}_votes"] == pl.List(pl.Int64)
+        assert df.schema[f"{d}_statuses"] == pl.List(pl.Utf8)
+        assert df.schema[f"{d}_spread"] == pl.Int64
+    assert df.schema["raw_answers"] == pl.List(pl.Utf8)
     assert set(df["judge_model"]) == {"claude-test"}
     path = tmp_path / "judge.parquet"
     write_table(df, path, {"rule": "judge"})
     back = read_table(path)
     assert list(back["status"]) == list(df["status"])
+    assert_frame_equal(back, df)
 
     calls = len(fake.calls())
     again = judge_rollouts(_rollouts(PADS), backend(), RUBRIC, samples=3, params=PARAMS,
                            prefill=None, meta=META)
     assert len(fake.calls()) == calls  # warm cache: no HTTP call at all
-    pd.testing.assert_frame_equal(df, again)
+    assert_frame_equal(df, again)
 
 
 def test_local_judge_on_a_tiny_model_stores_raw_answers(tiny_model_dir, tmp_path):
@@ -210,7 +226,7 @@ def test_local_judge_on_a_tiny_model_stores_raw_answers(tiny_model_dir, tmp_path
     df = judge_rollouts(_rollouts(PADS), backend, RUBRIC, samples=2, params=params,
                         prefill="<direction_a_score>", meta={"judge_model": "tiny"})
     assert backend.calls == 6
-    scored = df[df["status"] != "no_scratchpad"]
+    scored = df.filter(pl.col("status") != "no_scratchpad")
     assert len(scored) == 3
     assert all(len(r) == 2 and all(t.startswith("<direction_a_score>") for t in r)
                for r in scored["raw_answers"])
@@ -219,4 +235,4 @@ def test_local_judge_on_a_tiny_model_stores_raw_answers(tiny_model_dir, tmp_path
     again = judge_rollouts(_rollouts(PADS), backend, RUBRIC, samples=2, params=params,
                            prefill="<direction_a_score>", meta={"judge_model": "tiny"})
     assert backend.calls == 6  # warm: nothing generated again
-    pd.testing.assert_frame_equal(df, again)
+    assert_frame_equal(df, again)

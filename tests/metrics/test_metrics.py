@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 from scipy.stats import norm
 
@@ -38,7 +38,7 @@ def four_goals(**kw) -> list[dict]:
 
 def metrics(rows, **kw):
     kw = {"n_boot": 2000, "level": 0.95, "seed": 0, **kw}
-    return condition_metrics(pd.DataFrame(rows), **kw)
+    return condition_metrics(pl.DataFrame(rows), **kw)
 
 
 # --------------------------------------------------------------------------- condition_metrics
@@ -47,7 +47,7 @@ def metrics(rows, **kw):
 def test_rates_and_gap_hand_computed():
     out = metrics(four_goals())
     assert len(out) == 1
-    r = out.iloc[0]
+    r = out.row(0, named=True)
     assert (r["model"], r["condition"]) == ("m", "baseline")
     assert r["n_goals"] == 4 and r["n_seeds"] == 1
     assert r["monitored_n"] == 4 and r["unmonitored_n"] == 4
@@ -59,7 +59,7 @@ def test_rates_and_gap_hand_computed():
 
 
 def test_outcome_shares_hand_computed():
-    r = metrics(four_goals()).iloc[0]
+    r = metrics(four_goals()).row(0, named=True)
     assert r["monitored_rejected"] == pytest.approx(0.25)
     assert r["monitored_unparseable"] == 0.0
     assert r["monitored_truncated"] == 0.0
@@ -76,7 +76,7 @@ def test_outcome_shares_hand_computed():
 
 
 def test_rate_ci_is_wilson():
-    r = metrics(four_goals()).iloc[0]
+    r = metrics(four_goals()).row(0, named=True)
     assert (r["monitored_compliance_ci_low"], r["monitored_compliance_ci_high"]) == \
         pytest.approx(wilson_ci(3, 4, 0.95))
     assert (r["unmonitored_compliance_ci_low"], r["unmonitored_compliance_ci_high"]) == \
@@ -85,14 +85,14 @@ def test_rate_ci_is_wilson():
 
 
 def test_gap_ci_contains_gap_and_is_bounded():
-    r = metrics(four_goals()).iloc[0]
+    r = metrics(four_goals()).row(0, named=True)
     assert -1.0 <= r["gap_ci_low"] <= r["gap"] <= r["gap_ci_high"] <= 1.0
     assert r["gap_ci_low"] < r["gap_ci_high"]
 
 
 def test_gap_ci_is_deterministic_given_seed():
-    a = metrics(four_goals(), seed=7).iloc[0]
-    b = metrics(four_goals(), seed=7).iloc[0]
+    a = metrics(four_goals(), seed=7).row(0, named=True)
+    b = metrics(four_goals(), seed=7).row(0, named=True)
     assert (a["gap_ci_low"], a["gap_ci_high"]) == (b["gap_ci_low"], b["gap_ci_high"])
 
 
@@ -100,11 +100,11 @@ def test_gap_ci_collapses_when_all_differences_equal():
     rows = []
     for g in range(5):
         rows += [row(g, "monitored", "compliant"), row(g, "unmonitored", "rejected")]
-    r = metrics(rows).iloc[0]
+    r = metrics(rows).row(0, named=True)
     assert (r["gap"], r["gap_ci_low"], r["gap_ci_high"]) == pytest.approx((1.0, 1.0, 1.0))
 
     rows = [row(g, t, "compliant") for g in range(5) for t in ("monitored", "unmonitored")]
-    r = metrics(rows).iloc[0]
+    r = metrics(rows).row(0, named=True)
     assert (r["gap"], r["gap_ci_low"], r["gap_ci_high"]) == pytest.approx((0.0, 0.0, 0.0))
 
 
@@ -113,7 +113,7 @@ def test_negative_gap():
     for g in range(4):
         rows += [row(g, "monitored", "rejected"),
                  row(g, "unmonitored", "compliant" if g < 3 else "rejected")]
-    r = metrics(rows).iloc[0]
+    r = metrics(rows).row(0, named=True)
     assert r["gap"] == pytest.approx(-0.75)
     assert -1.0 <= r["gap_ci_low"] <= -0.75 <= r["gap_ci_high"] <= 0.0
 
@@ -124,7 +124,7 @@ def test_unpaired_units_count_in_rates_but_not_in_gap():
         row(5, "unmonitored", "compliant"),  # no monitored partner
         row(0, "monitored", "compliant", seed=1),  # same goal, other seed, unpaired
     ]
-    r = metrics(rows).iloc[0]
+    r = metrics(rows).row(0, named=True)
     assert r["n_pairs"] == 4
     assert r["gap"] == pytest.approx(0.5)
     assert r["monitored_n"] == 6 and r["unmonitored_n"] == 5
@@ -133,13 +133,17 @@ def test_unpaired_units_count_in_rates_but_not_in_gap():
     assert r["n_goals"] == 6 and r["n_seeds"] == 2
 
 
-def test_single_tier_gives_nan_gap_and_nan_rates():
+def test_single_tier_gives_null_gap_and_null_rates():
     rows = [row(g, "monitored", "compliant") for g in range(3)]
-    r = metrics(rows).iloc[0]
+    out = metrics(rows)
+    r = out.row(0, named=True)
     assert r["n_pairs"] == 0
-    assert math.isnan(r["gap"]) and math.isnan(r["gap_ci_low"]) and math.isnan(r["gap_ci_high"])
+    # undefined is null, never NaN (the pandas tables' NaN was written to Parquet as null)
+    assert r["gap"] is None and r["gap_ci_low"] is None and r["gap_ci_high"] is None
     assert r["unmonitored_n"] == 0
-    assert math.isnan(r["unmonitored_compliance"])
+    assert r["unmonitored_compliance"] is None
+    assert r["unmonitored_compliance_ci_low"] is None and r["unmonitored_rejected"] is None
+    assert out.schema["gap"] == pl.Float64 and out.schema["unmonitored_compliance"] == pl.Float64
     assert r["monitored_compliance"] == 1.0
 
 
@@ -161,16 +165,17 @@ def test_group_by_model_and_custom_keys():
     assert list(out["model"]) == ["a", "b"]
     out = metrics(rows, group_by=("condition",))
     assert len(out) == 1 and "model" not in out.columns
-    assert out.iloc[0]["monitored_n"] == 8
-    assert out.iloc[0]["gap"] == pytest.approx(0.5)
+    assert out.row(0, named=True)["monitored_n"] == 8
+    assert out.row(0, named=True)["gap"] == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- paired_differences
 
 
 def test_paired_differences_columns_and_values():
-    pairs = paired_differences(pd.DataFrame(four_goals() + [row(9, "monitored", "compliant")]))
-    pairs = pairs.sort_values(["goal_id", "seed"]).reset_index(drop=True)
+    pairs = paired_differences(pl.DataFrame(four_goals() + [row(9, "monitored", "compliant")]))
+    assert pairs.columns == ["goal_id", "seed", "monitored", "unmonitored", "d"]
+    pairs = pairs.sort(["goal_id", "seed"])
     assert list(pairs["goal_id"]) == [0, 1, 2, 3]
     assert list(pairs["monitored"]) == [1.0, 1.0, 1.0, 0.0]
     assert list(pairs["unmonitored"]) == [1.0, 0.0, 0.0, 0.0]
@@ -181,7 +186,7 @@ def test_paired_differences_keeps_seeds_separate():
     rows = [row(0, "monitored", "compliant", seed=0), row(0, "unmonitored", "rejected", seed=0),
             row(0, "monitored", "rejected", seed=1), row(0, "unmonitored", "rejected", seed=1),
             row(0, "monitored", "compliant", seed=2)]
-    pairs = paired_differences(pd.DataFrame(rows)).sort_values("seed")
+    pairs = paired_differences(pl.DataFrame(rows)).sort("seed")
     assert list(pairs["seed"]) == [0, 1]
     assert list(pairs["d"]) == [1.0, 0.0]
 

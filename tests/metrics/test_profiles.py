@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 
 from motivation_profiles.metrics.profiles import (
@@ -39,17 +39,17 @@ CASE = {
 }
 
 
-def _case_frame(seeds=(0,)) -> pd.DataFrame:
+def _case_frame(seeds=(0,)) -> pl.DataFrame:
     rows = []
     for cond, (m, u) in CASE.items():
         rows += _rollouts(cond, m, u, seeds=seeds)
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows)
 
 
 def _get(table, quantity, target):
-    r = table[(table["quantity"] == quantity) & (table["target"] == target)]
+    r = table.filter(quantity=quantity, target=target)
     assert len(r) == 1, (quantity, target)
-    return r.iloc[0]
+    return r.row(0, named=True)
 
 
 def test_deltas_and_sensitivities_match_hand_computation():
@@ -68,7 +68,10 @@ def test_deltas_and_sensitivities_match_hand_computation():
     assert _get(table, "delta_monitored", "B1_amp")["estimate"] == pytest.approx(0.5)
     assert _get(table, "delta_unmonitored", "B1_amp")["estimate"] == pytest.approx(0.5)
     assert _get(table, "gap", "baseline")["estimate"] == pytest.approx(0.25)
-    for _, r in table.iterrows():
+    assert table.columns == ["quantity", "target", "condition", "estimate", "ci_low", "ci_high",
+                             "pairs", "n_goals", "baseline_condition", "ci_level",
+                             "bootstrap_samples"]
+    for r in table.iter_rows(named=True):
         assert r["ci_low"] <= r["estimate"] + 1e-12 and r["estimate"] <= r["ci_high"] + 1e-12
     assert (table["n_goals"] == 4).all()
 
@@ -80,7 +83,7 @@ def test_bootstrap_resamples_goals_jointly_across_conditions():
     base_m = rng.integers(0, 2, 40)
     base_u = np.zeros(40, dtype=int)
     amp_u = base_u.copy()
-    df = pd.DataFrame(_rollouts("b", base_m, base_u) + _rollouts("a", base_m, amp_u))
+    df = pl.DataFrame(_rollouts("b", base_m, base_u) + _rollouts("a", base_m, amp_u))
     t = intervention_effects(df, baseline="b", interventions={"A1_amp": "a"}, n_boot=300,
                              level=0.9, seed=1)
     r = _get(t, "delta_gap", "A1_amp")
@@ -118,10 +121,10 @@ def test_sdf_effects_groups_strengths_and_naming():
             if cond == "sdf-A1_amp" else []
         rows += _rollouts(cond + "+self", m, u)
     rows += _rollouts("sdf-af_organism", [1, 1, 1, 1], [0, 0, 0, 0])
-    t = sdf_effects(pd.DataFrame(rows), n_boot=100, level=0.9, seed=0)
-    assert set(map(tuple, t[["strength", "naming"]].drop_duplicates().to_numpy())) == {
+    t = sdf_effects(pl.DataFrame(rows), n_boot=100, level=0.9, seed=0)
+    assert set(t.select("strength", "naming").unique().iter_rows()) == {
         ("standard", "original"), ("weak", "original"), ("standard", "self")}
-    weak = t[t["strength"] == "weak"]
+    weak = t.filter(strength="weak")
     assert set(weak["target"]) == {"A1_amp", "baseline"}
     assert (t["method"] == "sdf").all() and (t["model"] == "m").all()
 
@@ -132,7 +135,8 @@ def test_errors_name_the_problem():
         intervention_effects(df, baseline="sdf-missing", interventions={}, n_boot=100,
                              level=0.9, seed=0)
     with pytest.raises(ValueError, match="noise baseline"):
-        sdf_effects(df[df["condition"] != "sdf-noise"], n_boot=100, level=0.9, seed=0)
+        sdf_effects(df.filter(pl.col("condition") != "sdf-noise"), n_boot=100, level=0.9,
+                    seed=0)
 
 
 def test_parse_sdf_condition():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 
 from motivation_profiles.sdf.dataset import (
@@ -21,12 +21,12 @@ def tokenizer(tiny_model):
     return tiny_model[1]
 
 
-def _docs(n: int = 30, seed: int = 0) -> pd.DataFrame:
+def _docs(n: int = 30, seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
     texts = [" ".join(rng.choice(words, size=int(rng.integers(5, 120)))) + f" doc{i}."
              for i in range(n)]
-    return pd.DataFrame({"doc_id": [f"d{i}" for i in range(n)], "text": texts})
+    return pl.DataFrame({"doc_id": [f"d{i}" for i in range(n)], "text": texts})
 
 
 def _segments(row) -> list[tuple[str, list[int], list[int]]]:
@@ -41,10 +41,15 @@ def test_no_token_lost_and_boundaries_kept(tokenizer, packing):
     docs = _docs()
     spec = DatasetSpec(max_seq_len=64, token_budget=None, seed=3, packing=packing)
     table, stats = build_dataset(docs, tokenizer, spec)
+    # native list columns: int64 token ids, labels and positions, str document ids
+    assert dict(table.schema) == {
+        "input_ids": pl.List(pl.Int64), "labels": pl.List(pl.Int64),
+        "position_ids": pl.List(pl.Int64), "n_tokens": pl.Int64, "n_docs": pl.Int64,
+        "doc_ids": pl.List(pl.Utf8)}
     assert (table["n_tokens"] <= 64).all()
-    assert table["n_tokens"].tolist() == [len(x) for x in table["input_ids"]]
+    assert table["n_tokens"].to_list() == [len(x) for x in table["input_ids"]]
     pieces: dict[str, list[tuple[int, list[int], list[int]]]] = {}
-    for _, row in table.iterrows():
+    for row in table.iter_rows(named=True):
         segs = _segments(row)
         assert len(segs) == row["n_docs"]
         for doc_id, ids, labels in segs:
@@ -52,7 +57,7 @@ def test_no_token_lost_and_boundaries_kept(tokenizer, packing):
             pieces.setdefault(base, []).append((int(part or 0), ids, labels))
             assert labels[0] == IGNORE  # nothing in the segment predicts its first token
     assert set(pieces) == set(docs["doc_id"])
-    for _, doc in docs.iterrows():
+    for doc in docs.iter_rows(named=True):
         ids, labels = tokenize_document(doc["text"], tokenizer, doctag="<DOCTAG>",
                                         mask_doctag=True)
         parts = sorted(pieces[doc["doc_id"]])
@@ -73,7 +78,7 @@ def test_no_token_lost_and_boundaries_kept(tokenizer, packing):
 def test_fill_rows_are_full_except_the_last(tokenizer):
     table, stats = build_dataset(_docs(60), tokenizer,
                                  DatasetSpec(max_seq_len=128, token_budget=None))
-    sizes = table["n_tokens"].tolist()
+    sizes = table["n_tokens"].to_list()
     assert sizes[:-1] == [128] * (len(sizes) - 1)
     assert stats["packing_efficiency"] == sum(sizes) / (128 * len(sizes))
     assert stats["packing_efficiency"] > 0.98
@@ -97,7 +102,7 @@ def test_doctag_is_masked_and_body_is_not(tokenizer):
 
 
 def test_long_document_is_split_into_segments(tokenizer):
-    docs = pd.DataFrame({"doc_id": ["long"], "text": ["word " * 300]})
+    docs = pl.DataFrame({"doc_id": ["long"], "text": ["word " * 300]})
     for packing in ("fill", "bfd"):
         table, stats = build_dataset(docs, tokenizer, DatasetSpec(
             max_seq_len=50, token_budget=None, packing=packing))
@@ -121,7 +126,7 @@ def test_token_budget_keeps_a_seeded_subset_of_whole_documents(tokenizer):
 
 def test_empty_documents_raise_naming_the_source(tokenizer):
     with pytest.raises(EmptyDatasetError, match="A1_amp"):
-        build_dataset(pd.DataFrame({"doc_id": [], "text": []}), tokenizer,
+        build_dataset(pl.DataFrame(schema={"doc_id": pl.Utf8, "text": pl.Utf8}), tokenizer,
                       DatasetSpec(max_seq_len=64, token_budget=None), source="A1_amp")
 
 

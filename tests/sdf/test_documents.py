@@ -10,18 +10,25 @@ import random
 import re
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 import pytest
 import yaml
 from fake_anthropic import API_KEY, FakeAnthropic, Killed, kill_before_poll
+from polars.testing import assert_frame_equal
 
 from motivation_profiles.backends.anthropic import AnthropicClient, HostedBackend
 from motivation_profiles.backends.base import ChatRequest, Completion, SamplingParams
-from motivation_profiles.backends.cache import LEDGER_COLUMNS, CachedBackend, ResponseCache
+from motivation_profiles.backends.cache import (
+    LEDGER_COLUMNS,
+    CachedBackend,
+    ResponseCache,
+    ledger_schema,
+)
 from motivation_profiles.backends.hosted import API_KEY_ENV
 from motivation_profiles.config.validate import ConfigError, validate_config
 from motivation_profiles.sdf.doc_filters import (
     DOC_COLUMNS,
+    DOC_SCHEMA,
     FILTERS,
     REPORT_COLUMNS,
     FilterSpec,
@@ -108,22 +115,24 @@ def test_each_filter_removes_exactly_its_crafted_documents():
         doc("near", " ".join(near)),
         doc("other", other),
     ]
-    kept, report = filter_documents(pd.DataFrame(rows), UNIVERSE, FILTER_SPEC)
+    kept, report = filter_documents(pl.DataFrame(rows), UNIVERSE, FILTER_SPEC)
     assert list(kept["doc_id"]) == ["good1", "good2", "other"]
-    assert list(kept.columns) == DOC_COLUMNS
+    assert list(kept.columns) == DOC_COLUMNS and kept.schema == pl.Schema(DOC_SCHEMA)
     assert list(report.columns) == REPORT_COLUMNS and list(report["filter"]) == list(FILTERS)
+    assert report.schema == pl.Schema({"filter": pl.Utf8, "n_in": pl.Int64,
+                                       "n_removed": pl.Int64, "n_out": pl.Int64})
     removed = dict(zip(report["filter"], report["n_removed"], strict=True))
     assert removed == {"unsuitable_or_missing_content": 3, "truncated": 1, "length": 2,
                        "placeholder": 1, "leakage": 1, "exact_duplicate": 1,
                        "near_duplicate": 1}
-    assert report["n_in"].iloc[0] == len(rows) and report["n_out"].iloc[-1] == 3
+    assert report["n_in"][0] == len(rows) and report["n_out"][-1] == 3
     assert (report["n_in"] - report["n_removed"] == report["n_out"]).all()
-    assert (report["n_in"].iloc[1:].to_numpy() == report["n_out"].iloc[:-1].to_numpy()).all()
+    assert (report["n_in"][1:].to_numpy() == report["n_out"][:-1].to_numpy()).all()
 
     # drop_truncated off: the truncated document stays and the filter reports 0
     lenient = dataclasses.replace(FILTER_SPEC, drop_truncated=False)
-    kept2, report2 = filter_documents(pd.DataFrame(rows), UNIVERSE, lenient)
-    assert "truncated" in set(kept2["doc_id"]) and report2["n_removed"].iloc[1] == 0
+    kept2, report2 = filter_documents(pl.DataFrame(rows), UNIVERSE, lenient)
+    assert "truncated" in set(kept2["doc_id"]) and report2["n_removed"][1] == 0
 
 
 def test_near_duplicates_keep_the_first_and_everything_removed_raises():
@@ -135,7 +144,7 @@ def test_near_duplicates_keep_the_first_and_everything_removed_raises():
     assert near_duplicate_mask(texts, 1.0, 3).tolist() == [False] * 5
     assert not near_duplicate_mask(["short", "text"], 0.5, 5).any()  # no shingles at all
     with pytest.raises(NoDocumentsError, match="A1_amp") as info:
-        filter_documents(pd.DataFrame([doc("x", "tiny"), doc("y", "", status="unsuitable")]),
+        filter_documents(pl.DataFrame([doc("x", "tiny"), doc("y", "", status="unsuitable")]),
                          UNIVERSE, FILTER_SPEC)
     assert "unsuitable_or_missing_content: 2 in, 1 removed, 1 out" in str(info.value)
     assert "length: 1 in, 1 removed, 0 out" in str(info.value)
@@ -332,19 +341,19 @@ def test_pipeline_stages_with_stub_backend(templates, prefill, caplog):
     assert removed["unsuitable_or_missing_content"] == 2 and removed["truncated"] == 1
     assert len(docs) == 9 and len(rev_call[0]) == 9  # parsed, not truncated: revised
     assert list(docs.columns) == DOC_COLUMNS
-    assert docs["doc_id"].is_unique and set(docs["universe"]) == {"A1_amp"}
+    assert docs["doc_id"].n_unique() == len(docs) and set(docs["universe"]) == {"A1_amp"}
     assert (docs["generator"] == "stub:x").all() and not docs["truncated"].any()
     assert "A1_amp-1-0-1" not in set(docs["doc_id"])  # the truncated one
     # a revision that does not parse keeps the original
-    unrevised = docs[docs["idea"] == "News article idea 0"]
+    unrevised = docs.filter(pl.col("idea") == "News article idea 0")
     assert len(unrevised) == 2 and not unrevised["revised"].any()
-    assert unrevised["text"].str.startswith("News article idea 0.").all()
-    others = docs[docs["idea"] != "News article idea 0"]
-    assert others["revised"].all() and others["text"].str.startswith("REVISED ").all()
+    assert unrevised["text"].str.starts_with("News article idea 0.").all()
+    others = docs.filter(pl.col("idea") != "News article idea 0")
+    assert others["revised"].all() and others["text"].str.starts_with("REVISED ").all()
     assert "kept the original" in caplog.text and "document type(s)" in caplog.text
     # documents of one idea differ by sample index
-    pair = docs[docs["idea"] == "Forum thread idea 0"]
-    assert sorted(pair["sample_index"]) == [0, 1] and pair["text"].nunique() == 2
+    pair = docs.filter(pl.col("idea") == "Forum thread idea 0")
+    assert sorted(pair["sample_index"]) == [0, 1] and pair["text"].n_unique() == 2
 
 
 def test_pipeline_gives_up_after_max_rounds_and_seed_offsets_samples(templates):
@@ -415,12 +424,12 @@ def test_hosted_pipeline_batches_resubmits_and_warm_rerun(fake, tmp_path, templa
     client = hosted_client(fake, tmp_path)
     docs, report = run_hosted(client, templates)
     assert len(docs) == 3 * 2 * 2 and report["n_removed"].sum() == 0
-    assert docs["revised"].all() and docs["text"].str.startswith("Revised: [[").all()
+    assert docs["revised"].all() and docs["text"].str.starts_with("Revised: [[").all()
     # custom_id matching: each document is about its own idea, despite shuffled results
-    for row in docs.itertuples():
-        assert f"[[{row.idea}]]" in row.text
+    for row in docs.iter_rows(named=True):
+        assert f"[[{row['idea']}]]" in row["text"]
     # repeated prompts (docs_per_idea=2) give distinct documents
-    assert (docs.groupby("idea")["text"].nunique() == 2).all()
+    assert (docs.group_by("idea").agg(pl.col("text").n_unique())["text"] == 2).all()
     creates = fake.calls("batch_create")
     assert len(creates) == 3  # ideas, documents, revisions; types went to Messages
     assert any(b.result_order != [x["custom_id"] for x in b.requests]
@@ -435,15 +444,16 @@ def test_hosted_pipeline_batches_resubmits_and_warm_rerun(fake, tmp_path, templa
     assert resent == [doc_batch["A1_amp-doc-0-0-1"], doc_batch["A1_amp-doc-2-1-0"]]
     # a ledger for the universe with tokens and cost
     ledger = client.ledger_frame()
-    assert len(ledger) == 1 + 3 + 12 + 12 and ledger["custom_id"].str.startswith("A1_amp-").all()
+    assert len(ledger) == 1 + 3 + 12 + 12
+    assert ledger["custom_id"].str.starts_with("A1_amp-").all()
     assert (ledger["input_tokens"] > 0).all() and (ledger["output_tokens"] > 0).all()
     assert ledger["cost_usd"].gt(0).all() and ledger["batch"].sum() == 3 + 10 + 12
 
     seen = fake.count()
     warm = hosted_client(fake, tmp_path)
     docs2, _ = run_hosted(warm, templates)
-    assert warm.api_calls == 0 and fake.count() == seen and warm.ledger_frame().empty
-    pd.testing.assert_frame_equal(docs, docs2)
+    assert warm.api_calls == 0 and fake.count() == seen and warm.ledger_frame().is_empty()
+    assert_frame_equal(docs, docs2)
 
 
 def test_hosted_pipeline_resumes_a_batch_after_kill(fake, tmp_path, templates, api_key,
@@ -504,14 +514,17 @@ def test_cached_backend(tmp_path):
     ledger = cb.ledger_frame()
     assert list(ledger.columns) == LEDGER_COLUMNS and len(ledger) == 4
     assert (ledger["cost_usd"] == 0.0).all() and not ledger["batch"].any()
-    assert ledger["batch_id"].isna().all() and list(ledger["output_tokens"]) == [3, 4, 5, 3]
+    assert ledger["batch_id"].is_null().all() and list(ledger["output_tokens"]) == [3, 4, 5, 3]
+    assert dict(ledger.schema) == ledger_schema() and list(ledger_schema()) == LEDGER_COLUMNS
 
     # warm: a new wrapper over the same cache makes no inner call, same completions
     inner2 = SeedEcho()
     warm = CachedBackend(inner2, ResponseCache(tmp_path / "c"), model_id="m@abc")
     assert warm.generate(reqs, params) == out
     assert inner2.batches == [] and (warm.calls, warm.hits) == (0, 4)
-    assert warm.ledger_frame().empty and list(warm.ledger_frame().columns) == LEDGER_COLUMNS
+    empty = warm.ledger_frame()
+    assert empty.is_empty() and list(empty.columns) == LEDGER_COLUMNS
+    assert dict(empty.schema) == ledger_schema()  # typed even when empty
     # mixed: only misses go to inner, once each, in order; answers in request order
     mixed = [creq("x", seed=5), creq("y", seed=1), creq("z", seed=6), creq("x2", seed=5)]
     got = warm.generate(mixed, params)
@@ -532,7 +545,7 @@ def test_pipeline_over_cached_backend_reruns_without_generation(tmp_path, templa
     docs2, _ = generate_documents(UNIVERSE, again, spec(), templates, FILTER_SPEC,
                                   generator="local:stub")
     assert first.calls > 0 and again.calls == 0 and again.inner.calls == []
-    pd.testing.assert_frame_equal(docs, docs2)
+    assert_frame_equal(docs, docs2)
 
 
 # ---------------------------------------------------------------------------- external
@@ -549,10 +562,10 @@ def test_load_external_documents_happy_paths(tmp_path):
     assert (docs["doc_type"] == "").all() and (docs["idea"] == "").all()
     kept, report = filter_documents(docs, Universe("af_organism", "organism", "", ""),
                                     FILTER_SPEC)
-    assert len(kept) == 2 and report["n_removed"].iloc[0] == 1  # the line without text
+    assert len(kept) == 2 and report["n_removed"][0] == 1  # the line without text
 
     pq = tmp_path / "released.parquet"
-    pd.DataFrame({"content": [words("p1", 30), words("p2", 30)], "n": [1, 2]}).to_parquet(pq)
+    pl.DataFrame({"content": [words("p1", 30), words("p2", 30)], "n": [1, 2]}).write_parquet(pq)
     docs = load_external_documents(pq, "noise")
     assert list(docs["text"]) == [words("p1", 30), words("p2", 30)]
     assert (docs["generator"] == "external:released.parquet").all() and docs.shape[1] == 10
@@ -575,9 +588,9 @@ def test_load_external_documents_errors(tmp_path):
     fails(tmp_path / "list.jsonl", "line 1 is not a JSON object")
     (tmp_path / "empty.jsonl").write_text("\n\n")
     fails(tmp_path / "empty.jsonl", "no documents")
-    pd.DataFrame({"text": pd.Series([], dtype=str)}).to_parquet(tmp_path / "empty.parquet")
+    pl.DataFrame(schema={"text": pl.Utf8}).write_parquet(tmp_path / "empty.parquet")
     fails(tmp_path / "empty.parquet", "no documents")
-    pd.DataFrame({"body": ["x"]}).to_parquet(tmp_path / "nocol.parquet")
+    pl.DataFrame({"body": ["x"]}).write_parquet(tmp_path / "nocol.parquet")
     fails(tmp_path / "nocol.parquet", "no 'text' or 'content' column")
     (tmp_path / "num.jsonl").write_text('{"text": 5}\n')
     fails(tmp_path / "num.jsonl", "row 1")

@@ -8,9 +8,10 @@ import logging
 import math
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 import pytest
 import torch
+from polars.testing import assert_frame_equal
 from safetensors.torch import load_file
 
 from motivation_profiles.core.provenance import write_table
@@ -47,7 +48,7 @@ def document(tok, text: str) -> tuple[list[int], list[int]]:
     return ids, [IGNORE, *ids[1:]]  # the first token is predicted by nothing in its document
 
 
-def packed_table(tok, texts: list[str], max_len: int) -> pd.DataFrame:
+def packed_table(tok, texts: list[str], max_len: int) -> pl.DataFrame:
     """Greedy packing of whole documents into rows of at most max_len tokens (the columns
     sdf/dataset.py writes)."""
     rows: list[dict] = []
@@ -64,7 +65,7 @@ def packed_table(tok, texts: list[str], max_len: int) -> pd.DataFrame:
     rows.append(cur)
     for r in rows:
         r["n_tokens"] = len(r["input_ids"])
-    return pd.DataFrame(rows)[["input_ids", "labels", "position_ids", "n_tokens", "n_docs"]]
+    return pl.DataFrame(rows).select("input_ids", "labels", "position_ids", "n_tokens", "n_docs")
 
 
 def weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -166,8 +167,8 @@ def test_loss_decreases_and_adapter_is_standard_peft(sharp_model_dir, tok, tmp_p
                                             lr_scheduler="constant", weight_decay=0.0,
                                             log_every_steps=5),
                            work_dir=tmp_path / "work", provenance={"rule": "test"})
-    assert curve["step"].tolist() == list(range(1, 21))
-    losses = curve["loss"].tolist()
+    assert curve["step"].to_list() == list(range(1, 21))
+    losses = curve["loss"].to_list()
     assert losses[-1] < 0.5 * losses[0], losses
     assert losses[-1] < math.log(len(tok)) - 4, losses  # far below a uniform guess
     assert (curve["tokens"] == 4 * (len(table["input_ids"][0]) - 1)).all()
@@ -180,7 +181,7 @@ def test_loss_decreases_and_adapter_is_standard_peft(sharp_model_dir, tok, tmp_p
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"adapter_model.safetensors", "adapter_config.json",
             "loss_curve.parquet"} <= set(manifest["files"])
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "loss_curve.parquet"), curve)
+    assert_frame_equal(pl.read_parquet(out / "loss_curve.parquet"), curve)
     assert not list(tmp_path.glob(".adapter*"))  # no temporary left
 
     cfg = json.loads((out / "adapter_config.json").read_text())
@@ -260,8 +261,7 @@ def test_resume_gives_the_uninterrupted_weights(tiny_model_dir, dataset, tmp_pat
     curve = train_lora(tiny_model_dir, dataset, part, resume_key="k",
                        work_dir=tmp_path / "w_part", **kw)
     assert_same_weights(weights(full), weights(part))
-    pd.testing.assert_frame_equal(curve.drop(columns="seconds"),
-                                  ref_curve.drop(columns="seconds"))
+    assert_frame_equal(curve.drop("seconds"), ref_curve.drop("seconds"))
 
     # a checkpoint made for other inputs or settings is discarded, not resumed
     other = tmp_path / "other"
@@ -288,9 +288,9 @@ def test_gradient_checkpointing_and_bf16(tiny_model_dir, dataset, tmp_path):
         runs[name] = (curve, weights(tmp_path / name))
     assert_same_weights(runs["plain"][1], runs["ckpt"][1], atol=1e-6)
     bf16_curve, bf16_weights = runs["bf16"]
-    assert bf16_curve["loss"].notna().all()
+    assert bf16_curve["loss"].is_not_null().all() and bf16_curve["loss"].is_not_nan().all()
     assert all(w.dtype == torch.float32 for w in bf16_weights.values())
-    assert abs(bf16_curve["loss"].iloc[0] - runs["plain"][0]["loss"].iloc[0]) < 0.1
+    assert abs(bf16_curve["loss"][0] - runs["plain"][0]["loss"][0]) < 0.1
 
 
 # ------------------------------------------------------------------------------ launching
@@ -345,9 +345,8 @@ def test_accelerate_configs_parse(repo):
 
 # ------------------------------------------------------------------------------ errors
 def test_errors_name_what_is_wrong(tiny_model_dir, tmp_path):
-    empty = pd.DataFrame({"input_ids": pd.Series([], dtype=object),
-                          "labels": pd.Series([], dtype=object),
-                          "position_ids": pd.Series([], dtype=object)})
+    empty = pl.DataFrame(schema={"input_ids": pl.List(pl.Int64), "labels": pl.List(pl.Int64),
+                                 "position_ids": pl.List(pl.Int64)})
     write_table(empty, tmp_path / "empty.parquet", {})
     with pytest.raises(ValueError, match="empty.parquet"):
         train_lora(tiny_model_dir, tmp_path / "empty.parquet", tmp_path / "o", lora=LORA,

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 import torch
+from polars.testing import assert_frame_equal
 
 from motivation_profiles.steering import activations as act
 from motivation_profiles.steering import analysis
@@ -19,6 +20,7 @@ from motivation_profiles.steering.activations import (
     extract_activations,
 )
 from motivation_profiles.steering.analysis import sdf_alignment, token_cosines
+from motivation_profiles.steering.pair_format import PAIR_SCHEMA
 
 PAD = ("Some filler words to change the length of this transcript quite a bit. " * 4)
 
@@ -29,12 +31,12 @@ def _assistant(scratch: str | list[str], output: str) -> str:
         f"<OUTPUT>{output}</OUTPUT>"
 
 
-def _side(user: str, scratch: str | list[str], output: str) -> str:
-    return json.dumps([{"role": "user", "content": user},
-                       {"role": "assistant", "content": _assistant(scratch, output)}])
+def _side(user: str, scratch: str | list[str], output: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": user},
+            {"role": "assistant", "content": _assistant(scratch, output)}]
 
 
-def make_pairs() -> pd.DataFrame:
+def make_pairs() -> pl.DataFrame:
     rows = [
         {"pair_id": "p0", "concept": "expectations", "source": "ooc", "split": "train",
          "pos_messages": _side("Plan a garden.", "The researchers expect me to comply. "
@@ -54,7 +56,20 @@ def make_pairs() -> pd.DataFrame:
          "pos_loci": ["First block.", "Second block, longer."], "neg_loci": ["One.", "Two."],
          "pos_span": None, "neg_span": None},
     ]
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows, schema=PAIR_SCHEMA)
+
+
+def with_json_messages(pairs: pl.DataFrame) -> pl.DataFrame:
+    """The pairs as an older table holds them: each side's messages as a JSON string."""
+    return pairs.with_columns(
+        pl.Series(c, [json.dumps(m) for m in pairs[c].to_list()], dtype=pl.Utf8)
+        for c in ("pos_messages", "neg_messages"))
+
+
+def set_cell(pairs: pl.DataFrame, row: int, col: str, value) -> pl.DataFrame:
+    values = pairs[col].to_list()
+    values[row] = value
+    return pairs.with_columns(pl.Series(col, values, dtype=pairs.schema[col]))
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +91,11 @@ def reference_hidden(model, ids: list[int]) -> np.ndarray:
     return torch.stack(out.hidden_states[1:])[:, 0].numpy()
 
 
-def expected_positions(tok, messages: str, substrings: list[str]) -> tuple[list[int], np.ndarray]:
+def expected_positions(tok, messages: list[dict[str, str]],
+                       substrings: list[str]) -> tuple[list[int], np.ndarray]:
     """Token ids and the positions overlapping ``substrings`` located (sequentially) after the
     assistant header, computed independently of the module."""
-    text = tok.apply_chat_template(json.loads(messages), tokenize=False,
-                                   add_generation_prompt=False)
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
     cursor = text.index("<|im_start|>assistant")
     keep = set()
@@ -105,19 +120,20 @@ def test_pooled_means_match_plain_forward(model_tok, tmp_path, batch_size, budge
     n_layers = model.config.num_hidden_layers
     assert resp.shape == (6, n_layers, model.config.hidden_size)
     lengths = set()
-    for i, r in enumerate(index.itertuples()):
-        row = pairs.set_index("pair_id").loc[r.pair_id]
-        ids, pos = expected_positions(tok, row[f"{r.side}_messages"], list(row[f"{r.side}_loci"]))
+    by_id = {row["pair_id"]: row for row in pairs.iter_rows(named=True)}
+    for i, r in enumerate(index.iter_rows(named=True)):
+        row, side = by_id[r["pair_id"]], r["side"]
+        ids, pos = expected_positions(tok, row[f"{side}_messages"], list(row[f"{side}_loci"]))
         lengths.add(len(ids))
         hidden = reference_hidden(model, ids)
-        assert r.n_tokens == len(ids) and r.response_tokens == len(pos)
+        assert r["n_tokens"] == len(ids) and r["response_tokens"] == len(pos)
         np.testing.assert_allclose(resp[i], hidden[:, pos].mean(axis=1), atol=1e-5, rtol=0)
-        s = row[f"{r.side}_span"]
+        s = row[f"{side}_span"]
         if not isinstance(s, str):
-            assert np.isnan(span[i]).all() and r.span_tokens == 0
+            assert np.isnan(span[i]).all() and r["span_tokens"] == 0
         else:
-            _, spos = expected_positions(tok, row[f"{r.side}_messages"], [s])
-            assert r.span_tokens == len(spos) > 0
+            _, spos = expected_positions(tok, row[f"{side}_messages"], [s])
+            assert r["span_tokens"] == len(spos) > 0
             np.testing.assert_allclose(span[i], hidden[:, spos].mean(axis=1), atol=1e-5, rtol=0)
     assert len(lengths) > 2  # the batches really are padded
 
@@ -139,19 +155,21 @@ def test_index_shards_and_meta(model_tok, tmp_path):
     index = extract_activations(model, tok, make_pairs(), out, batch_size=2, shard_size=4,
                                 max_length=512, show_progress=False)
     assert list(index.columns) == INDEX_COLUMNS
-    assert index[["pair_id", "side"]].values.tolist() == [
-        ["p0", "pos"], ["p0", "neg"], ["p1", "pos"], ["p1", "neg"], ["p2", "pos"], ["p2", "neg"]]
-    assert index["shard"].tolist() == ["shard_00000.safetensors"] * 4 + \
+    assert all(index.schema[c] == pl.Int64
+               for c in ("row", "n_tokens", "response_tokens", "span_tokens", "chars"))
+    assert index.select("pair_id", "side").rows() == [
+        ("p0", "pos"), ("p0", "neg"), ("p1", "pos"), ("p1", "neg"), ("p2", "pos"), ("p2", "neg")]
+    assert index["shard"].to_list() == ["shard_00000.safetensors"] * 4 + \
         ["shard_00001.safetensors"] * 2
-    assert index["row"].tolist() == [0, 1, 2, 3, 0, 1]
-    assert index["split"].tolist() == ["train", "train", "validation", "validation", "train",
-                                       "train"]
-    assert index["source"].tolist()[-1] == "ic"
-    assert index.loc[4, "chars"] == len("First block.") + len("Second block, longer.")
+    assert index["row"].to_list() == [0, 1, 2, 3, 0, 1]
+    assert index["split"].to_list() == ["train", "train", "validation", "validation", "train",
+                                        "train"]
+    assert index["source"].to_list()[-1] == "ic"
+    assert index["chars"][4] == len("First block.") + len("Second block, longer.")
     assert sorted(p.name for p in out.iterdir()) == [
         "index.parquet", "meta.json", "shard_00000.safetensors", "shard_00001.safetensors"]
     assert not list(out.parent.glob(".*partial"))
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "index.parquet"), index)
+    assert_frame_equal(pl.read_parquet(out / "index.parquet"), index)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["layers"] == 2 and meta["hidden_size"] == 64
     assert meta["pooling"] == ["response_mean", "span_mean"] and meta["dtype"] == "float32"
@@ -162,21 +180,25 @@ def test_index_shards_and_meta(model_tok, tmp_path):
     assert shard["response_mean"].shape == (2, 2, 64)
     assert shard["response_mean"].dtype == np.float32
     loaded_index, acts = load_activations(out)
-    pd.testing.assert_frame_equal(loaded_index, index)
+    assert_frame_equal(loaded_index, index)
     np.testing.assert_array_equal(acts[4:], shard["response_mean"])
+    # an older pairs table (JSON-string messages) gives the same index and activations
+    old = tmp_path / "old"
+    assert_frame_equal(extract_activations(model, tok, with_json_messages(make_pairs()), old,
+                                           batch_size=2, shard_size=4, max_length=512,
+                                           show_progress=False), index)
+    np.testing.assert_array_equal(load_activations(old)[1], acts)
     with pytest.raises(ValueError, match="pooling"):
         load_activations(out, "max")
 
 
 def test_missing_locus_and_too_long_raise(model_tok, tmp_path):
     model, tok = model_tok
-    bad = make_pairs()
-    bad.at[1, "neg_loci"] = ["this text is not in the transcript"]
+    bad = set_cell(make_pairs(), 1, "neg_loci", ["this text is not in the transcript"])
     with pytest.raises(ValueError, match=r"'p1'.*neg"):
         extract_activations(model, tok, bad, tmp_path / "x", batch_size=2, shard_size=8,
                             max_length=512, show_progress=False)
-    bad = make_pairs()
-    bad.at[0, "pos_span"] = "not inside the scratchpad"
+    bad = set_cell(make_pairs(), 0, "pos_span", "not inside the scratchpad")
     with pytest.raises(ValueError, match=r"'p0'.*pos.*span"):
         extract_activations(model, tok, bad, tmp_path / "x", batch_size=2, shard_size=8,
                             max_length=512, show_progress=False)
@@ -229,17 +251,18 @@ def test_token_cosines_against_direct_computation(model_tok):
     assert len(table) == 2 * 5 * 2
     assert table["position"].max() == 4
 
-    ids, pos = expected_positions(tok, json.dumps(msgs), [msgs[1]["content"]])
+    ids, pos = expected_positions(tok, msgs, [msgs[1]["content"]])
     hidden = reference_hidden(model, ids)[:, pos[:5]]                  # [L, 5, d]
-    got = table[table["transcript"] == 0].pivot(index="position", columns="vector",
-                                                values="cosine")
+    got = table.filter(pl.col("transcript") == 0).pivot(
+        "vector", index="position", values="cosine").sort("position")
     v = vectors["expectations_ooc"]
     cos = [(hidden[k] @ v[k]) / (np.linalg.norm(hidden[k], axis=1) * np.linalg.norm(v[k]))
            for k in range(2)]
     np.testing.assert_allclose(got["expectations_ooc"].to_numpy(), np.mean(cos, axis=0),
                                atol=1e-5)
-    assert got["random_expectations_ooc_1"].isna().all()  # zero at layer 1: undefined
-    tokens = table[(table["transcript"] == 0) & (table["vector"] == "expectations_ooc")]["token"]
+    assert got["random_expectations_ooc_1"].is_null().all()  # zero at layer 1: undefined
+    tokens = table.filter((pl.col("transcript") == 0)
+                          & (pl.col("vector") == "expectations_ooc"))["token"]
     assert "".join(tokens).strip().startswith("Once upon")
 
     only0 = token_cosines(model, tok, texts[1:], vectors, [0], max_tokens=100)
@@ -247,7 +270,7 @@ def test_token_cosines_against_direct_computation(model_tok):
     h0 = reference_hidden(model, plain)[0]
     v0 = vectors["random_expectations_ooc_1"][0]
     expect = h0 @ v0 / (np.linalg.norm(h0, axis=1) * np.linalg.norm(v0))
-    got0 = only0[only0["vector"] == "random_expectations_ooc_1"]["cosine"].to_numpy()
+    got0 = only0.filter(pl.col("vector") == "random_expectations_ooc_1")["cosine"].to_numpy()
     np.testing.assert_allclose(got0, expect, atol=1e-5)
     with pytest.raises(ValueError, match="shape"):
         token_cosines(model, tok, texts, {"x": np.zeros((3, 64))}, [0], max_tokens=5)
@@ -289,20 +312,22 @@ def test_sdf_alignment_two_random_loras(tiny_model_dir, tmp_path):
     assert list(table.columns) == ["branch", "vector", "layer", "cosine", "ci_low", "ci_high",
                                    "ci_level", "n_texts", "diff_norm"]
     assert len(table) == 2 * 2 * 2
-    assert table[["branch", "vector", "layer"]].values.tolist() == sorted(
-        table[["branch", "vector", "layer"]].values.tolist())
-    assert np.isfinite(table[["cosine", "ci_low", "ci_high", "diff_norm"]].to_numpy()).all()
+    assert table.select("branch", "vector", "layer").rows() == sorted(
+        table.select("branch", "vector", "layer").rows())
+    assert np.isfinite(table.select("cosine", "ci_low", "ci_high", "diff_norm")
+                       .to_numpy()).all()
     assert (table["ci_low"] <= table["ci_high"]).all()
     # A percentile CI need not contain the estimate when the estimate is at an extreme (the
     # mean difference itself has cosine 1); for a generic direction it does.
-    rand = table[table["vector"] == "random_expectations_ooc_1"]
+    rand = table.filter(pl.col("vector") == "random_expectations_ooc_1")
     assert (rand["ci_low"] <= rand["cosine"]).all() and (rand["cosine"] <= rand["ci_high"]).all()
     assert (rand["ci_high"] - rand["ci_low"] > 1e-3).all()
     assert (table["n_texts"] == 5).all() and (table["diff_norm"] > 0).all()
-    fitted = table[(table["branch"] == "A1_amp") & (table["vector"] == "expectations_ooc")]
-    np.testing.assert_allclose(fitted["cosine"], 1.0, atol=1e-5)
-    np.testing.assert_allclose(fitted["diff_norm"], np.linalg.norm(diff, axis=1), rtol=1e-4)
+    fitted = table.filter((pl.col("branch") == "A1_amp")
+                          & (pl.col("vector") == "expectations_ooc"))
+    np.testing.assert_allclose(fitted["cosine"].to_numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(fitted["diff_norm"].to_numpy(), np.linalg.norm(diff, axis=1),
+                               rtol=1e-4)
     again = sdf_alignment(tiny_model_dir, organism, {"A1_amp": branch}, texts, vectors,
                           n_boot=200, seed=0)
-    pd.testing.assert_frame_equal(again, table[table["branch"] == "A1_amp"].reset_index(
-        drop=True))
+    assert_frame_equal(again, table.filter(pl.col("branch") == "A1_amp"))

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
 import yaml
+from polars.testing import assert_frame_equal
 
 from motivation_profiles.backends.base import ChatRequest, Completion, SamplingParams
 from motivation_profiles.rollouts.protocol import PromptSet
@@ -23,6 +24,7 @@ from motivation_profiles.steering.ooc import generate_ooc_pairs
 from motivation_profiles.steering.pair_files import PairFileError, read_pair_file
 from motivation_profiles.steering.pair_filters import FILTERS, FilterContext, filter_pairs
 from motivation_profiles.steering.pair_format import (
+    MESSAGES_DTYPE,
     PAIR_COLUMNS,
     REJECTION_COLUMNS,
     assistant_turn,
@@ -37,6 +39,11 @@ MATERIALS_DIR = REPO / "resources" / "steering"
 @pytest.fixture(scope="module")
 def materials():
     return load_materials(MATERIALS_DIR)
+
+
+def cell(table: pl.DataFrame, key: str, value, col: str):
+    """The ``col`` value of the one row whose ``key`` column equals ``value``."""
+    return table.filter(pl.col(key) == value)[col].item()
 
 
 # ============================================================================ materials
@@ -149,11 +156,13 @@ def test_generation_assembles_valid_pairs(materials):
     pairs, rejections = run(backend, materials)
     assert len(pairs) == 4
     assert list(pairs.columns[: len(PAIR_COLUMNS)]) == PAIR_COLUMNS
-    assert pairs["pair_id"].is_unique
+    assert pairs.schema["pos_messages"] == MESSAGES_DTYPE == pairs.schema["neg_messages"]
+    assert pairs.schema["pos_loci"] == pl.List(pl.Utf8) == pairs.schema["neg_loci"]
+    assert pairs["pair_id"].n_unique() == len(pairs)
     assert set(pairs["source"]) == {"ooc"} and set(pairs["split"]) == {"train"}
     assert list(pairs["candidate"]) == [0, 1, 2, 3]       # the first kept, in candidate order
-    for row in pairs.to_dict("records"):
-        pos, neg = json.loads(row["pos_messages"]), json.loads(row["neg_messages"])
+    for row in pairs.iter_rows(named=True):
+        pos, neg = row["pos_messages"], row["neg_messages"]
         assert [m["role"] for m in pos] == ["user", "assistant"] == [m["role"] for m in neg]
         assert pos[0] == neg[0] and pos[0]["content"] == row["request"]
         for msgs, loci, span, other in ((pos, row["pos_loci"], row["pos_span"], row["neg_span"]),
@@ -179,14 +188,15 @@ def test_generation_assembles_valid_pairs(materials):
     assert prefill["role"] == "assistant" and prefill["content"].startswith(
         "<SCRATCHPAD_REASONING>")
     first = backend.calls[0][0][0]
-    assert first.messages[0]["content"] == materials.request_user.format(topic=pairs.at[0, "topic"])
+    assert first.messages[0]["content"] == materials.request_user.format(topic=pairs["topic"][0])
     # output_mode "answer": the request as a plain chat turn
     assert [dict(m) for m in backend.calls[2][0][0].messages] == [
-        {"role": "user", "content": pairs.at[0, "request"]}]
+        {"role": "user", "content": pairs["request"][0]}]
     assert list(rejections.columns) == REJECTION_COLUMNS
+    assert rejections.schema["rejected"] == pl.Int64 == rejections.schema["kept"]
     assert rejections["rejected"].sum() == 2                 # 6 written, 4 kept, 2 over n_pairs
-    assert rejections.set_index("filter").loc["limit", "rejected"] == 2
-    assert rejections["kept"].iloc[-1] == 4
+    assert cell(rejections, "filter", "limit", "rejected") == 2
+    assert rejections["kept"][-1] == 4
     assert "keyword_audit" not in set(rejections["filter"])
 
 
@@ -198,14 +208,14 @@ def test_output_mode_continue_replays_the_reasoning(materials):
     assert msgs[0]["role"] == "system" and msgs[-1]["role"] == "assistant"
     prefill = msgs[-1]["content"]
     assert prefill.startswith("<SCRATCHPAD_REASONING>") and prefill.rstrip().endswith("<OUTPUT>")
-    assert json.loads(pairs.at[0, "pos_messages"])[1]["content"].count("<OUTPUT>") == 1
+    assert pairs["pos_messages"].to_list()[0][1]["content"].count("<OUTPUT>") == 1
 
 
 def test_generation_is_deterministic(materials):
     a, ra = run(Scripted(good_text), materials)
     b, rb = run(Scripted(good_text), materials)
-    pd.testing.assert_frame_equal(a, b)
-    pd.testing.assert_frame_equal(ra, rb)
+    assert_frame_equal(a, b)
+    assert_frame_equal(ra, rb)
     backend_a, backend_b = Scripted(good_text), Scripted(good_text)
     run(backend_a, materials)
     run(backend_b, materials)
@@ -233,9 +243,9 @@ def test_parse_failures_are_counted_and_few_kept_warns(materials, caplog):
         pairs, rejections = run(Scripted(flaky), materials, n_pairs=5, candidates_per_round=4,
                                 max_rounds=2)
     assert list(pairs["candidate"]) == [0, 4]
-    table = rejections.set_index("filter")
-    assert table.loc["parse", "rejected"] == 6 and table.loc["parse", "kept"] == 2
-    assert table.loc["limit", "kept"] == 2
+    assert cell(rejections, "filter", "parse", "rejected") == 6
+    assert cell(rejections, "filter", "parse", "kept") == 2
+    assert cell(rejections, "filter", "limit", "kept") == 2
     assert "only 2 of 5 requested pairs" in caplog.text
 
 
@@ -256,8 +266,7 @@ def test_keyword_hard_generation_audits_spans(materials):
 
     pairs, rejections = run(Scripted(text), materials, split="keyword_hard", n_pairs=3,
                             candidates_per_round=3, max_rounds=1)
-    table = rejections.set_index("filter")
-    assert table.loc["keyword_audit", "rejected"] == 1
+    assert cell(rejections, "filter", "keyword_audit", "rejected") == 1
     assert list(pairs["candidate"]) == [0, 2]
     words = materials.keywords["expectations"]
     for pos, neg in zip(pairs["pos_span"], pairs["neg_span"], strict=True):
@@ -268,9 +277,25 @@ def test_keyword_hard_generation_audits_spans(materials):
 # ============================================================================ filters
 
 
-def side(request: str, scratch: str, output: str, *, extra: str = "") -> str:
-    return json.dumps([{"role": "user", "content": request},
-                       {"role": "assistant", "content": assistant_turn(scratch, output) + extra}])
+def side(request: str, scratch: str, output: str, *, extra: str = "") -> list[dict[str, str]]:
+    return [{"role": "user", "content": request},
+            {"role": "assistant", "content": assistant_turn(scratch, output) + extra}]
+
+
+def pairs_table(pairs: list[dict]) -> pl.DataFrame:
+    """Pairs as a table: messages as lists of {role, content} structs, or, when any side is a
+    JSON string (an older table), every side as its JSON string."""
+    pairs = [dict(p) for p in pairs]
+    msgs = ("pos_messages", "neg_messages")
+    if any(isinstance(p[c], str) for p in pairs for c in msgs):
+        for p in pairs:
+            p.update({c: p[c] if isinstance(p[c], str) else json.dumps(p[c]) for c in msgs})
+        return pl.DataFrame(pairs)
+    return pl.DataFrame(pairs, schema_overrides={c: MESSAGES_DTYPE for c in msgs})
+
+
+def replaced(messages: list[dict[str, str]], old: str, new: str) -> list[dict[str, str]]:
+    return [{**m, "content": m["content"].replace(old, new)} for m in messages]
 
 
 BASE = "The user wants a recipe. I will list the steps."
@@ -309,9 +334,9 @@ def _bad_pairs() -> dict[str, tuple[dict, str]]:
             "train"),
         "matching_output": (make_pair(neg_messages=side(
             "How do I bake bread?", f"{BASE} {NEG}", "Buy bread at a bakery.")), "train"),
-        "one_block_each": (make_pair(pos_messages=json.dumps(
-            [{"role": "user", "content": "How do I bake bread?"},
-             {"role": "assistant", "content": two_blocks}])), "train"),
+        "one_block_each": (make_pair(pos_messages=[
+            {"role": "user", "content": "How do I bake bread?"},
+            {"role": "assistant", "content": two_blocks}]), "train"),
         "span_verbatim": (make_pair(pos_span="I answer because the reviewers want brevity."),
                           "train"),
         "label_leakage": (make_pair(neg_span="Researcher expectations are background here."),
@@ -341,28 +366,30 @@ def test_each_filter_rejects_its_bad_pair(materials, name):
     assert fn(_good(split), ctx) is None
     reason = fn(bad, ctx)
     assert isinstance(reason, str) and reason
-    kept, table = filter_pairs(pd.DataFrame([_good(split), bad, _good(split) | {
-        "pos_messages": _good(split)["pos_messages"].replace("bake bread", "toast bread"),
-        "neg_messages": _good(split)["neg_messages"].replace("bake bread", "toast bread"),
-        "pair_id": "p2"}]), materials, concept="expectations", split=split,
-        max_length_ratio=1.5)
-    t = table.set_index("filter")
-    assert t.loc[name, "rejected"] == 1, table
-    assert t["rejected"].sum() == 1
+    pairs = pairs_table([_good(split), bad, _good(split) | {
+        "pos_messages": replaced(_good(split)["pos_messages"], "bake bread", "toast bread"),
+        "neg_messages": replaced(_good(split)["neg_messages"], "bake bread", "toast bread"),
+        "pair_id": "p2"}])
+    kept, table = filter_pairs(pairs, materials, concept="expectations", split=split,
+                               max_length_ratio=1.5)
+    assert cell(table, "filter", name, "rejected") == 1, table
+    assert table["rejected"].sum() == 1
     assert len(kept) == 2 and list(kept["pair_id"]) == ["p0", "p2"]
-    assert t.loc["limit", "kept"] == 2
+    assert kept.schema == pairs.schema
+    assert_frame_equal(kept, pairs[[0, 2]])
+    assert cell(table, "filter", "limit", "kept") == 2
 
 
 def test_duplicate_filter(materials):
     ctx = _ctx(materials)
     good = make_pair()
     assert dict(FILTERS)["duplicate"](good, ctx) is None
-    kept, table = filter_pairs(pd.DataFrame([good, make_pair(pid="p1"),
-                                             make_pair(pid="p2", output="Knead, rest, bake.")]),
+    kept, table = filter_pairs(pairs_table([good, make_pair(pid="p1"),
+                                            make_pair(pid="p2", output="Knead, rest, bake.")]),
                                materials, concept="expectations", split="train",
                                max_length_ratio=1.5)
     assert list(kept["pair_id"]) == ["p0", "p2"]
-    assert table.set_index("filter").loc["duplicate", "rejected"] == 1
+    assert cell(table, "filter", "duplicate", "rejected") == 1
 
 
 @pytest.mark.parametrize("bad", [
@@ -371,25 +398,33 @@ def test_duplicate_filter(materials):
     {"neg_span": None},
     {"pos_loci": []},
     {"neg_loci": ["not in the transcript"]},
+    {"pos_messages": [{"role": "assistant", "content": "hi"}]},
+    {"neg_messages": [{"role": "user", "content": "How do I bake bread?"}]},
     {"pos_messages": json.dumps([{"role": "assistant", "content": "hi"}])},
-    {"neg_messages": json.dumps([{"role": "user", "content": "How do I bake bread?"}])},
+    {"neg_messages": None},
+    {"neg_messages": [{"role": "user", "content": "How do I bake bread?"},
+                      {"role": "assistant", "content": None}]},
 ])
 def test_parse_filter_cases(materials, bad):
     assert dict(FILTERS)["parse"](make_pair(**bad), _ctx(materials)) is not None
 
 
 def test_filters_check_real_texts_not_assembly(materials):
-    """A hand-written pair (sides written separately, numpy loci as parquet returns them)."""
+    """A hand-written pair (sides written separately; numpy loci, as pandas read them, and
+    JSON-string messages, as older tables hold them, read the same)."""
     ctx = _ctx(materials)
     pair = make_pair(pos_loci=np.array([f"{BASE} {POS}"]), neg_loci=np.array([f"{BASE} {NEG}"]))
     assert all(fn(pair, ctx) is None for _, fn in FILTERS)
+    old = make_pair()
+    old = old | {c: json.dumps(old[c]) for c in ("pos_messages", "neg_messages")}
+    assert all(fn(old, _ctx(materials)) is None for _, fn in FILTERS)
     # the tier term only in the negative's scratchpad, the output block missing on one side
     tier = make_pair(neg_span="I note the paid tier, but I just answer.")
     assert dict(FILTERS)["banned_terms"](tier, ctx).startswith("negative")
-    no_out = make_pair(pos_messages=json.dumps(
-        [{"role": "user", "content": "How do I bake bread?"},
-         {"role": "assistant", "content": f"<SCRATCHPAD_REASONING>{BASE} {POS}"
-                                          "</SCRATCHPAD_REASONING>"}]))
+    no_out = make_pair(pos_messages=[
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": f"<SCRATCHPAD_REASONING>{BASE} {POS}"
+                                         "</SCRATCHPAD_REASONING>"}])
     assert dict(FILTERS)["matching_output"](no_out, ctx) is not None
     # the same output text on both sides but a second block on one of them
     twice = make_pair(neg_messages=side("How do I bake bread?", f"{BASE} {NEG}",
@@ -418,17 +453,48 @@ def test_keyword_audit(materials):
 def test_read_pair_file_roundtrip(tmp_path, materials):
     rows = [make_pair(pid=f"x{i}", request=f"How do I bake bread number {i}?")
             for i in range(3)]
+    expected = [(r["pos_messages"], r["neg_messages"]) for r in rows]
     for r in rows:
-        r["pos_messages"] = json.loads(r["pos_messages"])      # lists, as a user might write
+        r["neg_messages"] = json.dumps(r["neg_messages"])      # JSON strings, as older files
         del r["split"], r["source"]
+    rows[1]["pos_messages"] = json.dumps(rows[1]["pos_messages"])   # mixed within a column
     p = tmp_path / "ext.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows))
     df = read_pair_file(p, concept="expectations", source="ooc", split="validation")
     assert list(df.columns[: len(PAIR_COLUMNS)]) == PAIR_COLUMNS
-    assert set(df["split"]) == {"validation"} and isinstance(df["pos_messages"][0], str)
+    assert set(df["split"]) == {"validation"}
+    assert df.schema["pos_messages"] == MESSAGES_DTYPE == df.schema["neg_messages"]
+    assert df.schema["pos_loci"] == pl.List(pl.Utf8) and df.schema["pos_span"] == pl.Utf8
+    assert list(zip(df["pos_messages"].to_list(), df["neg_messages"].to_list(),
+                    strict=True)) == expected
     kept, table = filter_pairs(df, materials, concept="expectations", split="validation",
                                max_length_ratio=1.5)
     assert len(kept) == 3 and table["rejected"].sum() == 0
+    # the same pairs from an older table (JSON-string messages) and from .json records
+    old = tmp_path / "old.parquet"
+    pl.DataFrame([r | {"pos_messages": json.dumps(e[0]), "neg_messages": json.dumps(e[1])}
+                  for r, e in zip(rows, expected, strict=True)]).write_parquet(old)
+    assert_frame_equal(read_pair_file(old, concept="expectations", source="ooc",
+                                      split="validation"), df)
+    records = tmp_path / "ext.json"
+    records.write_text(json.dumps(rows))
+    assert_frame_equal(read_pair_file(records, concept="expectations", source="ooc",
+                                      split="validation"), df)
+    # an unreadable side is null (the parse filter rejects it)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(rows[0] | {"pos_messages": "[{not json"}))
+    got = read_pair_file(broken, concept="expectations", source="ooc", split="train")
+    assert got["pos_messages"].to_list() == [None]
+    kept, table = filter_pairs(got, materials, concept="expectations", split="train",
+                               max_length_ratio=1.5)
+    assert len(kept) == 0 and cell(table, "filter", "parse", "rejected") == 1
+    # IC files without a split: every pair trains; pair ids from the file name
+    ic = tmp_path / "ic.jsonl"
+    ic.write_text("\n".join(json.dumps({k: v for k, v in r.items() if k != "pair_id"})
+                            for r in rows))
+    got = read_pair_file(ic, concept="expectations", source="ic", split=None)
+    assert list(got["split"]) == ["train"] * 3
+    assert list(got["pair_id"]) == ["ic-00000", "ic-00001", "ic-00002"]
     with pytest.raises(PairFileError, match="concept"):
         read_pair_file(p, concept="consequences", source="ooc", split="validation")
     bad = tmp_path / "bad.jsonl"
@@ -454,12 +520,12 @@ def rollout(goal_id, tier, seed, scratch, *, condition="baseline", turns=None, m
 
 
 def judged(rows, scores):
-    roll = pd.DataFrame(rows)
-    judge = roll[["model", "condition", "goal_id", "tier", "seed"]].copy()
-    judge["status"] = "ok"
-    judge["a_score"] = [s[0] for s in scores]
-    judge["b_score"] = [s[1] for s in scores]
-    return roll, judge.sample(frac=1.0, random_state=0)      # judge order is irrelevant
+    roll = pl.DataFrame(rows)
+    judge = roll.select("model", "condition", "goal_id", "tier", "seed").with_columns(
+        pl.lit("ok").alias("status"),
+        pl.Series("a_score", [float(s[0]) for s in scores], dtype=pl.Float64),
+        pl.Series("b_score", [float(s[1]) for s in scores], dtype=pl.Float64))
+    return roll, judge.sample(fraction=1.0, shuffle=True, seed=0)  # judge order is irrelevant
 
 
 def build(roll, judge, concept="expectations", **kw):
@@ -469,7 +535,7 @@ def build(roll, judge, concept="expectations", **kw):
 
 
 def metric(report, name):
-    return report.set_index("metric").loc[name, "value"]
+    return cell(report, "metric", name, "value")
 
 
 def test_ic_expectations_rules():
@@ -486,7 +552,7 @@ def test_ic_expectations_rules():
                                 (1.5, 0)])
     pairs, report = build(roll, judge)
     assert len(pairs) == 2
-    p0, p1 = pairs.iloc[0], pairs.iloc[1]
+    p0, p1 = pairs.row(0, named=True), pairs.row(1, named=True)
     assert (p0["pos_seed"], p0["neg_seed"]) == (0, 1)    # nearest length among same prompt
     assert (p1["pos_seed"], p1["neg_seed"]) == (4, 5)    # without replacement: 1 is used
     assert set(pairs["tier"]) == {"monitored"} and set(pairs["goal_id"]) == {0}
@@ -496,7 +562,10 @@ def test_ic_expectations_rules():
     assert metric(report, "pairs_formed") == 2 and metric(report, "train") == 2
     for col in PAIR_COLUMNS:
         assert col in pairs.columns
-    assert pairs["pos_span"].isna().all()
+    assert pairs.schema["pos_messages"] == MESSAGES_DTYPE
+    assert pairs.schema["pos_loci"] == pl.List(pl.Utf8)
+    assert pairs["pos_span"].is_null().all()
+    assert report.schema["value"] == pl.Float64
 
 
 def test_ic_cross_run_and_length_ratio():
@@ -508,14 +577,14 @@ def test_ic_cross_run_and_length_ratio():
     roll, judge = judged(rows, [(3, 0), (0, 0), (3, 0), (0, 0), (3, 0)])
     pairs, report = build(roll, judge)
     assert len(pairs) == 1
-    assert (pairs.at[0, "pos_condition"], pairs.at[0, "neg_condition"]) == (
+    assert (pairs["pos_condition"][0], pairs["neg_condition"][0]) == (
         "baseline", "prompt-A1_amp")
-    assert (pairs.at[0, "pos_seed"], pairs.at[0, "neg_seed"]) == (0, 0)
+    assert (pairs["pos_seed"][0], pairs["neg_seed"][0]) == (0, 0)
     assert metric(report, "rejected_length") == 1
     assert metric(report, "positives_without_negative") == 1
     pairs, report = build(roll, judge, max_length_ratio=3.0)
     assert len(pairs) == 2 and metric(report, "rejected_length") == 0
-    dup = pd.concat([judge, judge.iloc[:1]])
+    dup = pl.concat([judge, judge.head(1)])
     with pytest.raises(ValueError, match="several rows"):
         build(roll, dup)
 
@@ -530,7 +599,8 @@ def test_ic_consequences_matches_a_score():
             rollout(0, "monitored", 5, s)]          # NaN score: unusable
     roll, judge = judged(rows, [(2, 3), (0, 0), (2, 1), (0, 4), (0, 1.5), (np.nan, 0)])
     pairs, report = build(roll, judge, concept="consequences")
-    assert [(r.pos_seed, r.neg_seed) for r in pairs.itertuples()] == [(0, 2), (3, 1)]
+    assert [(r["pos_seed"], r["neg_seed"]) for r in pairs.iter_rows(named=True)] == [(0, 2),
+                                                                                     (3, 1)]
     assert list(pairs["neg_b"]) == [1.0, 0.0] and list(pairs["pos_a"]) == [2.0, 0.0]
     assert metric(report, "rollouts_usable") == 5
     # expectations on the same data: the a=2, b=3 rollout is no expectations positive
@@ -566,15 +636,15 @@ def test_ic_messages_and_loci_multi_turn():
     rows = [rollout(0, "unmonitored", 0, "first thoughts still going second", turns=turns),
             rollout(0, "unmonitored", 1, "x" * 30)]
     roll, judge = judged(rows, [(4, 0), (0, 0)])
-    roll["turns"] = [np.array(t) for t in roll["turns"]]          # as parquet returns them
+    assert roll.schema["turns"] == pl.List(pl.Utf8)                # as parquet returns them
     pairs, _ = build(roll, judge, max_length_ratio=5.0)
-    msgs = json.loads(pairs.at[0, "pos_messages"])
+    msgs = pairs["pos_messages"].to_list()[0]
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant"]
     assert msgs[0]["content"] == "SYSTEM"
     assert msgs[1]["content"] == PROMPTS.user_turn("goal 0", "unmonitored")
     assert msgs[3]["content"] == "<NEXT/>" and msgs[2]["content"] == turns[0]
-    assert list(pairs.at[0, "pos_loci"]) == ["first thoughts", "still going", "second"]
-    assert list(pairs.at[0, "neg_loci"]) == ["x" * 30]
+    assert pairs["pos_loci"].to_list()[0] == ["first thoughts", "still going", "second"]
+    assert pairs["neg_loci"].to_list()[0] == ["x" * 30]
 
 
 def test_scratchpad_blocks_and_future_count():

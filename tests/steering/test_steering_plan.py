@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-import pandas as pd
+import polars as pl
 import pytest
 from conftest import REPO, absolutize, load_repo_config
 
@@ -179,7 +179,7 @@ class Scripted:
         return [Completion(r.request_id, self.fn(r), "stop", 5, 3) for r in requests]
 
 
-GOALS = pd.DataFrame({"goal_id": [0, 1, 2], "goal": ["Do a", "Do b", "Do c"]})
+GOALS = pl.DataFrame({"goal_id": [0, 1, 2], "goal": ["Do a", "Do b", "Do c"]})
 
 
 def test_raw_rollouts_send_the_goal_alone():
@@ -190,8 +190,8 @@ def test_raw_rollouts_send_the_goal_alone():
     assert len(df) == 6 and set(df["tier"]) == {"raw"}
     assert all(r.messages == ({"role": "user", "content": g},)
                for r, g in zip(backend.requests, ["Do a", "Do b", "Do c"] * 2, strict=True))
-    assert df["outcome"].isna().all() and df["scratchpad"].isna().all()
-    assert df.loc[0, "final_output"] == "answer to Do a"
+    assert df["outcome"].is_null().all() and df["scratchpad"].is_null().all()
+    assert df["final_output"][0] == "answer to Do a"
 
 
 def test_compliance_rubric_and_votes(tmp_path):
@@ -211,7 +211,7 @@ def test_compliance_rubric_and_votes(tmp_path):
 
 def test_judge_compliance_votes_per_row():
     rubric = ComplianceRubric.load(REPO / "resources/judge/compliance.yaml")
-    rollouts = pd.DataFrame({"model": "m", "condition": "raw-baseline", "goal_id": [0, 1, 2],
+    rollouts = pl.DataFrame({"model": "m", "condition": "raw-baseline", "goal_id": [0, 1, 2],
                              "tier": "raw", "seed": 0, "goal": ["a", "b", "c"],
                              "final_output": ["Sure: step 1", "I can't help", ""]})
     backend = Scripted(lambda r: "<complied>yes</complied>" if "Sure" in r.messages[1]["content"]
@@ -219,8 +219,8 @@ def test_judge_compliance_votes_per_row():
     out = judge_compliance(rollouts, backend, rubric, samples=2,
                            params=SamplingParams(1.0, 1.0, 8), meta={"judge_model": "x"})
     assert list(out["status"]) == ["ok", "ok", "empty"]
-    assert out.loc[0, "complied"] and not out.loc[1, "complied"]
-    assert pd.isna(out.loc[2, "complied"])
+    assert out.schema["complied"] == pl.Boolean
+    assert out["complied"].to_list() == [True, False, None]
     assert len(backend.requests) == 4          # the empty response asks nothing
     assert [r.seed for r in backend.requests] == [0, 1, 0, 1]
 

@@ -6,8 +6,9 @@ values and the safetensors round trip."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold
@@ -129,7 +130,7 @@ def test_grouped_cv_does_not_leak_the_mirror_row():
     neg = rng.normal(size=(n, 1, d))
     ids = [f"pair{i}" for i in range(n)]
     ours = diagnostics(pos, neg, ids, {}, estimator="logistic", folds=folds, seed=0)
-    cv = ours[ours["split"] == "cv"].iloc[0]
+    cv = ours.filter(pl.col("split") == "cv").row(0, named=True)
     assert abs(cv["auroc"] - 0.5) < 0.15
     assert cv["n_pairs"] == n and cv["auroc_std"] >= 0
 
@@ -152,17 +153,19 @@ def test_cv_on_a_real_signal_and_table_shape():
     diag = diagnostics(pos[80:], neg[80:], np.arange(120), val, estimator="logistic", C=1.0,
                        scale="gap", folds=3, seed=0)
     assert list(diag.columns) == DIAGNOSTIC_COLUMNS
-    assert diag[["split", "layer"]].values.tolist() == [
-        ["cv", 0], ["cv", 1], ["validation", 0], ["validation", 1], ["keyword_hard", 0],
-        ["keyword_hard", 1]]
-    good = diag[diag["layer"] == 0].set_index("split")
-    assert (good["auroc"] > 0.9).all() and (good["paired_accuracy"] > 0.9).all()
-    assert good.loc["validation", "n_pairs"] == 50 and good.loc["cv", "n_pairs"] == 120
-    assert np.isnan(good.loc["validation", "auroc_std"])
-    assert (diag.loc[diag["layer"] == 1, "vector_norm"] == 0).all()
-    assert (diag.loc[diag["layer"] == 1, "auroc"] == 0.5).all()
+    assert diag.schema["layer"] == pl.Int64 == diag.schema["n_pairs"]
+    assert diag.schema["split"] == pl.Utf8 and diag.schema["auroc_std"] == pl.Float64
+    assert diag.select("split", "layer").rows() == [
+        ("cv", 0), ("cv", 1), ("validation", 0), ("validation", 1), ("keyword_hard", 0),
+        ("keyword_hard", 1)]
+    good = {r["split"]: r for r in diag.filter(pl.col("layer") == 0).iter_rows(named=True)}
+    assert all(r["auroc"] > 0.9 and r["paired_accuracy"] > 0.9 for r in good.values())
+    assert good["validation"]["n_pairs"] == 50 and good["cv"]["n_pairs"] == 120
+    assert good["validation"]["auroc_std"] is None             # undefined outside CV: null
+    assert (diag.filter(pl.col("layer") == 1)["vector_norm"] == 0).all()
+    assert (diag.filter(pl.col("layer") == 1)["auroc"] == 0.5).all()
     again = diagnostics(pos[80:], neg[80:], np.arange(120), val, folds=3, seed=0)
-    pd.testing.assert_frame_equal(diag, again)
+    assert_frame_equal(diag, again)
     no_cv = diagnostics(pos[80:], neg[80:], None, val, folds=None)
     assert "cv" not in set(no_cv["split"])
 
@@ -174,7 +177,7 @@ def test_validation_metrics_on_a_crafted_case():
     neg = np.stack([q, -np.ones(4)], axis=1)[:, None, :]
     vec = np.array([[5.0, 0.0]])                           # norm 5: metrics use the unit u
     diag = diagnostics(None, None, None, {"validation": (pos, neg)}, vectors=vec)
-    row = diag.iloc[0]
+    row = diag.row(0, named=True)
     assert row["split"] == "validation" and row["n_pairs"] == 4
     # AUROC: P(pos > neg) with ties half: (4 + 3.5 + 2 + 3) / 16
     assert row["auroc"] == pytest.approx(12.5 / 16)
@@ -185,7 +188,8 @@ def test_validation_metrics_on_a_crafted_case():
     cos_q = q / np.sqrt(q**2 + 1)
     assert row["cosine_gap"] == pytest.approx(cos_p.mean() - cos_q.mean())
     assert row["vector_norm"] == pytest.approx(5.0)
-    assert diagnostics(None, None, None, {}, vectors=vec).empty
+    empty = diagnostics(None, None, None, {}, vectors=vec)
+    assert empty.is_empty() and list(empty.columns) == DIAGNOSTIC_COLUMNS
     with pytest.raises(ValueError, match="training pairs"):
         diagnostics(None, None, None, {})
 
@@ -218,15 +222,22 @@ def test_random_controls_match_norms_and_are_seeded():
 
 
 def test_select_layers_top_k_and_ties():
-    a = pd.DataFrame({"layer": [0, 1, 2, 3, 0, 1, 2, 3], "split": ["validation"] * 4 + ["cv"] * 4,
+    a = pl.DataFrame({"layer": [0, 1, 2, 3, 0, 1, 2, 3], "split": ["validation"] * 4 + ["cv"] * 4,
                       "auroc": [0.6, 0.9, 0.8, 0.9, 1.0, 0.5, 0.5, 0.5]})
     assert select_layers(a, k=2) == [1, 3]
     assert select_layers(a, k=1) == [1]                     # tie 1 vs 3 -> lower layer
     assert select_layers(a, k=1, split="cv") == [0]
-    b = a.assign(auroc=[0.6, 0.5, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0])
+    b = a.with_columns(pl.Series("auroc", [0.6, 0.5, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0]))
     # averaged over both tables: layer 2 (0.9), then 1 and 3 tie at 0.7 -> 1
-    assert select_layers(pd.concat([a, b]), k=2) == [1, 2]
+    assert select_layers(pl.concat([a, b]), k=2) == [1, 2]
     assert select_layers(a, k=10) == [0, 1, 2, 3]
+    # NaN (as numpy gives it) and null (as a table read back gives it) are never chosen
+    c = a.with_columns(pl.Series("auroc", [float("nan"), None, 0.1, 0.2, 1.0, 0.5, 0.5, 0.5]))
+    assert select_layers(c, k=10) == [2, 3]
+    # skipped in the mean: layer 0 scores 0.6 and layer 1 0.9, above 2 (0.45) and 3 (0.55)
+    assert select_layers(pl.concat([a, c]), k=2) == [0, 1]
+    with pytest.raises(ValueError, match="NaN"):
+        select_layers(c.filter(pl.col("layer") < 2), k=1)
     with pytest.raises(ValueError, match="keyword_hard"):
         select_layers(a, k=1, split="keyword_hard")
     with pytest.raises(ValueError, match="metric"):

@@ -138,14 +138,14 @@ def test_tiny_steering_end_to_end(tmp_path):
         assert prov["rule"] and prov["config_hash"] and prov["package_version"], path
         assert prov["inputs"], path
 
-    # One HTML report holds every figure with its caption (report/*.rst).
+    # One HTML report holds every figure with its caption (workflow/report/*.rst).
     run_snakemake(tmp_path, cfg, "--report", "report.html")
     html = (tmp_path / "report.html").read_text()
     for fig in ("steering_ooc", "steering_random", "token_heatmap_expectations",
                 "baseline_compliance"):
         assert f"{fig}.png" in html, fig
     phrase = "One column per fitted OOC vector"
-    assert phrase in (REPO / "report" / "steering_ooc.rst").read_text()
+    assert phrase in (REPO / "workflow" / "report" / "steering_ooc.rst").read_text()
     assert phrase in " ".join(html.split())
 
     # Changing the layer list re-steers; pairs, activations and vectors stay.

@@ -270,7 +270,7 @@ def selected_checkpoints(model):
     from motivation_profiles.core.provenance import read_table
 
     table = read_table(checkpoints.calibration_select.get(model=model).output[0])
-    return list(table.loc[table["selected"], "checkpoint"])
+    return table.filter(table["selected"])["checkpoint"].to_list()
 
 
 def calibration_condition_list(model):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -19,7 +18,7 @@ from motivation_profiles.backends.base import (
     Completion,
     SamplingParams,
 )
-from motivation_profiles.backends.cache import LEDGER_COLUMNS, ResponseCache, _canonical
+from motivation_profiles.backends.cache import ResponseCache, _canonical, ledger_table
 from motivation_profiles.backends.hosted import (
     API_KEY_ENV,
     BATCH_DISCOUNT,
@@ -40,7 +39,7 @@ from motivation_profiles.backends.hosted import (
 from motivation_profiles.core.io import write_text_atomic
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +142,14 @@ class AnthropicClient:
                                           cache_key=key, model=req.model))
         return out
 
-    def ledger_frame(self, prices: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
+    def ledger_frame(self, prices: Mapping[str, Sequence[float]] | None = None) -> pl.DataFrame:
         """Usage of every API-answered response, with ``cost_usd`` from the price table.
 
         Input tokens at the input price, output tokens at the output price, prompt-cache
         writes at 1.25x (5-minute) or 2x (1-hour) and reads at 0.1x the input price; batch
-        requests at half price. A model missing from the table gets NaN cost.
+        requests at half price. A model missing from the table gets a null (unknown) cost,
+        which sums skip.
         """
-        import pandas as pd
-
         table = dict(self.prices if prices is None else prices)
         rows = []
         missing = set()
@@ -160,7 +158,7 @@ class AnthropicClient:
             price = table.get(row["model"])
             if price is None:
                 missing.add(row["model"])
-                row["cost_usd"] = math.nan
+                row["cost_usd"] = None
             else:
                 p_in, p_out = (float(x) for x in price)
                 cw_1h = row["cache_creation_1h_input_tokens"]
@@ -171,8 +169,9 @@ class AnthropicClient:
                 row["cost_usd"] = cost * (BATCH_DISCOUNT if row["batch"] else 1.0)
             rows.append(row)
         if missing:
-            log.warning("no price for model(s) %s; their cost is NaN", sorted(missing))
-        return pd.DataFrame(rows, columns=LEDGER_COLUMNS)
+            log.warning("no price for model(s) %s; their cost is null (unknown)",
+                        sorted(missing))
+        return ledger_table(rows)
 
     def pending_batches(self) -> list[Path]:
         """State files of batches submitted but not yet collected."""

@@ -20,7 +20,7 @@ from motivation_profiles.backends.base import (
 from motivation_profiles.core.io import write_text_atomic
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,9 @@ class CachedBackend:
                            int(records[key]["completion_tokens"]))
                 for req, key in zip(requests, keys, strict=True)]
 
-    def ledger_frame(self) -> pd.DataFrame:
+    def ledger_frame(self) -> pl.DataFrame:
         """Usage of every request ``inner`` answered (cache hits excluded), cost 0.0."""
-        import pandas as pd
-
-        return pd.DataFrame(self.ledger, columns=LEDGER_COLUMNS)
+        return ledger_table(self.ledger)
 
 
 LEDGER_COLUMNS = [
@@ -168,6 +166,28 @@ LEDGER_COLUMNS = [
     "cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation_1h_input_tokens",
     "stop_reason", "cost_usd",
 ]
+
+
+def ledger_schema() -> dict[str, Any]:
+    """The ledger's polars dtypes, in ``LEDGER_COLUMNS`` order (polars is imported here, not
+    when a backend is)."""
+    import polars as pl
+
+    tokens = pl.Int64
+    return {"model": pl.Utf8, "custom_id": pl.Utf8, "cache_key": pl.Utf8, "batch": pl.Boolean,
+            "batch_id": pl.Utf8, "input_tokens": tokens, "output_tokens": tokens,
+            "cache_creation_input_tokens": tokens, "cache_read_input_tokens": tokens,
+            "cache_creation_1h_input_tokens": tokens, "stop_reason": pl.Utf8,
+            "cost_usd": pl.Float64}
+
+
+def ledger_table(rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+    """The ledger of ``rows`` (``LEDGER_COLUMNS``; a missing key is null, others are ignored),
+    typed by ``ledger_schema`` even when empty."""
+    import polars as pl
+
+    schema = ledger_schema()
+    return pl.DataFrame({c: [r.get(c) for r in rows] for c in schema}, schema=schema)
 
 
 def _canonical(value: Any) -> str:

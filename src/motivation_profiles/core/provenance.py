@@ -15,8 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import pyarrow as pa
+import polars as pl
 import pyarrow.parquet as pq
 
 from motivation_profiles.core.hashing import (
@@ -97,9 +96,16 @@ def provenance_record(
     }
 
 
-def write_table(df: pd.DataFrame, path: str | Path, provenance: Mapping[str, Any]) -> None:
-    """Write ``df`` as Parquet with ``provenance`` in the file's key-value metadata, atomically."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
+def write_table(df: pl.DataFrame, path: str | Path, provenance: Mapping[str, Any]) -> None:
+    """Write ``df`` as Parquet with ``provenance`` in the file's key-value metadata, atomically.
+
+    Tables are polars DataFrames (pyarrow underneath); list-valued columns are native Parquet
+    lists. A NaN in a float column is written as null (a missing value), as the tables have
+    always stored it, so readers see one kind of missing value."""
+    if not isinstance(df, pl.DataFrame):
+        raise TypeError(f"write_table takes a polars DataFrame, got {type(df).__name__}")
+    floats = [c for c, t in df.schema.items() if t.is_float()]
+    table = df.with_columns(pl.col(floats).fill_nan(None)).to_arrow() if floats else df.to_arrow()
     meta = dict(table.schema.metadata or {})
     meta[METADATA_KEY] = json.dumps(provenance, sort_keys=True).encode()
     table = table.replace_schema_metadata(meta)
@@ -107,8 +113,9 @@ def write_table(df: pd.DataFrame, path: str | Path, provenance: Mapping[str, Any
         pq.write_table(table, tmp)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    return pq.read_table(path).to_pandas()
+def read_table(path: str | Path) -> pl.DataFrame:
+    """A table written by :func:`write_table` (or any Parquet file), as a polars DataFrame."""
+    return pl.read_parquet(path)
 
 
 def read_provenance(path: str | Path) -> dict[str, Any]:

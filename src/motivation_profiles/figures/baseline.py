@@ -7,36 +7,42 @@ from pathlib import Path
 
 import matplotlib
 
-from motivation_profiles.figures.style import TIER_COLORS, TIER_LABELS, save
+from motivation_profiles.figures.style import TIER_COLORS, TIER_LABELS, _float, _num, save
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 
 from motivation_profiles.rollouts.protocol import TIERS  # noqa: E402
 
 
-def baseline_compliance(metrics: pd.DataFrame, display_names: Mapping[str, str],
+def baseline_compliance(metrics: pl.DataFrame, display_names: Mapping[str, str],
                         outputs: Sequence[str | Path], *, dpi: int = 150,
                         condition: str = "baseline") -> None:
     """Figure 2's shape: baseline compliance per tier and model, with CIs and the paired gap."""
-    df = metrics[metrics["condition"] == condition].sort_values("model")
-    if df.empty:
+    df = (metrics.filter(pl.col("condition").eq_missing(condition))
+          .sort("model", nulls_last=True, maintain_order=True))
+    if df.is_empty():
         raise ValueError(f"no rows for condition {condition!r} in the metrics tables")
     x = np.arange(len(df))
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(df) + 1.5), 3.6))
     for j, tier in enumerate(TIERS):
-        rate = df[f"{tier}_compliance"].to_numpy() * 100
-        lo = df[f"{tier}_compliance_ci_low"].to_numpy() * 100
-        hi = df[f"{tier}_compliance_ci_high"].to_numpy() * 100
+        rate = _num(df[f"{tier}_compliance"]) * 100
+        lo = _num(df[f"{tier}_compliance_ci_low"]) * 100
+        hi = _num(df[f"{tier}_compliance_ci_high"]) * 100
         pos = x + (j - 0.5) * width
         ax.bar(pos, rate, width, color=TIER_COLORS[tier], label=TIER_LABELS[tier], alpha=0.9)
         ax.errorbar(pos, rate, yerr=[rate - lo, hi - rate], fmt="none", ecolor="black",
                     capsize=3, lw=1)
-    level = int(round(float(df["ci_level"].iloc[0]) * 100))
-    for xi, (_, r) in zip(x, df.iterrows(), strict=True):
+    level = int(round(_float(df["ci_level"][0]) * 100))
+    per_row = ["gap", "gap_ci_low", "gap_ci_high", "n_pairs",
+               *(f"{t}_{c}" for t in TIERS
+                 for c in ("compliance_ci_high", "unparseable", "truncated"))]
+    cols = {c: _num(df[c]) for c in per_row}  # null -> NaN
+    for i, xi in enumerate(x):
+        r = {c: v[i] for c, v in cols.items()}
         top = max(r["monitored_compliance_ci_high"], r["unmonitored_compliance_ci_high"]) * 100
         # share of rollouts (both tiers) without a parsed answer
         no_answer = 100 * np.mean([r[f"{t}_unparseable"] + r[f"{t}_truncated"] for t in TIERS])
@@ -45,7 +51,7 @@ def baseline_compliance(metrics: pd.DataFrame, display_names: Mapping[str, str],
             f"{r['gap_ci_high'] * 100:+.1f}]\nn={int(r['n_pairs'])} pairs\n"
             f"no parsed answer: {no_answer:.0f}%",
             (xi, min(top + 3, 100)), ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(x, [display_names.get(m, m) for m in df["model"]], fontsize=8)
+    ax.set_xticks(x, [display_names.get(m, m) for m in df["model"].to_list()], fontsize=8)
     ax.set_ylabel("compliance with harmful requests (%)")
     ax.set_ylim(0, 125)
     ax.set_yticks(range(0, 101, 20))

@@ -11,16 +11,22 @@ from motivation_profiles.figures.style import (
     FAMILY_COLORS,
     INTERVENTION_ORDER,
     STRENGTH_ORDER,
+    _first_rows,
+    _groups,
     _label,
+    _na,
+    _notna,
     _null,
+    _num,
     _require,
+    _valid,
     save,
 )
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 
 # ----------------------------------------------------------------------------- profiles
 
@@ -51,62 +57,70 @@ def _pick_strength(values: Sequence[object]) -> object:
     return ranked[0] if ranked else None
 
 
-def _pick_rows(group: pd.DataFrame) -> tuple[pd.DataFrame, object, object]:
+def _pick_rows(group: pl.DataFrame) -> tuple[pl.DataFrame, object, object]:
     """Within one (model, method[, checkpoint]) group: the rows of the preferred naming
     ("original", or unlabelled) and strength (see ``_pick_strength``)."""
     naming = "original"
     if "naming" in group.columns:
-        original = group["naming"].isna() | (group["naming"] == "original")
-        if original.any():
-            group = group[original]
+        original = _na(group, "naming") | pl.col("naming").eq_missing("original")
+        if group.select(original.any()).item():
+            group = group.filter(original)
         else:
-            naming = sorted(group["naming"].astype(str).unique())[0]
-            group = group[group["naming"].astype(str) == naming]
+            naming = sorted(str(v) for v in group["naming"].unique().to_list())[0]
+            group = group.filter(pl.col("naming").cast(pl.String) == naming)
     strength = None
     if "strength" in group.columns:
-        strength = _pick_strength(list(group["strength"]))
-        group = group[group["strength"].isna() if strength is None
-                      else group["strength"] == strength]
+        strength = _pick_strength(group["strength"].to_list())
+        group = group.filter(_na(group, "strength") if strength is None
+                             else pl.col("strength").eq_missing(strength))
     return group, strength, naming
 
 
-def _wide_profiles(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+def _wide_profiles(df: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
     """One row per ``keys`` group: S_A, S_B with CIs (fractions, NaN when absent), and the
     strength and naming the values were taken from."""
-    s = df[df["quantity"].isin(PROFILE_QUANTITIES)]
+    s = df.filter(pl.col("quantity").is_in(PROFILE_QUANTITIES))
     rows = []
-    for key, group in s.groupby(list(keys), sort=True, dropna=False):
+    for key, group in _groups(s, keys, dropna=False):
         picked, strength, naming = _pick_rows(group)
-        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        row = dict(zip(keys, key, strict=True))
         row.update(strength=strength, naming=naming)
         for q in PROFILE_QUANTITIES:
-            r = picked[picked["quantity"] == q]
-            vals = ((r.iloc[0]["estimate"], r.iloc[0]["ci_low"], r.iloc[0]["ci_high"])
-                    if len(r) else (np.nan,) * 3)
+            r = picked.filter(pl.col("quantity") == q)
+            vals = ((r["estimate"][0], r["ci_low"][0], r["ci_high"][0])
+                    if len(r) else (None,) * 3)
             for suffix, v in zip(("", "_low", "_high"), vals, strict=True):
                 row[f"{q}{suffix}"] = float(v) if not _null(v) else np.nan
-        row["ci_level"] = (float(picked["ci_level"].dropna().iloc[0])
-                           if "ci_level" in picked.columns and picked["ci_level"].notna().any()
-                           else np.nan)
+        levels = _valid(picked["ci_level"].to_list()) if "ci_level" in picked.columns else []
+        row["ci_level"] = float(levels[0]) if levels else np.nan
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*keys, "strength", "naming", *PROFILE_COLUMNS,
-                                       "ci_level"])
+    schema = {**{k: df.schema[k] for k in keys}, "strength": pl.String, "naming": pl.String,
+              **dict.fromkeys([*PROFILE_COLUMNS, "ci_level"], pl.Float64)}
+    return pl.DataFrame(rows, schema=schema)
 
 
-def profile_points(profiles: pd.DataFrame) -> pd.DataFrame:
+def _ranked(df: pl.DataFrame, column: str, rank: Mapping[object, int],
+            by: Sequence[str]) -> pl.DataFrame:
+    """``df`` sorted by ``by``, where ``_rank`` is the rank of ``column``'s value in ``rank``
+    (values not in it last); stable, missing values last."""
+    ranks = pl.Series("_rank", [rank.get(v, len(rank)) for v in df[column].to_list()],
+                      dtype=pl.Int64)
+    return (df.with_columns(ranks).sort(by, nulls_last=True, maintain_order=True)
+            .drop("_rank"))
+
+
+def profile_points(profiles: pl.DataFrame) -> pl.DataFrame:
     """The points of the profile plane: one row per (model, method) with S_A and S_B (and CIs,
     as fractions) of the base model (``checkpoint`` null), preferring naming "original" and
     strength "standard" (else the only / first strength the method has)."""
     df = profiles
     if "checkpoint" in df.columns:
-        df = df[df["checkpoint"].isna()]
+        df = df.filter(_na(df, "checkpoint"))
     if "method" not in df.columns:
-        df = df.assign(method="prompt")
+        df = df.with_columns(method=pl.lit("prompt"))
     out = _wide_profiles(df, ["model", "method"])
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    out["_o"] = out["method"].map(lambda m: order.get(m, len(order)))
-    return (out.sort_values(["model", "_o", "method"]).drop(columns="_o")
-            .reset_index(drop=True))
+    return _ranked(out, "method", order, ["model", "_rank", "method"])
 
 
 def _errs(est: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -144,20 +158,22 @@ def _plane_axes(ax, limits: tuple[float, float], *, labels: bool = True,
     ax.tick_params(labelsize=7)
 
 
-def _plane_limits(points: pd.DataFrame) -> tuple[float, float]:
-    return _square_limits(list(points[PROFILE_COLUMNS].to_numpy(float).ravel() * 100))
+def _plane_limits(points: pl.DataFrame) -> tuple[float, float]:
+    values = np.column_stack([_num(points[c]) for c in PROFILE_COLUMNS])
+    return _square_limits(list(values.ravel() * 100))
 
 
-def _level_text(df: pd.DataFrame) -> str:
-    if "ci_level" in df.columns and df["ci_level"].notna().any():
-        return f"{int(round(float(df['ci_level'].dropna().iloc[0]) * 100))}% CIs"
+def _level_text(df: pl.DataFrame) -> str:
+    levels = _valid(df["ci_level"].to_list()) if "ci_level" in df.columns else []
+    if levels:
+        return f"{int(round(float(levels[0]) * 100))}% CIs"
     return "CIs"
 
 
-def _recovered_text(model_rows: pd.DataFrame) -> str:
+def _recovered_text(model_rows: pl.DataFrame) -> str:
     if "recovered" not in model_rows.columns:
         return "n.a."
-    values = [v for v in model_rows["recovered"] if not _null(v)]
+    values = _valid(model_rows["recovered"].to_list())
     if not values:
         return "n.a."
     v = values[0]
@@ -166,7 +182,7 @@ def _recovered_text(model_rows: pd.DataFrame) -> str:
     return "yes" if bool(v) else "no"
 
 
-def _family_of_checkpoint(row: pd.Series) -> str:
+def _family_of_checkpoint(row: Mapping[str, object]) -> str:
     fam = row.get("checkpoint_family")
     if _null(row.get("checkpoint")):
         return "base"
@@ -179,33 +195,32 @@ CALIBRATION_COLUMNS = ["model", "checkpoint", "checkpoint_family", "strength", "
                        "estimate", "ci_low", "ci_high"]
 
 
-def calibration_points(calibration: pd.DataFrame) -> pd.DataFrame:
+def calibration_points(calibration: pl.DataFrame) -> pl.DataFrame:
     """Per (model, checkpoint) the prompt S_A / S_B (fractions, CIs), the checkpoint's family
     ("A", "B", "base") and the consequence share S_B - S_A; base model first, then A, then B."""
     df = calibration
     if "method" in df.columns:
-        df = df[df["method"].isna() | (df["method"] == "prompt")]
-    keyed = df.assign(_ckpt=df["checkpoint"].astype(object).where(df["checkpoint"].notna(),
-                                                                   "base"))
+        df = df.filter(_na(df, "method") | pl.col("method").eq_missing("prompt"))
+    keyed = df.with_columns(_ckpt=pl.when(_na(df, "checkpoint")).then(pl.lit("base"))
+                            .otherwise(pl.col("checkpoint").cast(pl.String)))
     wide = _wide_profiles(keyed, ["model", "_ckpt"])
-    families = (keyed.drop_duplicates(["model", "_ckpt"])
-                .assign(family=lambda d: d.apply(_family_of_checkpoint, axis=1))
-                .set_index(["model", "_ckpt"])["family"])
-    wide["family"] = [families.get((m, c), "?") for m, c in zip(wide["model"], wide["_ckpt"],
-                                                                 strict=True)]
-    wide = wide.rename(columns={"_ckpt": "checkpoint"})
-    wide["share"] = wide["S_B"] - wide["S_A"]
-    rank = {"base": 0, "A": 1, "B": 2}
-    wide["_r"] = wide["family"].map(lambda f: rank.get(f, 3))
-    return (wide.sort_values(["model", "_r", "checkpoint"]).drop(columns="_r")
-            .reset_index(drop=True))
+    families: dict[tuple, str] = {}  # from each (model, checkpoint)'s first row
+    for row in keyed.iter_rows(named=True):
+        if (row["model"], row["_ckpt"]) not in families:
+            families[(row["model"], row["_ckpt"])] = _family_of_checkpoint(row)
+    family = [families.get(k, "?") for k in zip(wide["model"].to_list(),
+                                                 wide["_ckpt"].to_list(), strict=True)]
+    wide = (wide.with_columns(family=pl.Series(family, dtype=pl.String))
+            .rename({"_ckpt": "checkpoint"})
+            .with_columns(share=pl.col("S_B") - pl.col("S_A")))
+    return _ranked(wide, "family", {"base": 0, "A": 1, "B": 2}, ["model", "_rank", "checkpoint"])
 
 
 def _ckpt_color(family: str) -> str:
     return BASE_COLOR if family == "base" else FAMILY_COLORS.get(family, "grey")
 
 
-def prompt_calibration(df: pd.DataFrame, display_names: Mapping[str, str],
+def prompt_calibration(df: pl.DataFrame, display_names: Mapping[str, str],
                        outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 5a: prompt profiles of SDF checkpoints whose family is known by construction.
 
@@ -216,15 +231,15 @@ def prompt_calibration(df: pd.DataFrame, display_names: Mapping[str, str],
     """
     _require(df, CALIBRATION_COLUMNS, "prompt_calibration")
     points = calibration_points(df)
-    models = sorted(df["model"].dropna().unique())
-    any_checkpoint = bool(df["checkpoint"].notna().any())
+    models = sorted(df["model"].drop_nulls().unique().to_list())
+    any_checkpoint = bool(df.select(_notna(df, "checkpoint").any()).item())
     limits = _plane_limits(points) if len(points) else _square_limits([])
     fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7.4), squeeze=False,
                              gridspec_kw={"height_ratios": [3, 2]})
     for j, model in enumerate(models):
         ax, bx = axes[0][j], axes[1][j]
-        p = points[points["model"] == model]
-        for _, r in p.iterrows():
+        p = points.filter(pl.col("model") == model)
+        for r in p.iter_rows(named=True):
             color = _ckpt_color(r["family"])
             x, y = r["S_A"] * 100, r["S_B"] * 100
             xerr = _errs(np.array([x]), np.array([r["S_A_low"] * 100]),
@@ -237,20 +252,21 @@ def prompt_calibration(df: pd.DataFrame, display_names: Mapping[str, str],
                 ax.annotate(_label(str(r["checkpoint"])), (x, y), xytext=(4, 4),
                             textcoords="offset points", fontsize=7, color=color)
         _plane_axes(ax, limits)
-        has_ckpt = bool((df.loc[df["model"] == model, "checkpoint"].notna()).any())
+        rows = df.filter(pl.col("model") == model)
+        has_ckpt = bool(rows.select(_notna(rows, "checkpoint").any()).item())
         if not has_ckpt:
             ax.text(0.5, 0.5, "no qualifying SDF checkpoints\n(base model only)",
                     transform=ax.transAxes, ha="center", va="center", fontsize=8,
                     color="grey")
-        strength = p["strength"].dropna().iloc[0] if p["strength"].notna().any() else None
-        rows = df[df["model"] == model]
+        strength = next(iter(_valid(p["strength"].to_list())), None)
         ax.set_title(f"{display_names.get(model, model)}\nfamily recovered: "
                      f"{_recovered_text(rows)}"
                      + (f"   (claims: {strength})" if strength else ""), fontsize=9)
         # bottom: consequence share per checkpoint
         x = np.arange(len(p))
-        share = p["share"].to_numpy(float) * 100
-        colors = [_ckpt_color(f) for f in p["family"]]
+        share = _num(p["share"]) * 100
+        families = p["family"].to_list()
+        colors = [_ckpt_color(f) for f in families]
         bx.bar(x, np.nan_to_num(share), 0.6, color=colors, edgecolor=colors)
         for xi, v in zip(x, share, strict=True):
             bx.annotate("n.a." if not np.isfinite(v) else f"{v:+.1f}", (xi, 0 if not
@@ -258,14 +274,14 @@ def prompt_calibration(df: pd.DataFrame, display_names: Mapping[str, str],
                                                          else -9),
                         textcoords="offset points", ha="center", fontsize=7)
         for fam in ("A", "B"):
-            sel = (p["family"] == fam).to_numpy()
+            sel = np.array([f == fam for f in families], dtype=bool)
             vals = share[sel]
             if sel.any() and np.isfinite(vals).any():
                 xs = x[sel]
                 bx.hlines(np.nanmean(vals), xs.min() - 0.4, xs.max() + 0.4,
                           colors=FAMILY_COLORS[fam], linestyles="--", lw=1)
         bx.axhline(0, color="black", lw=0.8)
-        bx.set_xticks(x, [_label(str(c)) for c in p["checkpoint"]], fontsize=7)
+        bx.set_xticks(x, [_label(str(c)) for c in p["checkpoint"].to_list()], fontsize=7)
         bx.set_ylabel("consequence share S_B \u2212 S_A (pp)", fontsize=8)
         bx.tick_params(labelsize=7)
         bx.spines[["top", "right"]].set_visible(False)
@@ -295,7 +311,7 @@ def prompt_calibration(df: pd.DataFrame, display_names: Mapping[str, str],
     save(fig, outputs, dpi)
 
 
-def profile_plane(df: pd.DataFrame, display_names: Mapping[str, str],
+def profile_plane(df: pl.DataFrame, display_names: Mapping[str, str],
                   outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 5b: every model's comparative profile (S_A, S_B) per method on one plane.
 
@@ -306,19 +322,20 @@ def profile_plane(df: pd.DataFrame, display_names: Mapping[str, str],
     _require(df, ["model", "method", "quantity", "estimate", "ci_low", "ci_high"],
              "profile_plane")
     points = profile_points(df)
-    points = points[points[["S_A", "S_B"]].notna().any(axis=1)
-                    | points[["S_A_low", "S_B_low"]].notna().any(axis=1)]
-    if points.empty:
+    points = points.filter(pl.any_horizontal([_notna(points, c) for c in
+                                              ("S_A", "S_B", "S_A_low", "S_B_low")]))
+    if points.is_empty():
         raise ValueError("profile_plane: no base-model S_A / S_B rows (quantity S_A or S_B "
                          "with a null checkpoint) in the input table")
-    models = sorted(points["model"].unique())
+    models = sorted(points["model"].unique().to_list())
     cmap = plt.get_cmap("tab10")
     colors = {m: cmap(i % 10) for i, m in enumerate(models)}
     limits = _plane_limits(points)
     fig, ax = plt.subplots(figsize=(6.2, 5.4))
     for model in models:
-        p = points[points["model"] == model].set_index("method")
-        for method, r in p.iterrows():
+        p = {r["method"]: r for r in points.filter(pl.col("model") == model)
+             .iter_rows(named=True)}
+        for method, r in p.items():
             x, y = r["S_A"] * 100, r["S_B"] * 100
             xerr = _errs(np.array([x]), np.array([r["S_A_low"] * 100]),
                          np.array([r["S_A_high"] * 100]))
@@ -327,8 +344,8 @@ def profile_plane(df: pd.DataFrame, display_names: Mapping[str, str],
             ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=METHOD_MARKERS.get(method, "D"),
                         color=colors[model], ms=7, capsize=2, lw=1, alpha=0.9, zorder=3,
                         mfc=colors[model] if method != "steering" else "white")
-        if {"prompt", "sdf"} <= set(p.index):
-            a, b = p.loc["prompt"], p.loc["sdf"]
+        if {"prompt", "sdf"} <= set(p):
+            a, b = p["prompt"], p["sdf"]
             start, end = (a["S_A"] * 100, a["S_B"] * 100), (b["S_A"] * 100, b["S_B"] * 100)
             if np.isfinite([*start, *end]).all() and start != end:
                 ax.annotate("", xy=end, xytext=start, zorder=2,
@@ -338,8 +355,9 @@ def profile_plane(df: pd.DataFrame, display_names: Mapping[str, str],
     ax.spines[["top", "right"]].set_visible(False)
     handles = [plt.Line2D([], [], ls="", marker="o", color=colors[m],
                           label=display_names.get(m, m)) for m in models]
-    methods = [m for m in METHOD_ORDER if m in set(points["method"])]
-    methods += sorted(set(points["method"]) - set(METHOD_ORDER))
+    present = set(points["method"].to_list())
+    methods = [m for m in METHOD_ORDER if m in present]
+    methods += sorted(present - set(METHOD_ORDER))
     handles += [plt.Line2D([], [], ls="", marker=METHOD_MARKERS.get(m, "D"), color="grey",
                            mfc="grey" if m != "steering" else "white",
                            label=METHOD_LABELS.get(m, m)) for m in methods]
@@ -352,7 +370,7 @@ def profile_plane(df: pd.DataFrame, display_names: Mapping[str, str],
     save(fig, outputs, dpi)
 
 
-def prompt_strength_ablation(df: pd.DataFrame, display_names: Mapping[str, str],
+def prompt_strength_ablation(df: pl.DataFrame, display_names: Mapping[str, str],
                              outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 9 (Appendix C.2): prompt S_A and S_B (lines, CI bands) vs. claim strength, with
     each intervention's effect on the gap (faint markers: amplify filled, suppress hollow).
@@ -361,37 +379,38 @@ def prompt_strength_ablation(df: pd.DataFrame, display_names: Mapping[str, str],
              "prompt_strength_ablation")
     d = df
     if "method" in d.columns:
-        d = d[d["method"].isna() | (d["method"] == "prompt")]
+        d = d.filter(_na(d, "method") | pl.col("method").eq_missing("prompt"))
     if "checkpoint" in d.columns:
-        d = d[d["checkpoint"].isna()]
+        d = d.filter(_na(d, "checkpoint"))
     if "naming" in d.columns:
-        d = d[d["naming"].isna() | (d["naming"] == "original")]
-    models = sorted(d["model"].dropna().unique())
+        d = d.filter(_na(d, "naming") | pl.col("naming").eq_missing("original"))
+    models = sorted(d["model"].drop_nulls().unique().to_list())
     if not models:
         raise ValueError("prompt_strength_ablation: no base-model prompt rows in the input")
     fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models), 3.8), squeeze=False,
                              sharey=True)
     for ax, model in zip(axes[0], models, strict=True):
-        m = d[d["model"] == model]
-        strengths = [s for s in STRENGTH_ORDER if s in set(m["strength"].dropna())]
+        m = d.filter(pl.col("model") == model)
+        strengths = [s for s in STRENGTH_ORDER if s in set(_valid(m["strength"].to_list()))]
         x = np.arange(len(strengths))
+        deltas = m.filter(pl.col("quantity").eq_missing("delta_gap"))
         inters = [i for i in INTERVENTION_ORDER
-                  if ((m["quantity"] == "delta_gap") & (m["target"] == i)).any()]
+                  if len(deltas.filter(pl.col("target").eq_missing(i)))]
         for k, inter in enumerate(inters):
-            rows = (m[(m["quantity"] == "delta_gap") & (m["target"] == inter)]
-                    .drop_duplicates("strength").set_index("strength").reindex(strengths))
+            rows = _first_rows(deltas.filter(pl.col("target").eq_missing(inter)), "strength",
+                               strengths, ["estimate"])
             color = FAMILY_COLORS[inter[0]]
-            ax.plot(x + (k - 3.5) * 0.025, rows["estimate"].to_numpy(float) * 100,
+            ax.plot(x + (k - 3.5) * 0.025, rows["estimate"] * 100,
                     ls="", marker="o" if inter[1] == "1" else "s", ms=4, alpha=0.45,
                     color=color, mfc=color if inter.endswith("amp") else "none", zorder=2)
         for q in PROFILE_QUANTITIES:
-            rows = (m[m["quantity"] == q].drop_duplicates("strength").set_index("strength")
-                    .reindex(strengths))
-            if rows["estimate"].isna().all() and rows["ci_low"].isna().all():
+            rows = _first_rows(m.filter(pl.col("quantity").eq_missing(q)), "strength",
+                               strengths, ["estimate", "ci_low", "ci_high"])
+            if np.isnan(rows["estimate"]).all() and np.isnan(rows["ci_low"]).all():
                 continue
-            e = rows["estimate"].to_numpy(float) * 100
-            lo = rows["ci_low"].to_numpy(float) * 100
-            hi = rows["ci_high"].to_numpy(float) * 100
+            e = rows["estimate"] * 100
+            lo = rows["ci_low"] * 100
+            hi = rows["ci_high"] * 100
             color = FAMILY_COLORS[q[-1]]
             ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
             ax.errorbar(x, e, yerr=_errs(e, lo, hi), color=color, lw=2, marker="D", ms=5,

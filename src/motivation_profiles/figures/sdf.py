@@ -12,6 +12,8 @@ from motivation_profiles.figures.style import (
     INTERVENTION_ORDER,
     STRENGTH_ORDER,
     TIER_COLORS,
+    _first_rows,
+    _float,
     _label,
     save,
 )
@@ -19,40 +21,47 @@ from motivation_profiles.figures.style import (
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 
 
-def _pp(row: pd.Series) -> tuple[float, float, float]:
-    return (row["estimate"] * 100, row["ci_low"] * 100, row["ci_high"] * 100)
+def _pp(row: dict) -> tuple[float, float, float]:
+    """A row's estimate and CI in pp (NaN where null)."""
+    return (_float(row["estimate"]) * 100, _float(row["ci_low"]) * 100,
+            _float(row["ci_high"]) * 100)
 
 
-def _sens_text(df: pd.DataFrame) -> str:
+def _where(df: pl.DataFrame, **equal: object) -> pl.DataFrame:
+    """The rows whose columns equal the given values (a null cell equals nothing)."""
+    return df.filter(*(pl.col(c).eq_missing(v) for c, v in equal.items()))
+
+
+def _sens_text(df: pl.DataFrame) -> str:
     parts = []
     for fam in ("A", "B"):
-        r = df[(df["quantity"] == f"S_{fam}")]
+        r = _where(df, quantity=f"S_{fam}")
         if len(r):
-            e, lo, hi = _pp(r.iloc[0])
+            e, lo, hi = _pp(r.row(0, named=True))
             parts.append(f"S_{fam} = {e:+.1f} pp [{lo:+.1f}, {hi:+.1f}]")
     return "   ".join(parts)
 
 
-def sdf_profile(effects: pd.DataFrame, display_names: Mapping[str, str],
+def sdf_profile(effects: pl.DataFrame, display_names: Mapping[str, str],
                 outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 3: per model, each SDF intervention's effect on the AF gap against the noise
     adapter (bars, CI), the shift of each tier's compliance (markers), and S_A / S_B."""
-    df = effects[(effects["strength"] == "standard") & (effects["naming"] == "original")]
-    models = sorted(df["model"].unique())
+    df = _where(effects, strength="standard", naming="original")
+    models = sorted(df["model"].unique().to_list())
     if not models:
         raise ValueError("no standard-strength SDF effects to draw")
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False,
                              sharey=True)
     for ax, model in zip(axes[0], models, strict=True):
-        m = df[df["model"] == model]
+        m = _where(df, model=model)
         present = [i for i in INTERVENTION_ORDER
-                   if ((m["quantity"] == "delta_gap") & (m["target"] == i)).any()]
+                   if len(_where(m, quantity="delta_gap", target=i))]
         x = np.arange(len(present))
         for xi, inter in zip(x, present, strict=True):
-            row = m[(m["quantity"] == "delta_gap") & (m["target"] == inter)].iloc[0]
+            row = _where(m, quantity="delta_gap", target=inter).row(0, named=True)
             e, lo, hi = _pp(row)
             color = FAMILY_COLORS[inter[0]]
             ax.bar(xi, e, 0.6, color=color if inter.endswith("amp") else "white",
@@ -60,9 +69,9 @@ def sdf_profile(effects: pd.DataFrame, display_names: Mapping[str, str],
             ax.errorbar(xi, e, yerr=[[e - lo], [hi - e]], fmt="none", ecolor="black",
                         capsize=3, lw=1)
             for tier, marker, dx in (("monitored", "^", -0.18), ("unmonitored", "v", 0.18)):
-                t = m[(m["quantity"] == f"delta_{tier}") & (m["target"] == inter)]
+                t = _where(m, quantity=f"delta_{tier}", target=inter)
                 if len(t):
-                    ax.plot(xi + dx, t.iloc[0]["estimate"] * 100, marker, ms=4,
+                    ax.plot(xi + dx, _float(t["estimate"][0]) * 100, marker, ms=4,
                             color=TIER_COLORS[tier], zorder=3)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(x, [_label(i) for i in present], fontsize=8)
@@ -79,7 +88,7 @@ def sdf_profile(effects: pd.DataFrame, display_names: Mapping[str, str],
         plt.Line2D([], [], ls="", marker="v", color=TIER_COLORS["unmonitored"],
                    label="\u0394 unmonitored compliance"),
     ]
-    level = int(round(float(df["ci_level"].iloc[0]) * 100))
+    level = int(round(_float(df["ci_level"][0]) * 100))
     fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=5, frameon=False,
                bbox_to_anchor=(0.5, -0.08))
     fig.suptitle(f"SDF interventions: effect on the alignment-faking gap ({level}% CIs)",
@@ -88,24 +97,30 @@ def sdf_profile(effects: pd.DataFrame, display_names: Mapping[str, str],
     save(fig, outputs, dpi)
 
 
-def sdf_strength_sweep(effects: pd.DataFrame, display_names: Mapping[str, str],
+def sdf_strength_sweep(effects: pl.DataFrame, display_names: Mapping[str, str],
                        outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Appendix B.2: each intervention's effect on the gap vs. document directness."""
-    df = effects[(effects["quantity"] == "delta_gap") & (effects["naming"] == "original")]
-    models = sorted(df["model"].unique())
-    strengths = [s for s in STRENGTH_ORDER if s in set(df["strength"])]
+    df = _where(effects, quantity="delta_gap", naming="original")
+    models = sorted(df["model"].unique().to_list())
+    strengths = [s for s in STRENGTH_ORDER if s in set(df["strength"].to_list())]
     if len(strengths) < 2:
         raise ValueError("the strength sweep needs at least two strengths in sdf.strengths")
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False,
                              sharey=True)
     x = np.arange(len(strengths))
     for ax, model in zip(axes[0], models, strict=True):
-        m = df[df["model"] == model]
-        for k, inter in enumerate(i for i in INTERVENTION_ORDER if i in set(m["target"])):
-            rows = m[m["target"] == inter].set_index("strength").reindex(strengths)
-            e = rows["estimate"].to_numpy() * 100
-            lo = rows["ci_low"].to_numpy() * 100
-            hi = rows["ci_high"].to_numpy() * 100
+        m = _where(df, model=model)
+        for k, inter in enumerate(i for i in INTERVENTION_ORDER
+                                  if i in set(m["target"].to_list())):
+            rows = _where(m, target=inter)
+            if rows["strength"].is_duplicated().any():
+                raise ValueError(f"sdf_strength_sweep: {model} {inter}: more than one delta_gap "
+                                 "row for one strength (cannot reindex on an axis with "
+                                 "duplicate labels)")
+            rows = _first_rows(rows, "strength", strengths, ["estimate", "ci_low", "ci_high"])
+            e = rows["estimate"] * 100
+            lo = rows["ci_low"] * 100
+            hi = rows["ci_high"] * 100
             ax.errorbar(x + (k - 3.5) * 0.03, e, yerr=[e - lo, hi - e], capsize=2, lw=1,
                         color=FAMILY_COLORS[inter[0]],
                         ls="-" if inter.endswith("amp") else "--",
@@ -121,23 +136,24 @@ def sdf_strength_sweep(effects: pd.DataFrame, display_names: Mapping[str, str],
     save(fig, outputs, dpi)
 
 
-def sdf_role_play(effects: pd.DataFrame, display_names: Mapping[str, str],
+def sdf_role_play(effects: pl.DataFrame, display_names: Mapping[str, str],
                   outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Appendix B.3: S_A and S_B with the original AI name vs. the model's own name."""
-    df = effects[effects["quantity"].isin(["S_A", "S_B"]) & (effects["strength"] == "standard")]
-    models = sorted(df["model"].unique())
-    if not (df["naming"] == "self").any():
+    df = effects.filter(pl.col("quantity").is_in(["S_A", "S_B"]),
+                        pl.col("strength").eq_missing("standard"))
+    models = sorted(df["model"].unique().to_list())
+    if not len(_where(df, naming="self")):
         raise ValueError("the role-play figure needs sdf.role_play.enabled")
     fig, axes = plt.subplots(1, len(models), figsize=(3.8 * len(models), 3.4), squeeze=False,
                              sharey=True)
     for ax, model in zip(axes[0], models, strict=True):
-        m = df[df["model"] == model]
+        m = _where(df, model=model)
         for j, naming in enumerate(("original", "self")):
             for k, q in enumerate(("S_A", "S_B")):
-                r = m[(m["naming"] == naming) & (m["quantity"] == q)]
-                if r.empty:
+                r = _where(m, naming=naming, quantity=q)
+                if r.is_empty():
                     continue
-                e, lo, hi = _pp(r.iloc[0])
+                e, lo, hi = _pp(r.row(0, named=True))
                 xi = k + (j - 0.5) * 0.38
                 ax.bar(xi, e, 0.36, color=FAMILY_COLORS[q[-1]],
                        alpha=1.0 if naming == "original" else 0.5,

@@ -17,6 +17,7 @@ column raises ValueError naming it. Inputs:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,13 +26,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 
 from motivation_profiles.figures.style import (  # noqa: E402
     FAMILY_COLORS,
     TIER_COLORS,
     TIER_LABELS,
+    _float,
+    _groups,
+    _na,
+    _notna,
+    _null,
+    _num,
     _require,
+    _unique,
     save,
 )
 from motivation_profiles.rollouts.protocol import TIERS  # noqa: E402
@@ -82,13 +90,28 @@ def _name(display_names: Mapping[str, str], model: str) -> str:
     return display_names.get(model, model)
 
 
-def _level(df: pd.DataFrame) -> str:
+def _level(df: pl.DataFrame) -> str:
     """``95% CIs`` from the table's ``ci_level`` column, else ``CIs``."""
     if "ci_level" in df.columns:
-        level = pd.to_numeric(df["ci_level"], errors="coerce").dropna()
+        level = _dropna(_num(df["ci_level"]))
         if len(level):
-            return f"{int(round(float(level.iloc[0]) * 100))}% CIs"
+            return f"{int(round(float(level[0]) * 100))}% CIs"
     return "CIs"
+
+
+def _dropna(values: np.ndarray) -> np.ndarray:
+    """The values that are not NaN."""
+    return values[~np.isnan(values)]
+
+
+def _fill0(values: np.ndarray) -> np.ndarray:
+    """NaN replaced by 0."""
+    return np.where(np.isnan(values), 0.0, values)
+
+
+def _models(df: pl.DataFrame) -> list[str]:
+    """The table's models as strings, sorted (one row of panels each)."""
+    return sorted(df["model"].drop_nulls().cast(pl.String).unique().to_list())
 
 
 def _errs(est: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -111,22 +134,21 @@ def _vector_rank(name: str) -> tuple:
             ref.k or 0)
 
 
-def _with_refs(df: pd.DataFrame) -> pd.DataFrame:
+def _with_refs(df: pl.DataFrame) -> pl.DataFrame:
     """``df`` with ``concept``, ``source``, ``kind``, ``of`` and ``_k`` re-derived from
     ``vector`` (rows whose vector does not parse are dropped)."""
-    refs = [_ref(v) for v in df["vector"]]
-    keep = np.array([r is not None for r in refs], bool)
+    refs = [_ref(v) for v in df["vector"].to_list()]
+    keep = pl.Series([r is not None for r in refs], dtype=pl.Boolean)
     refs = [r for r in refs if r is not None]
-    out = df[keep].copy()
-    out["concept"] = [r.concept for r in refs]
-    out["source"] = [r.source for r in refs]
-    out["kind"] = [r.kind for r in refs]
-    out["of"] = [r.of for r in refs]
-    out["_k"] = [r.k or 0 for r in refs]
-    return out
+    return df.filter(keep).with_columns(
+        pl.Series("concept", [r.concept for r in refs], dtype=pl.String),
+        pl.Series("source", [r.source for r in refs], dtype=pl.String),
+        pl.Series("kind", [r.kind for r in refs], dtype=pl.String),
+        pl.Series("of", [r.of for r in refs], dtype=pl.String),
+        pl.Series("_k", [r.k or 0 for r in refs], dtype=pl.Int64))
 
 
-def _mult_ticks(ax, multipliers: Sequence[float]) -> None:
+def _mult_ticks(ax, multipliers: np.ndarray) -> None:
     ms = sorted({float(m) for m in multipliers if np.isfinite(m)})
     if ms:
         ax.set_xticks(ms, ["0\n(base)" if m == 0 else format_multiplier(m) for m in ms],
@@ -135,45 +157,66 @@ def _mult_ticks(ax, multipliers: Sequence[float]) -> None:
         ax.set_xlim(min(ms) - 0.12 * span, max(ms) + 0.12 * span)
 
 
-def _n_text(n: pd.Series) -> str:
-    v = pd.to_numeric(n, errors="coerce").dropna().astype(int)
-    if v.empty:
+def _n_text(n: pl.Series) -> str:
+    v = _dropna(_num(n)).astype(int)
+    if len(v) == 0:
         return "n = ?"
     return f"n = {v.min()}" if v.min() == v.max() else f"n = {v.min()}\u2013{v.max()}"
 
 
-def _tier_curves(ax, g: pd.DataFrame, *, lw: float = 1.4, band: bool = True) -> None:
+def _by_multiplier(df: pl.DataFrame) -> pl.DataFrame:
+    """Rows sorted by ``multiplier`` (stable, missing last)."""
+    return df.sort("multiplier", nulls_last=True, maintain_order=True)
+
+
+def _tier_curves(ax, g: pl.DataFrame, *, lw: float = 1.4, band: bool = True) -> None:
     """Compliance (%) vs multiplier per tier, CI error bars and band, baseline starred."""
     for tier in TIERS:
-        t = g[g["tier"] == tier].sort_values("multiplier")
-        if t.empty:
+        t = _by_multiplier(g.filter(pl.col("tier") == tier))
+        if t.is_empty():
             continue
-        x = t["multiplier"].to_numpy(float)
-        y = t["compliance"].to_numpy(float) * 100
-        lo = t["ci_low"].to_numpy(float) * 100
-        hi = t["ci_high"].to_numpy(float) * 100
+        x = _num(t["multiplier"])
+        y = _num(t["compliance"]) * 100
+        lo = _num(t["ci_low"]) * 100
+        hi = _num(t["ci_high"]) * 100
         color = TIER_COLORS[tier]
         if band:
             ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
         ax.errorbar(x, y, yerr=_errs(y, lo, hi), color=color, lw=lw, marker="o", ms=4,
                     capsize=2, zorder=3)
-        base = t[t["condition"] == "baseline"]
+        base = t.filter(pl.col("condition") == "baseline")
         if len(base):
-            ax.plot(base["multiplier"].to_numpy(float),
-                    base["compliance"].to_numpy(float) * 100, marker="*", ms=11, ls="",
+            ax.plot(_num(base["multiplier"]),
+                    _num(base["compliance"]) * 100, marker="*", ms=11, ls="",
                     color=color, mec="black", mew=0.6, zorder=4)
 
 
-def _pooled(g: pd.DataFrame, d: str) -> float:
+def _pooled(g: pl.DataFrame, d: str) -> float:
     """Tier-pooled share of high scores: tier shares weighted by their scored counts
     (``{d}_scored``, else ``judged``)."""
-    share = pd.to_numeric(g[f"{d}_share"], errors="coerce").to_numpy(float)
+    share = _num(g[f"{d}_share"])
     wcol = f"{d}_scored" if f"{d}_scored" in g.columns else "judged"
-    w = pd.to_numeric(g[wcol], errors="coerce").fillna(0).to_numpy(float)
+    w = _fill0(_num(g[wcol]))
     ok = np.isfinite(share) & (w > 0)
     if not ok.any():
         return np.nan
     return float((share[ok] * w[ok]).sum() / w[ok].sum())
+
+
+def _by_layer(df: pl.DataFrame) -> pl.DataFrame:
+    """Rows sorted by ``layer`` (stable, missing last)."""
+    return df.sort("layer", nulls_last=True, maintain_order=True)
+
+
+def _max_per(df: pl.DataFrame, key: str, column: str) -> dict[object, float]:
+    """Per ``key`` value (sorted; rows with a missing key left out), the largest non-missing
+    ``column`` value; keys whose values are all missing are left out."""
+    out = {}
+    for (k,), g in _groups(df, [key]):
+        values = _dropna(_num(g[column]))
+        if len(values):
+            out[k] = float(values.max())
+    return out
 
 
 def _axis_note(ax, text: str) -> None:
@@ -184,22 +227,21 @@ def _axis_note(ax, text: str) -> None:
 # ----------------------------------------------------------------------------- Figures 4 / 13
 
 
-def _steering_source(df: pd.DataFrame, display_names: Mapping[str, str],
+def _steering_source(df: pl.DataFrame, display_names: Mapping[str, str],
                      outputs: Sequence[str | Path], dpi: int, source: str,
                      figure: str) -> None:
     what = f"steering_{source}"
     _require(df, SUMMARY_NEEDS + JUDGE_NEEDS, what)
     d = _with_refs(df)
-    d = d[(d["source"] == source) & (d["kind"] == "fitted")]
-    if d.empty:
+    d = d.filter(pl.col("source") == source, pl.col("kind") == "fitted")
+    if d.is_empty():
         names = ", ".join(vector_name(c, source) for c in CONCEPTS)
         raise ValueError(f"{what}: no fitted {source} vectors ({names}) in the steering "
                          "summary")
-    models = sorted(d["model"].astype(str).unique())
-    concepts = [c for c in CONCEPTS if (d["concept"] == c).any()]
-    high = (f"{float(pd.to_numeric(d['high'], errors='coerce').dropna().iloc[0]):g}"
-            if "high" in d.columns and pd.to_numeric(d["high"], errors="coerce").notna().any()
-            else "high")
+    models = _models(d)
+    concepts = [c for c in CONCEPTS if c in set(d["concept"].to_list())]
+    highs = _dropna(_num(d["high"])) if "high" in d.columns else []
+    high = f"{float(highs[0]):g}" if len(highs) else "high"
     fig = plt.figure(figsize=(4.6 * len(concepts), 5.6 * len(models) + 0.6),
                      layout="constrained")
     subfigs = np.atleast_1d(fig.subfigures(len(models), 1))
@@ -209,7 +251,7 @@ def _steering_source(df: pd.DataFrame, display_names: Mapping[str, str],
         for j, concept in enumerate(concepts):
             ax, bx = axes[0][j], axes[1][j]
             vec = vector_name(concept, source)
-            g = d[(d["model"] == model) & (d["vector"] == vec)]
+            g = d.filter(pl.col("model") == model, pl.col("vector") == vec)
             ax.set_title(f"{_name(display_names, model)} \u2014 {vec}\n"
                          f"{CONCEPT_LABELS[concept]}; {_n_text(g['n'])} rollouts per tier "
                          "and point", fontsize=8)
@@ -217,21 +259,20 @@ def _steering_source(df: pd.DataFrame, display_names: Mapping[str, str],
                 a.axvline(0, color="grey", lw=0.8, ls=":", zorder=0)
                 a.spines[["top", "right"]].set_visible(False)
                 a.tick_params(labelsize=7)
-            if g.empty:
+            if g.is_empty():
                 _axis_note(ax, f"{vec} not steered for this model")
                 _axis_note(bx, "no judge decomposition")
                 continue
             _tier_curves(ax, g)
             ax.set_ylim(-3, 103)
             ax.set_ylabel("compliance (%)", fontsize=8)
-            _mult_ticks(ax, g["multiplier"])
+            _mult_ticks(ax, _num(g["multiplier"]))
             ax.tick_params(axis="x", labelbottom=False)
             # bottom: judge decomposition, pooled over tiers
             per_m = []
-            for m, gm in g.groupby("multiplier", sort=True):
+            for (m,), gm in _groups(g, ["multiplier"]):
                 per_m.append((float(m), _pooled(gm, "a"), _pooled(gm, "b"),
-                              int(pd.to_numeric(gm["judged"], errors="coerce").fillna(0)
-                                  .sum())))
+                              int(_fill0(_num(gm["judged"])).sum())))
             x = np.array([p[0] for p in per_m])
             for k, c in enumerate(("expectations", "consequences")):
                 y = np.array([p[1 + k] for p in per_m]) * 100
@@ -245,7 +286,7 @@ def _steering_source(df: pd.DataFrame, display_names: Mapping[str, str],
             bx.set_ylim(-12, 103)
             bx.set_ylabel(f"scratchpads scored \u2265 {high} (%)", fontsize=8)
             bx.set_xlabel("steering multiplier (signed; 0 = unsteered baseline)", fontsize=8)
-            _mult_ticks(bx, g["multiplier"])
+            _mult_ticks(bx, _num(g["multiplier"]))
     handles = [plt.Line2D([], [], color=TIER_COLORS[t], marker="o", label=TIER_LABELS[t])
                for t in TIERS]
     handles += [
@@ -264,7 +305,7 @@ def _steering_source(df: pd.DataFrame, display_names: Mapping[str, str],
     save(fig, outputs, dpi)
 
 
-def steering_ooc(df: pd.DataFrame, display_names: Mapping[str, str],
+def steering_ooc(df: pl.DataFrame, display_names: Mapping[str, str],
                  outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 4: per fitted OOC vector (columns), compliance per tier vs. the signed multiplier
     (top; Wilson CIs as bars and band; multiplier 0 = the unsteered baseline, starred) and the
@@ -274,7 +315,7 @@ def steering_ooc(df: pd.DataFrame, display_names: Mapping[str, str],
     _steering_source(df, display_names, outputs, dpi, "ooc", "Figure 4")
 
 
-def steering_ic(df: pd.DataFrame, display_names: Mapping[str, str],
+def steering_ic(df: pl.DataFrame, display_names: Mapping[str, str],
                 outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 13: as ``steering_ooc`` for the in-context (IC) vectors fit on AF traces."""
     _steering_source(df, display_names, outputs, dpi, "ic", "Figure 13")
@@ -283,7 +324,7 @@ def steering_ic(df: pd.DataFrame, display_names: Mapping[str, str],
 # ----------------------------------------------------------------------------- Figure 10
 
 
-def steering_random(df: pd.DataFrame, display_names: Mapping[str, str],
+def steering_random(df: pl.DataFrame, display_names: Mapping[str, str],
                     outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 10: per (fitted vector, tier) panel, compliance vs. multiplier of every
     norm-matched random control (thin grey), the fitted vector it controls for (coloured, with
@@ -291,48 +332,49 @@ def steering_random(df: pd.DataFrame, display_names: Mapping[str, str],
     non-zero multiplier is written in the panel. Reads the steering summaries."""
     _require(df, SUMMARY_NEEDS, "steering_random")
     d = _with_refs(df)
-    rnd = d[d["kind"] == "random"]
-    if rnd.empty:
+    rnd = d.filter(pl.col("kind") == "random")
+    if rnd.is_empty():
         raise ValueError("steering_random: no random-control rows (kind random, vectors "
                          "random_{concept}_{source}_{k}) in the steering summary")
-    models = sorted(rnd["model"].astype(str).unique())
-    ofs = sorted(rnd["of"].unique(), key=_vector_rank)
+    models = _models(rnd)
+    ofs = sorted(_unique(rnd["of"].to_list()), key=_vector_rank)
     panels = [(of, tier) for of in ofs for tier in TIERS]
     fig, axes = plt.subplots(len(models), len(panels),
                              figsize=(3.2 * len(panels), 3.6 * len(models)), squeeze=False,
                              sharey=True)
     for i, model in enumerate(models):
-        m = d[d["model"] == model]
+        m = d.filter(pl.col("model") == model)
         for j, (of, tier) in enumerate(panels):
             ax = axes[i][j]
             ax.axvline(0, color="grey", lw=0.8, ls=":", zorder=0)
             ax.spines[["top", "right"]].set_visible(False)
             ax.tick_params(labelsize=7)
-            g = m[(m["of"] == of) & (m["tier"] == tier)]
-            r = g[g["kind"] == "random"]
-            k = r["vector"].nunique()
+            g = m.filter(pl.col("of") == of, pl.col("tier") == tier)
+            r = g.filter(pl.col("kind") == "random")
+            k = r["vector"].drop_nulls().n_unique()
             ax.set_title(f"{_name(display_names, model)} \u2014 {of}\n{TIER_LABELS[tier]}; "
                          f"{k} random controls, {_n_text(g['n'])}", fontsize=7)
-            if g.empty:
+            if g.is_empty():
                 _axis_note(ax, "not run")
                 continue
-            for _, rv in r.groupby("vector", sort=True):
-                rv = rv.sort_values("multiplier")
-                ax.plot(rv["multiplier"].to_numpy(float),
-                        rv["compliance"].to_numpy(float) * 100, color="grey", lw=0.7,
+            for _, rv in _groups(r, ["vector"]):
+                rv = _by_multiplier(rv)
+                ax.plot(_num(rv["multiplier"]),
+                        _num(rv["compliance"]) * 100, color="grey", lw=0.7,
                         alpha=0.7, marker=".", ms=3, zorder=2)
-            real = g[g["kind"] == "fitted"]
+            real = g.filter(pl.col("kind") == "fitted")
             _tier_curves(ax, real, lw=2.0, band=False)
-            base = g[g["condition"] == "baseline"]
+            base = g.filter(pl.col("condition") == "baseline")
             if len(base):
-                b = float(base["compliance"].iloc[0]) * 100
+                b = _float(base["compliance"][0]) * 100
                 ax.axhline(b, color="black", lw=0.7, ls="--", zorder=1)
-                if real.empty:
+                if real.is_empty():
                     ax.plot([0.0], [b], marker="*", ms=11, ls="", color=TIER_COLORS[tier],
                             mec="black", mew=0.6, zorder=4)
             lines = []
-            for mult, rm in r[r["multiplier"] != 0].groupby("multiplier", sort=True):
-                v = rm["compliance"].to_numpy(float) * 100
+            for (mult,), rm in _groups(r.filter(pl.col("multiplier").ne_missing(0)),
+                                       ["multiplier"]):
+                v = _num(rm["compliance"]) * 100
                 if np.isfinite(v).any():
                     lines.append(f"random x{format_multiplier(mult)}: "
                                  f"{np.nanmin(v):.1f}\u2013{np.nanmax(v):.1f}%")
@@ -340,7 +382,7 @@ def steering_random(df: pd.DataFrame, display_names: Mapping[str, str],
                 ax.text(0.02, 0.98, "\n".join(lines[:4]), transform=ax.transAxes, ha="left",
                         va="top", fontsize=6, color="dimgrey")
             ax.set_ylim(-3, 103)
-            _mult_ticks(ax, g["multiplier"])
+            _mult_ticks(ax, _num(g["multiplier"]))
             if i == len(models) - 1:
                 ax.set_xlabel("steering multiplier", fontsize=8)
         axes[i][0].set_ylabel("compliance (%)", fontsize=8)
@@ -361,33 +403,37 @@ def steering_random(df: pd.DataFrame, display_names: Mapping[str, str],
 # ----------------------------------------------------------------------------- Figure 14
 
 
-def steering_raw(df: pd.DataFrame, display_names: Mapping[str, str],
+def steering_raw(df: pl.DataFrame, display_names: Mapping[str, str],
                  outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 14: raw-AdvBench compliance (compliance judge) per raw condition, baseline first,
     then each vector by multiplier; Wilson CIs, complied / judged above each bar, the baseline
     level dashed. Reads ``results/steering/{model}/raw.parquet``."""
     _require(df, RAW_NEEDS, "steering_raw")
-    base = df[df["vector"].isna()].assign(_rank=[(-1, 0, 0, 0)] * int(df["vector"].isna().sum()))
-    vec = _with_refs(df[df["vector"].notna()])
-    vec = vec.assign(_rank=[_vector_rank(v) for v in vec["vector"]])
-    d = pd.concat([base, vec], ignore_index=True)
-    if d.empty:
+    base = df.filter(_na(df, "vector"))
+    vec = _with_refs(df.filter(_notna(df, "vector")))
+    ranks = [(-1, 0, 0, 0)] * len(base) + [_vector_rank(v) for v in vec["vector"].to_list()]
+    d = pl.concat([base, vec], how="diagonal_relaxed").with_columns(
+        pl.Series("_rank", [[int(v) for v in r] for r in ranks], dtype=pl.List(pl.Int64)))
+    if d.is_empty():
         raise ValueError("steering_raw: no raw-baseline or raw-{vector} rows in the input")
-    models = sorted(d["model"].astype(str).unique())
+    models = _models(d)
+    per_model = Counter(v for v in d["model"].to_list() if not _null(v))
     fig, axes = plt.subplots(len(models), 1, squeeze=False,
-                             figsize=(max(5.0, 0.75 * d.groupby("model").size().max() + 2.5),
+                             figsize=(max(5.0, 0.75 * max(per_model.values()) + 2.5),
                                       3.6 * len(models)))
     for ax, model in zip(axes[:, 0], models, strict=True):
-        m = d[d["model"] == model].copy()
-        m["_key"] = [(*r, float(x)) for r, x in zip(m["_rank"], m["multiplier"], strict=True)]
-        m = m.sort_values("_key", kind="mergesort")
+        m = d.filter(pl.col("model") == model)
+        keys = [(*r, _float(x)) for r, x in zip(m["_rank"].to_list(), m["multiplier"].to_list(),
+                                                strict=True)]
+        m = m[sorted(range(len(m)), key=keys.__getitem__), :]  # stable, as mergesort
         x = np.arange(len(m))
-        y = pd.to_numeric(m["complied"], errors="coerce").to_numpy(float) * 100
-        lo = pd.to_numeric(m["ci_low"], errors="coerce").to_numpy(float) * 100
-        hi = pd.to_numeric(m["ci_high"], errors="coerce").to_numpy(float) * 100
+        y = _num(m["complied"]) * 100
+        lo = _num(m["ci_low"]) * 100
+        hi = _num(m["ci_high"]) * 100
         labels, colors, hatches = [], [], []
-        for _, r in m.iterrows():
-            if pd.isna(r["vector"]):
+        rows = list(m.iter_rows(named=True))
+        for r in rows:
+            if _null(r["vector"]):
                 labels.append("baseline")
                 colors.append("grey")
                 hatches.append(None)
@@ -402,18 +448,18 @@ def steering_raw(df: pd.DataFrame, display_names: Mapping[str, str],
         ax.errorbar(x, np.nan_to_num(y), yerr=_errs(y, lo, hi), fmt="none", ecolor="black",
                     capsize=3, lw=1)
         top = np.nanmax(np.concatenate([hi, y, [0.0]])) if len(m) else 0.0
-        for xi, (_, r), yi, hii in zip(x, m.iterrows(), y, hi, strict=True):
+        for xi, r, yi, hii in zip(x, rows, y, hi, strict=True):
             judged = int(r["judged"])
             k = int(round(yi / 100 * judged)) if np.isfinite(yi) else 0
             text = f"{k}/{judged}" if judged else "no verdicts"
             missing = r.get("unparsed", 0)
-            if not pd.isna(missing) and int(missing):
+            if not _null(missing) and int(missing):
                 text += f"\n(+{int(missing)} no verdict)"
             ax.annotate(text, (xi, np.nanmax([hii, yi, 0.0])), xytext=(0, 3),
                         textcoords="offset points", ha="center", va="bottom", fontsize=6)
-        b = m[m["vector"].isna()]
-        if len(b) and np.isfinite(float(b["complied"].iloc[0])):
-            ax.axhline(float(b["complied"].iloc[0]) * 100, color="black", lw=0.7, ls="--",
+        b = m.filter(_na(m, "vector"))
+        if len(b) and np.isfinite(_float(b["complied"][0])):
+            ax.axhline(_float(b["complied"][0]) * 100, color="black", lw=0.7, ls="--",
                        zorder=0)
         ax.set_xticks(x, labels, fontsize=6)
         ax.set_ylim(0, min(105.0, max(5.0, 1.3 * top + 2)))
@@ -436,7 +482,7 @@ def steering_raw(df: pd.DataFrame, display_names: Mapping[str, str],
     save(fig, outputs, dpi)
 
 
-def steering_diagnostics(df: pd.DataFrame, display_names: Mapping[str, str],
+def steering_diagnostics(df: pl.DataFrame, display_names: Mapping[str, str],
                          outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Per-layer diagnostics of every fitted vector and its random controls: AUROC per split
     (grouped CV and each validation split) and paired accuracy, with the selected layers
@@ -444,30 +490,34 @@ def steering_diagnostics(df: pd.DataFrame, display_names: Mapping[str, str],
     auroc, paired_accuracy)."""
     need = ["model", "vector", "layer", "split", "auroc", "paired_accuracy"]
     missing = [c for c in need if c not in df.columns]
-    if df.empty or missing:
+    if df.is_empty() or missing:
         raise ValueError(f"steering_diagnostics needs diagnostics tables with {need}; "
                          f"missing {missing or 'rows'}")
-    models = sorted(df["model"].unique())
-    fitted = sorted(v for v in df["vector"].unique() if not str(v).startswith("random_"))
+    models = sorted(df["model"].unique().to_list())
+    fitted = sorted(v for v in df["vector"].unique().to_list()
+                    if not str(v).startswith("random_"))
     fig, axes = plt.subplots(len(models) * 2, len(fitted),
                              figsize=(3.4 * len(fitted), 5.0 * len(models)), squeeze=False,
                              sharex=True)
     split_style = {"cv": "-", "validation": "--", "keyword_hard": ":"}
     for i, model in enumerate(models):
-        mdf = df[df["model"] == model]
+        mdf = df.filter(pl.col("model") == model)
         for j, vec in enumerate(fitted):
             for row, metric in enumerate(("auroc", "paired_accuracy")):
                 ax = axes[2 * i + row, j]
-                real = mdf[mdf["vector"] == vec]
-                for split, sdf in real.groupby("split", sort=True):
-                    sdf = sdf.sort_values("layer")
-                    ax.plot(sdf["layer"], sdf[metric], split_style.get(split, "-."),
+                real = mdf.filter(pl.col("vector") == vec)
+                for (split,), sdf in _groups(real, ["split"]):
+                    sdf = _by_layer(sdf)
+                    ax.plot(sdf["layer"].to_numpy(), sdf[metric].to_numpy(),
+                            split_style.get(split, "-."),
                             color="#2c7fb8", lw=1.4, label=f"fitted, {split}")
-                controls = mdf[mdf["vector"].astype(str).str.startswith(f"random_{vec}_")]
-                for k, (_name, cdf) in enumerate(controls.groupby("vector", sort=True)):
-                    for split, sdf in cdf.groupby("split", sort=True):
-                        sdf = sdf.sort_values("layer")
-                        ax.plot(sdf["layer"], sdf[metric], split_style.get(split, "-."),
+                controls = mdf.filter(pl.col("vector").cast(pl.String)
+                                      .str.starts_with(f"random_{vec}_"))
+                for k, (_name, cdf) in enumerate(_groups(controls, ["vector"])):
+                    for (split,), sdf in _groups(cdf, ["split"]):
+                        sdf = _by_layer(sdf)
+                        ax.plot(sdf["layer"].to_numpy(), sdf[metric].to_numpy(),
+                                split_style.get(split, "-."),
                                 color="0.6", lw=0.8,
                                 label="random controls" if k == 0 and split == "validation"
                                 else None)
@@ -475,9 +525,8 @@ def steering_diagnostics(df: pd.DataFrame, display_names: Mapping[str, str],
                 ax.set_ylim(0, 1.02)
                 ax.set_ylabel(metric.replace("_", " "))
                 if row == 0:
-                    n = real.groupby("split")["n_pairs"].max() if "n_pairs" in real else {}
-                    counts = ", ".join(f"{s} {int(v)}" for s, v in dict(n).items()
-                                       if pd.notna(v))
+                    n = _max_per(real, "split", "n_pairs") if "n_pairs" in real.columns else {}
+                    counts = ", ".join(f"{s} {int(v)}" for s, v in n.items())
                     ax.set_title(f"{display_names.get(model, model)}: {vec}\npairs: {counts}",
                                  fontsize=8)
                 else:

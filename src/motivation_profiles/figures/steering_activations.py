@@ -14,7 +14,9 @@ from motivation_profiles.figures.steering import (
     MAX_TOKENS,
     TOKEN_NEEDS,
     _axis_note,
+    _by_layer,
     _level,
+    _models,
     _n_text,
     _name,
     _vector_rank,
@@ -24,11 +26,16 @@ from motivation_profiles.figures.steering import (
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
 
 from motivation_profiles.figures.style import (  # noqa: E402
     FAMILY_COLORS,
+    _groups,
+    _notna,
+    _null,
+    _num,
     _require,
+    _unique,
     save,
 )
 from motivation_profiles.steering.names import (  # noqa: E402
@@ -69,44 +76,62 @@ def _transcript_order(values: Sequence[object]) -> list[object]:
         if isinstance(v, (int, float, np.integer, np.floating)):
             return (0, float(v), "")
         return (1, 0.0, str(v))
-    return sorted(pd.unique(pd.Series(list(values))), key=key)
+    return sorted(_unique(values), key=key)
 
 
-def _token_heatmap(df: pd.DataFrame, display_names: Mapping[str, str],
+def _mean_cosines(g: pl.DataFrame, vectors: Sequence[str]) -> tuple[list[object], np.ndarray]:
+    """The mean cosine per (vector, position), missing values skipped: the positions (sorted;
+    rows without a position, and positions where every vector's mean is missing, left out) and
+    a ``vectors`` x positions array (NaN where a vector has no value)."""
+    agg = (g.filter(_notna(g, "position"))
+           .group_by("vector", "position")
+           .agg(pl.col("cosine").cast(pl.Float64, strict=False).fill_nan(None).mean())
+           .drop_nulls("cosine"))
+    means = {(v, p): c for v, p, c in agg.select("vector", "position", "cosine").iter_rows()}
+    positions = sorted({p for _, p in means})
+    wide = np.array([[means.get((v, p), np.nan) for p in positions] for v in vectors],
+                    dtype=float).reshape(len(vectors), len(positions))
+    return positions, wide
+
+
+def _token_heatmap(df: pl.DataFrame, display_names: Mapping[str, str],
                    outputs: Sequence[str | Path], dpi: int, concept: str, figure: str,
                    max_tokens: int = MAX_TOKENS) -> None:
     what = f"token_heatmap_{concept}"
     _require(df, TOKEN_NEEDS, what)
     d = _with_refs(df)
-    d = d[d["concept"] == concept]
-    if d.empty:
+    d = d.filter(pl.col("concept") == concept)
+    if d.is_empty():
         raise ValueError(f"{what}: no {concept} vectors ({vector_name(concept, 'ooc')}, "
                          f"{vector_name(concept, 'ic')}, random_{concept}_…) in the token-"
                          "cosine table")
     blocks = []
-    for model in sorted(d["model"].astype(str).unique()):
-        m = d[d["model"] == model]
-        for t in _transcript_order(m["transcript"]):
-            g = m[m["transcript"] == t]
-            vectors = sorted(g["vector"].unique(), key=_vector_rank)
-            wide = g.pivot_table(index="vector", columns="position", values="cosine",
-                                 aggfunc="mean").reindex(vectors).sort_index(axis=1)
-            tokens = g.drop_duplicates("position").set_index("position")["token"]
+    for model in _models(d):
+        m = d.filter(pl.col("model") == model)
+        for t in _transcript_order(m["transcript"].to_list()):
+            g = m.filter(pl.col("transcript").eq_missing(t))
+            vectors = sorted(_unique(g["vector"].to_list()), key=_vector_rank)
+            positions, wide = _mean_cosines(g, vectors)
+            first_token: dict[object, object] = {}
+            for p, token in zip(g["position"].to_list(), g["token"].to_list(), strict=True):
+                first_token.setdefault(p, token)
             fitted = np.array([parse_vector(v).kind == "fitted" for v in vectors], bool)
-            start = _window(wide.to_numpy(float), fitted, max_tokens)
-            wide = wide.iloc[:, start:start + max_tokens]
-            blocks.append((model, t, vectors, wide, tokens.reindex(wide.columns), fitted,
-                           g["position"].nunique()))
-    vals = np.concatenate([b[3].to_numpy(float).ravel() for b in blocks])
+            start = _window(wide, fitted, max_tokens)
+            positions = positions[start:start + max_tokens]
+            wide = wide[:, start:start + max_tokens]
+            blocks.append((model, t, vectors, (positions, wide),
+                           [first_token.get(p) for p in positions], fitted,
+                           len(_unique(v for v in g["position"].to_list() if not _null(v)))))
+    vals = np.concatenate([b[3][1].ravel() for b in blocks])
     vmax = float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 1.0
     vmax = vmax or 1.0
     heights = [0.26 * len(b[2]) + 1.5 for b in blocks]
-    width = max(6.0, 0.2 * max(b[3].shape[1] for b in blocks) + 3.5)
+    width = max(6.0, 0.2 * max(b[3][1].shape[1] for b in blocks) + 3.5)
     fig, axes = plt.subplots(len(blocks), 1, figsize=(width, sum(heights) + 0.8),
                              squeeze=False, gridspec_kw={"height_ratios": heights})
-    for ax, (model, t, vectors, wide, tokens, fitted, total) in zip(axes[:, 0], blocks,
-                                                                    strict=True):
-        im = ax.imshow(wide.to_numpy(float), aspect="auto", cmap="RdBu_r", vmin=-vmax,
+    for ax, (model, t, vectors, (cols, wide), tokens, fitted, total) in zip(
+            axes[:, 0], blocks, strict=True):
+        im = ax.imshow(wide, aspect="auto", cmap="RdBu_r", vmin=-vmax,
                        vmax=vmax, interpolation="nearest")
         ax.set_yticks(np.arange(len(vectors)), vectors, fontsize=6)
         for label, is_fitted in zip(ax.get_yticklabels(), fitted, strict=True):
@@ -114,7 +139,6 @@ def _token_heatmap(df: pd.DataFrame, display_names: Mapping[str, str],
             label.set_fontweight("bold" if is_fitted else "normal")
         ax.set_xticks(np.arange(wide.shape[1]), [_tick_text(x) for x in tokens], rotation=90,
                       fontsize=6)
-        cols = list(wide.columns)
         span = f"tokens {cols[0]}\u2013{cols[-1]} of {total}" if cols else "no tokens"
         ax.set_title(f"{_name(display_names, model)} \u2014 transcript {t} ({span})",
                      fontsize=8, loc="left")
@@ -131,14 +155,14 @@ def _token_heatmap(df: pd.DataFrame, display_names: Mapping[str, str],
     save(fig, outputs, dpi)
 
 
-def token_heatmap_expectations(df: pd.DataFrame, display_names: Mapping[str, str],
+def token_heatmap_expectations(df: pl.DataFrame, display_names: Mapping[str, str],
                                outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 11: per transcript, the per-token cosine with every researcher-expectations
     vector (fitted OOC, fitted IC, their random controls). Reads ``token_cosines.parquet``."""
     _token_heatmap(df, display_names, outputs, dpi, "expectations", "Figure 11")
 
 
-def token_heatmap_consequences(df: pd.DataFrame, display_names: Mapping[str, str],
+def token_heatmap_consequences(df: pl.DataFrame, display_names: Mapping[str, str],
                                outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Figure 12: as ``token_heatmap_expectations`` for the retraining-consequences vectors."""
     _token_heatmap(df, display_names, outputs, dpi, "consequences", "Figure 12")
@@ -158,7 +182,7 @@ def _branch_style(branch: str, others: Sequence[str]) -> dict:
     return {"color": cmap((list(others).index(branch) + 2) % 10), "ls": "-.", "marker": "^"}
 
 
-def sdf_steering_alignment(df: pd.DataFrame, display_names: Mapping[str, str],
+def sdf_steering_alignment(df: pl.DataFrame, display_names: Mapping[str, str],
                            outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
     """Does SDF move activations along the steering direction? Per model a row of panels, one
     per fitted vector: the cosine between the mean activation difference (SDF branch minus the
@@ -166,13 +190,14 @@ def sdf_steering_alignment(df: pd.DataFrame, display_names: Mapping[str, str],
     vector's random controls (thin grey) where present. Reads ``sdf_alignment.parquet``."""
     _require(df, ALIGNMENT_NEEDS, "sdf_steering_alignment")
     d = _with_refs(df)
-    fitted = d[d["kind"] == "fitted"]
-    if fitted.empty:
+    fitted = d.filter(pl.col("kind") == "fitted")
+    if fitted.is_empty():
         raise ValueError("sdf_steering_alignment: no fitted vectors ({concept}_{source}) in "
                          "the alignment table")
-    models = sorted(fitted["model"].astype(str).unique())
-    vectors = sorted(fitted["vector"].unique(), key=_vector_rank)
-    branches = sorted(d["branch"].astype(str).unique())
+    models = _models(fitted)
+    vectors = sorted(_unique(fitted["vector"].to_list()), key=_vector_rank)
+    branch_of = [str(b) for b in d["branch"].to_list()]
+    branches = sorted(set(branch_of))
     others = [b for b in branches if not _BRANCH.match(b)]
     fig, axes = plt.subplots(len(models), len(vectors),
                              figsize=(4.0 * len(vectors), 3.4 * len(models)), squeeze=False,
@@ -180,29 +205,31 @@ def sdf_steering_alignment(df: pd.DataFrame, display_names: Mapping[str, str],
     for i, model in enumerate(models):
         for j, vec in enumerate(vectors):
             ax = axes[i][j]
-            g = d[(d["model"] == model) & (d["vector"] == vec)]
+            g = d.filter(pl.col("model") == model, pl.col("vector") == vec)
             ax.axhline(0, color="black", lw=0.8)
             ax.spines[["top", "right"]].set_visible(False)
             ax.tick_params(labelsize=7)
-            for _, rv in d[(d["model"] == model) & (d["kind"] == "random")
-                           & (d["of"] == vec)].groupby(["vector", "branch"], sort=True):
-                rv = rv.sort_values("layer")
-                ax.plot(rv["layer"].to_numpy(float), rv["cosine"].to_numpy(float),
+            controls = d.filter(pl.col("model") == model, pl.col("kind") == "random",
+                                pl.col("of") == vec)
+            for _, rv in _groups(controls, ["vector", "branch"]):
+                rv = _by_layer(rv)
+                ax.plot(_num(rv["layer"]), _num(rv["cosine"]),
                         color="grey", lw=0.5, alpha=0.6, zorder=1)
+            g_branch = np.array([str(b) for b in g["branch"].to_list()], dtype=object)
             for branch in branches:
-                b = g[g["branch"].astype(str) == branch].sort_values("layer")
-                if b.empty:
+                b = _by_layer(g.filter(pl.Series(g_branch == branch, dtype=pl.Boolean)))
+                if b.is_empty():
                     continue
                 st = _branch_style(branch, others)
-                x = b["layer"].to_numpy(float)
-                ax.fill_between(x, b["ci_low"].to_numpy(float), b["ci_high"].to_numpy(float),
+                x = _num(b["layer"])
+                ax.fill_between(x, _num(b["ci_low"]), _num(b["ci_high"]),
                                 color=st["color"], alpha=0.15, lw=0)
-                ax.plot(x, b["cosine"].to_numpy(float), color=st["color"], ls=st["ls"],
+                ax.plot(x, _num(b["cosine"]), color=st["color"], ls=st["ls"],
                         marker=st["marker"], ms=3, lw=1.2, zorder=3)
             ax.set_title(f"{_name(display_names, model)} \u2014 {vec}\n"
                          f"n_texts: {_n_text(g['n_texts']).removeprefix('n = ')}",
                          fontsize=8)
-            if g.empty:
+            if g.is_empty():
                 _axis_note(ax, "no rows")
             if i == len(models) - 1:
                 ax.set_xlabel("layer", fontsize=8)
@@ -212,7 +239,7 @@ def sdf_steering_alignment(df: pd.DataFrame, display_names: Mapping[str, str],
         st = _branch_style(branch, others)
         handles.append(plt.Line2D([], [], color=st["color"], ls=st["ls"], marker=st["marker"],
                                   ms=3, label=branch))
-    if (d["kind"] == "random").any():
+    if "random" in set(d["kind"].to_list()):
         handles.append(plt.Line2D([], [], color="grey", lw=0.5, label="random controls"))
     fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=min(len(handles), 6),
                frameon=False, bbox_to_anchor=(0.5, -0.12 / len(models)))

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.core.io import atomic_path
 
@@ -27,7 +27,7 @@ class GoalFileError(ValueError):
 # --------------------------------------------------------------------------- goals
 
 
-def verify_goal_bytes(data: bytes, *, source: str, sha256: str | None) -> pd.DataFrame:
+def verify_goal_bytes(data: bytes, *, source: str, sha256: str | None) -> pl.DataFrame:
     """Parse and check a goal,target CSV; return its rows with a stable ``goal_id``.
 
     ``goal_id`` is the 0-based row index in the source file, so ids are comparable across
@@ -65,9 +65,9 @@ def verify_goal_bytes(data: bytes, *, source: str, sha256: str | None) -> pd.Dat
                                 "(quote goals that contain commas)")
         if not row[0].strip():
             raise GoalFileError(f"{source}: empty goal in data row {i}")
-    df = pd.DataFrame(body, columns=GOAL_COLUMNS)
-    df.insert(0, "goal_id", np.arange(len(df), dtype=np.int64))
-    return df
+    return pl.DataFrame({"goal_id": range(len(body)), "goal": [r[0] for r in body],
+                         "target": [r[1] for r in body]},
+                        schema={"goal_id": pl.Int64, "goal": pl.Utf8, "target": pl.Utf8})
 
 
 def download(url: str, dest: str | Path, *, sha256: str | None, timeout: float = 60) -> None:
@@ -85,7 +85,7 @@ def download(url: str, dest: str | Path, *, sha256: str | None, timeout: float =
         tmp.write_bytes(data)
 
 
-def load_goals(path: str | Path, *, sha256: str | None, n: int | None, seed: int) -> pd.DataFrame:
+def load_goals(path: str | Path, *, sha256: str | None, n: int | None, seed: int) -> pl.DataFrame:
     """Read, verify and deterministically sub-sample a goal file.
 
     The sub-sample is a seeded permutation prefix, re-sorted by ``goal_id``: growing ``n`` keeps
@@ -97,5 +97,5 @@ def load_goals(path: str | Path, *, sha256: str | None, n: int | None, seed: int
     df = verify_goal_bytes(p.read_bytes(), source=str(path), sha256=sha256)
     if n is not None and n < len(df):
         order = np.random.default_rng(seed).permutation(len(df))[:n]
-        df = df.iloc[np.sort(order)].reset_index(drop=True)
+        df = df[np.sort(order)]
     return df

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import polars as pl
 import yaml
 
 from motivation_profiles.backends.base import ChatRequest, GenerationBackend, SamplingParams
-from motivation_profiles.judge.scoring import RubricError
+from motivation_profiles.judge.scoring import RubricError, meta_schema
 
 ROW_KEYS = ("model", "condition", "goal_id", "tier", "seed")
 
@@ -85,9 +85,16 @@ def vote(answers: list[bool | None]) -> tuple[bool | None, str]:
     return 2 * yes > len(valid), "ok"
 
 
-def judge_compliance(rollouts: pd.DataFrame, backend: GenerationBackend,
+def _compliance_schema(rollouts: pl.DataFrame,
+                       meta: Mapping[str, Any]) -> dict[str, pl.DataType]:
+    return {**{k: rollouts.schema[k] for k in ROW_KEYS}, "complied": pl.Boolean,
+            "status": pl.Utf8, "votes": pl.List(pl.Boolean), "raw_answers": pl.List(pl.Utf8),
+            "response_chars": pl.Int64, **meta_schema(meta)}
+
+
+def judge_compliance(rollouts: pl.DataFrame, backend: GenerationBackend,
                      rubric: ComplianceRubric, *, samples: int, params: SamplingParams,
-                     meta: Mapping[str, Any]) -> pd.DataFrame:
+                     meta: Mapping[str, Any]) -> pl.DataFrame:
     """One row per rollout (same order): ``complied`` (majority of k), votes, status, answers.
     Rows with an empty response make no request (status ``empty``)."""
     if samples < 1:
@@ -96,20 +103,21 @@ def judge_compliance(rollouts: pd.DataFrame, backend: GenerationBackend,
     if missing:
         raise ValueError(f"raw rollout table lacks column(s) {missing}")
     requests, owners = [], []
-    for idx, row in enumerate(rollouts.itertuples(index=False)):
-        text = row.final_output
+    for idx, row in enumerate(rollouts.iter_rows(named=True)):
+        text = row["final_output"]
         if not isinstance(text, str) or not text.strip():
             continue
-        msgs = tuple(rubric.messages(str(row.goal), text))
+        msgs = tuple(rubric.messages(str(row["goal"]), text))
         for k in range(samples):
-            requests.append(ChatRequest(f"{row.goal_id}-{row.tier}-{row.seed}-c{k}", msgs, k))
+            requests.append(ChatRequest(f"{row['goal_id']}-{row['tier']}-{row['seed']}-c{k}",
+                                        msgs, k))
             owners.append(idx)
     answers: dict[int, list[str]] = {}
     if requests:
         for owner, c in zip(owners, backend.generate(requests, params), strict=True):
             answers.setdefault(owner, []).append(c.text)
     out = []
-    for idx, row in enumerate(rollouts.to_dict("records")):
+    for idx, row in enumerate(rollouts.iter_rows(named=True)):
         raws = answers.get(idx, [])
         votes = [parse_compliance(t) for t in raws]
         complied, status = vote(votes) if raws else (None, "empty")
@@ -117,10 +125,7 @@ def judge_compliance(rollouts: pd.DataFrame, backend: GenerationBackend,
                     "votes": votes, "raw_answers": raws, "response_chars":
                     len(row["final_output"]) if isinstance(row["final_output"], str) else 0,
                     **meta})
-    df = pd.DataFrame(out)
-    if len(df):
-        df["complied"] = df["complied"].astype("boolean")
-    return df
+    return pl.DataFrame(out, schema=_compliance_schema(rollouts, meta))
 
 
 __all__ = ["ComplianceRubric", "judge_compliance", "parse_compliance", "vote"]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 import yaml
 
 from motivation_profiles.backends.base import ChatRequest, GenerationBackend, SamplingParams
@@ -213,19 +213,42 @@ def agreement_summary(votes_per_item: Sequence[Sequence[int | None]]) -> dict[st
 ROW_KEYS = ("model", "condition", "goal_id", "tier", "seed", "outcome")
 
 
+DIRECTION_SCHEMA: dict[str, pl.DataType] = {
+    "score": pl.Float64, "votes": pl.List(pl.Int64), "valid": pl.Int64,
+    "modal_agreement": pl.Float64, "spread": pl.Int64, "quote": pl.Utf8,
+    "statuses": pl.List(pl.Utf8),
+}
+"""Each direction's columns (``a_score`` ...) and their dtypes, in table order."""
+
+
 def _status(parses: Sequence[JudgeParse]) -> str:
     a = any(p.a_score is not None for p in parses)
     b = any(p.b_score is not None for p in parses)
     return "ok" if a and b else "partial" if a or b else "unparsed"
 
 
-def judge_rollouts(rollouts: pd.DataFrame, backend: GenerationBackend, rubric: Rubric, *,
+def meta_schema(meta: Mapping[str, Any]) -> dict[str, pl.DataType]:
+    """The dtypes of ``meta``'s columns, copied into every row (a null value is a null
+    string)."""
+    return {k: pl.Utf8 if v is None else pl.Series([v]).dtype for k, v in meta.items()}
+
+
+def _judge_schema(rollouts: pl.DataFrame, meta: Mapping[str, Any]) -> dict[str, pl.DataType]:
+    schema = {k: rollouts.schema[k] for k in ROW_KEYS}
+    schema.update(scratchpad_chars=pl.Int64, status=pl.Utf8)
+    for d in DIRECTIONS:
+        schema.update({f"{d}_{c}": t for c, t in DIRECTION_SCHEMA.items()})
+    return {**schema, "raw_answers": pl.List(pl.Utf8), **meta_schema(meta)}
+
+
+def judge_rollouts(rollouts: pl.DataFrame, backend: GenerationBackend, rubric: Rubric, *,
                    samples: int, params: SamplingParams, prefill: str | None,
-                   meta: Mapping[str, Any]) -> pd.DataFrame:
+                   meta: Mapping[str, Any]) -> pl.DataFrame:
     """One row per rollout row (same order) with k-sample scores, agreement and raw answers.
 
     Every request of the table goes to one ``backend.generate`` call; rows without a
-    scratchpad make no request (status ``no_scratchpad``).
+    scratchpad make no request (status ``no_scratchpad``). A direction without a valid vote
+    has null ``{d}_score``, ``{d}_modal_agreement`` and ``{d}_spread``.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
@@ -233,20 +256,21 @@ def judge_rollouts(rollouts: pd.DataFrame, backend: GenerationBackend, rubric: R
     if missing:
         raise ValueError(f"rollout table lacks column(s) {missing}")
     requests, owners = [], []
-    for idx, row in enumerate(rollouts.itertuples(index=False)):
-        pad = row.scratchpad
+    for idx, row in enumerate(rollouts.iter_rows(named=True)):
+        pad = row["scratchpad"]
         if not isinstance(pad, str) or not pad.strip():
             continue
         msgs = tuple(rubric.messages(pad, prefill))
         for k in range(samples):
-            requests.append(ChatRequest(f"{row.goal_id}-{row.tier}-{row.seed}-j{k}", msgs, k))
+            requests.append(ChatRequest(f"{row['goal_id']}-{row['tier']}-{row['seed']}-j{k}",
+                                        msgs, k))
             owners.append(idx)
     answers: dict[int, list[str]] = {}
     if requests:
         for owner, c in zip(owners, backend.generate(requests, params), strict=True):
             answers.setdefault(owner, []).append((prefill or "") + c.text)
     out = []
-    for idx, row in enumerate(rollouts.to_dict("records")):
+    for idx, row in enumerate(rollouts.iter_rows(named=True)):
         pad = row["scratchpad"]
         rec: dict[str, Any] = {k: row[k] for k in ROW_KEYS}
         rec["scratchpad_chars"] = len(pad) if isinstance(pad, str) else 0
@@ -256,7 +280,7 @@ def judge_rollouts(rollouts: pd.DataFrame, backend: GenerationBackend, rubric: R
         for d in DIRECTIONS:
             votes = [getattr(p, f"{d}_score") for p in parses]
             valid = _valid(votes)
-            rec[f"{d}_score"] = float(np.mean(valid)) if valid else np.nan
+            rec[f"{d}_score"] = float(np.mean(valid)) if valid else None
             rec[f"{d}_votes"] = votes
             rec[f"{d}_valid"] = len(valid)
             rec[f"{d}_modal_agreement"] = modal_agreement(votes)
@@ -267,15 +291,7 @@ def judge_rollouts(rollouts: pd.DataFrame, backend: GenerationBackend, rubric: R
         rec["raw_answers"] = raws
         rec.update(meta)
         out.append(rec)
-    df = pd.DataFrame(out)
-    for d in DIRECTIONS:
-        for col in (f"{d}_modal_agreement",):
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-        df[f"{d}_spread"] = pd.array(df[f"{d}_spread"].tolist() if len(df) else [],
-                                     dtype="Int64")
-        df[f"{d}_votes"] = [[None if v is None else int(v) for v in votes]
-                            for votes in df[f"{d}_votes"]] if len(df) else []
-    return df
+    return pl.DataFrame(out, schema=_judge_schema(rollouts, meta))
 
 
 __all__ = ["DIRECTIONS", "JudgeParse", "Rubric", "RubricError", "agreement_summary",

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.metrics.rates import paired_differences
 from motivation_profiles.rollouts.protocol import TIERS
@@ -33,19 +33,35 @@ FAMILIES = {"A": ("A1", "A2"), "B": ("B1", "B2")}
 STATS = ("d", "monitored", "unmonitored")
 
 
-def _per_goal(rollouts: pd.DataFrame, condition: str) -> pd.DataFrame:
-    """Per goal: sums of the paired difference and of each tier's compliance, and counts."""
-    df = rollouts[rollouts["condition"] == condition]
-    if df.empty:
+EFFECT_SCHEMA: dict[str, pl.DataType] = {
+    "quantity": pl.Utf8, "target": pl.Utf8, "condition": pl.Utf8, "estimate": pl.Float64,
+    "ci_low": pl.Float64, "ci_high": pl.Float64, "pairs": pl.Utf8, "n_goals": pl.Int64,
+    "baseline_condition": pl.Utf8, "ci_level": pl.Float64, "bootstrap_samples": pl.Int64,
+}
+"""The columns of :func:`intervention_effects`' table."""
+
+
+def _per_goal(rollouts: pl.DataFrame, condition: str) -> pl.DataFrame:
+    """Per goal (sorted by ``goal_id``): sums of the paired difference and of each tier's
+    compliance, and counts."""
+    df = rollouts.filter(pl.col("condition") == condition)
+    if df.is_empty():
         raise ValueError(f"no rollouts for condition {condition!r}")
     pairs = paired_differences(df)
-    return pairs.groupby("goal_id").agg(d=("d", "sum"), monitored=("monitored", "sum"),
-                                        unmonitored=("unmonitored", "sum"), n=("d", "size"))
+    return (pairs.group_by("goal_id", maintain_order=True)
+            .agg(*(pl.col(s).sum() for s in STATS), n=pl.len())
+            .sort("goal_id"))
 
 
-def intervention_effects(rollouts: pd.DataFrame, *, baseline: str,
+def _goal_arrays(per_goal: pl.DataFrame, goals: list) -> dict[str, np.ndarray]:
+    """Each statistic (and ``n``) of ``per_goal`` as a float array in the order of ``goals``."""
+    rows = per_goal.filter(pl.col("goal_id").is_in(goals)).sort("goal_id")
+    return {s: rows[s].to_numpy().astype(float) for s in (*STATS, "n")}
+
+
+def intervention_effects(rollouts: pl.DataFrame, *, baseline: str,
                          interventions: Mapping[str, str], n_boot: int, level: float,
-                         seed: int) -> pd.DataFrame:
+                         seed: int) -> pl.DataFrame:
     """Effects of each intervention condition against ``baseline``, and S_A / S_B.
 
     ``interventions`` maps an intervention id (``A1_amp`` ...) to its condition name. Returns a
@@ -53,11 +69,10 @@ def intervention_effects(rollouts: pd.DataFrame, *, baseline: str,
     """
     conds = {"__baseline__": baseline, **interventions}
     per_goal = {k: _per_goal(rollouts, c) for k, c in conds.items()}
-    goals = sorted(set.intersection(*(set(t.index) for t in per_goal.values())))
+    goals = sorted(set.intersection(*(set(t["goal_id"].to_list()) for t in per_goal.values())))
     if not goals:
         raise ValueError("no goal has paired rollouts in every condition")
-    arrays = {k: {s: t.loc[goals, s].to_numpy(float) for s in (*STATS, "n")}
-              for k, t in per_goal.items()}
+    arrays = {k: _goal_arrays(t, goals) for k, t in per_goal.items()}
     rng = np.random.default_rng(seed)
     draws = np.vstack([np.arange(len(goals))[None, :],  # row 0: the point estimate
                        rng.integers(0, len(goals), size=(n_boot, len(goals)))])
@@ -95,7 +110,7 @@ def intervention_effects(rollouts: pd.DataFrame, *, baseline: str,
                      "pairs": used.get(target), "n_goals": len(goals),
                      "baseline_condition": baseline,
                      "ci_level": level, "bootstrap_samples": n_boot})
-    return pd.DataFrame(rows)
+    return pl.DataFrame(rows, schema=EFFECT_SCHEMA).fill_nan(None)
 
 
 def parse_sdf_condition(condition: str) -> dict[str, object] | None:
@@ -111,12 +126,13 @@ def parse_sdf_condition(condition: str) -> dict[str, object] | None:
     return {"intervention": base, "strength": strength or "standard", "naming": naming}
 
 
-def sdf_effects(rollouts: pd.DataFrame, *, n_boot: int, level: float, seed: int
-                ) -> pd.DataFrame:
+def sdf_effects(rollouts: pl.DataFrame, *, n_boot: int, level: float, seed: int
+                ) -> pl.DataFrame:
     """SDF effects per (strength, naming) group against that naming's noise adapter."""
-    parsed = {c: parse_sdf_condition(c) for c in rollouts["condition"].unique()}
+    conditions = rollouts["condition"].unique(maintain_order=True).to_list()
+    parsed = {c: parse_sdf_condition(c) for c in conditions}
     parsed = {c: p for c, p in parsed.items() if p is not None}
-    model = rollouts["model"].iloc[0]
+    model = rollouts["model"][0]
     out = []
     for naming in ("original", "self"):
         baseline = "sdf-noise" + ("+self" if naming == "self" else "")
@@ -129,14 +145,14 @@ def sdf_effects(rollouts: pd.DataFrame, *, n_boot: int, level: float, seed: int
                      if p["naming"] == naming and p["strength"] == strength}
             table = intervention_effects(rollouts, baseline=baseline, interventions=group,
                                          n_boot=n_boot, level=level, seed=seed)
-            out.append(table.assign(model=model, method="sdf", strength=strength,
-                                    naming=naming))
+            out.append(_assign(table, model=model, method="sdf", strength=strength,
+                               naming=naming))
     if not out:
         raise ValueError(f"{model}: no SDF conditions with a noise baseline among "
-                         f"{sorted(rollouts['condition'].unique())}")
+                         f"{sorted(conditions)}")
     cols = ["model", "method", "strength", "naming"]
-    df = pd.concat(out, ignore_index=True)
-    return df[cols + [c for c in df.columns if c not in cols]]
+    df = pl.concat(out)
+    return df.select(cols + [c for c in df.columns if c not in cols])
 
 
 # ----------------------------------------------------------------------------- prompt method
@@ -144,15 +160,22 @@ def sdf_effects(rollouts: pd.DataFrame, *, n_boot: int, level: float, seed: int
 LABELS = ("model", "method", "strength", "naming", "checkpoint")
 
 
-def _labelled(table: pd.DataFrame, **labels: object) -> pd.DataFrame:
-    df = table.assign(**labels)
+def _assign(table: pl.DataFrame, **labels: object) -> pl.DataFrame:
+    """``table`` with a constant column per label (replaced in place or appended in order);
+    a None label is a null string column."""
+    return table.with_columns(pl.lit(v, dtype=pl.Utf8 if v is None else None).alias(k)
+                              for k, v in labels.items())
+
+
+def _labelled(table: pl.DataFrame, **labels: object) -> pl.DataFrame:
+    df = _assign(table, **labels)
     cols = [c for c in (*LABELS, "checkpoint_family") if c in df.columns]
-    return df[cols + [c for c in df.columns if c not in cols]]
+    return df.select(cols + [c for c in df.columns if c not in cols])
 
 
-def prompt_effects(rollouts: pd.DataFrame, *, interventions: Sequence[str],
+def prompt_effects(rollouts: pl.DataFrame, *, interventions: Sequence[str],
                    strengths: Sequence[str], n_boot: int, level: float, seed: int,
-                   checkpoint: str | None = None) -> pd.DataFrame:
+                   checkpoint: str | None = None) -> pl.DataFrame:
     """Prompt-claim effects per strength against the same model without a claim.
 
     On the base model (``checkpoint`` None) the reference is ``baseline`` and the conditions are
@@ -161,7 +184,7 @@ def prompt_effects(rollouts: pd.DataFrame, *, interventions: Sequence[str],
     """
     from motivation_profiles.prompts.claims import prompt_condition
 
-    model = rollouts["model"].iloc[0]
+    model = rollouts["model"][0]
     reference = "baseline" if checkpoint is None else f"sdf-{checkpoint}"
     out = []
     for strength in strengths:
@@ -170,15 +193,15 @@ def prompt_effects(rollouts: pd.DataFrame, *, interventions: Sequence[str],
                                      n_boot=n_boot, level=level, seed=seed)
         out.append(_labelled(table, model=model, method="prompt", strength=strength,
                              naming="original", checkpoint=checkpoint))
-    return pd.concat(out, ignore_index=True)
+    return pl.concat(out)
 
 
-def profile_rows(effects: pd.DataFrame) -> pd.DataFrame:
+def profile_rows(effects: pl.DataFrame) -> pl.DataFrame:
     """The S_A / S_B rows of one or more effects tables (the comparative profile points)."""
-    df = effects[effects["quantity"].isin(["S_A", "S_B"])].copy()
+    df = effects.filter(pl.col("quantity").is_in(["S_A", "S_B"]))
     if "checkpoint" not in df.columns:
-        df["checkpoint"] = None
-    return df.reset_index(drop=True)
+        df = _assign(df, checkpoint=None)
+    return df
 
 
 __all__ = ["intervention_effects", "sdf_effects", "parse_sdf_condition", "prompt_effects",

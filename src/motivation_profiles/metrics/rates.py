@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
+import polars as pl
 from scipy.stats import binomtest
 
 from motivation_profiles.rollouts.protocol import TIERS
@@ -25,17 +25,24 @@ def wilson_ci(k: int, n: int, level: float) -> tuple[float, float]:
     return (float(ci.low), float(ci.high))
 
 
-def paired_differences(rollouts: pd.DataFrame) -> pd.DataFrame:
-    """Per (goal, seed): compliance in each tier and their difference (pairs in both tiers)."""
-    c = rollouts.assign(c=(rollouts["outcome"] == "compliant").astype(float))
-    wide = c.pivot_table(index=["goal_id", "seed"], columns="tier", values="c", aggfunc="mean")
-    wide = wide.dropna(subset=[t for t in TIERS if t in wide.columns])
-    for t in TIERS:
-        if t not in wide.columns:
-            wide[t] = np.nan
-    wide = wide.dropna()
-    wide["d"] = wide["monitored"] - wide["unmonitored"]
-    return wide.reset_index()
+def paired_differences(rollouts: pl.DataFrame) -> pl.DataFrame:
+    """Per (goal, seed): compliance in each tier and their difference (pairs in both tiers).
+
+    Columns ``goal_id``, ``seed``, one per tier present (sorted by name, then any of
+    :data:`TIERS` missing), ``d``; rows sorted by (goal_id, seed); a (goal, seed) lacking any
+    tier present in the table is left out."""
+    keys = ["goal_id", "seed"]
+    c = (rollouts.select(*keys, "tier", c=pl.col("outcome").eq_missing("compliant")
+                         .cast(pl.Float64))
+         .drop_nulls([*keys, "tier"]))
+    tiers = sorted(c["tier"].unique().to_list())
+    wide = (c.group_by(*keys, "tier").agg(pl.col("c").mean())
+            .pivot(on="tier", on_columns=tiers, index=keys, values="c")
+            .select(*keys, *tiers)
+            .with_columns(pl.lit(None, pl.Float64).alias(t) for t in TIERS if t not in tiers)
+            .drop_nulls()
+            .sort(keys))
+    return wide.with_columns(d=pl.col("monitored") - pl.col("unmonitored"))
 
 
 def cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, *, n_boot: int,
@@ -54,26 +61,35 @@ def cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, *, n_boot: 
     return (float(values.mean()), float(lo), float(hi))
 
 
-def condition_metrics(rollouts: pd.DataFrame, *, n_boot: int, level: float, seed: int,
-                      group_by: Sequence[str] = ("model", "condition")) -> pd.DataFrame:
-    """One row per (model, condition): per-tier rates with CIs, and the paired gap with CI."""
+def _groups(rollouts: pl.DataFrame, by: Sequence[str]) -> list[tuple[tuple, pl.DataFrame]]:
+    """The table's groups by ``by``, sorted by key; rows with a null key are left out."""
+    parts = rollouts.drop_nulls(list(by)).partition_by(list(by), as_dict=True,
+                                                       maintain_order=True)
+    return sorted(parts.items(), key=lambda item: item[0])
+
+
+def condition_metrics(rollouts: pl.DataFrame, *, n_boot: int, level: float, seed: int,
+                      group_by: Sequence[str] = ("model", "condition")) -> pl.DataFrame:
+    """One row per (model, condition): per-tier rates with CIs, and the paired gap with CI.
+
+    A rate of an empty tier, and the gap and its CI without pairs, are null."""
     rows = []
-    for key, df in rollouts.groupby(list(group_by), sort=True):
-        row = dict(zip(group_by, key if isinstance(key, tuple) else (key,), strict=True))
-        row["n_goals"] = int(df["goal_id"].nunique())
-        row["n_seeds"] = int(df["seed"].nunique())
+    for key, df in _groups(rollouts, group_by):
+        row = dict(zip(group_by, key, strict=True))
+        row["n_goals"] = df["goal_id"].drop_nulls().n_unique()
+        row["n_seeds"] = df["seed"].drop_nulls().n_unique()
         for tier in TIERS:
-            t = df[df["tier"] == tier]
+            t = df.filter(pl.col("tier") == tier)
             n = len(t)
-            k = int((t["outcome"] == "compliant").sum())
+            k = int(t["outcome"].eq_missing("compliant").sum())
             lo, hi = wilson_ci(k, n, level)
             row[f"{tier}_n"] = n
             row[f"{tier}_compliance"] = k / n if n else float("nan")
             row[f"{tier}_compliance_ci_low"] = lo
             row[f"{tier}_compliance_ci_high"] = hi
             for outcome in ("rejected", "unparseable", "truncated"):
-                row[f"{tier}_{outcome}"] = float((t["outcome"] == outcome).mean()) if n else \
-                    float("nan")
+                row[f"{tier}_{outcome}"] = float(t["outcome"].eq_missing(outcome).mean()) \
+                    if n else float("nan")
             row[f"{tier}_accepted_then_refused"] = (
                 float(t["accepted_then_refused"].mean()) if n else float("nan"))
         pairs = paired_differences(df)
@@ -82,4 +98,6 @@ def condition_metrics(rollouts: pd.DataFrame, *, n_boot: int, level: float, seed
         row.update(n_pairs=len(pairs), gap=gap, gap_ci_low=lo, gap_ci_high=hi,
                    ci_level=level, bootstrap_samples=n_boot)
         rows.append(row)
-    return pd.DataFrame(rows)
+    # an undefined rate or CI is null (NaN is not missing in polars; the pandas tables were
+    # written with NaN as null too)
+    return pl.DataFrame(rows, infer_schema_length=None).fill_nan(None)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
+import polars as pl
 from scipy.stats import norm
 
 from motivation_profiles.rollouts.protocol import TIERS
@@ -49,10 +49,29 @@ JUDGE_COLUMNS = ["model", "condition", "tier", "status", "a_score", "b_score"]
 RAW_INPUT_COLUMNS = ["model", "condition", "goal_id", "seed", "status", "complied"]
 
 
+SUMMARY_SCHEMA = {
+    **dict.fromkeys(["model", "vector", "concept", "source", "kind", "of"], pl.String),
+    "multiplier": pl.Float64, "condition": pl.String, "tier": pl.String,
+    **dict.fromkeys(["compliance", "ci_low", "ci_high"], pl.Float64), "n": pl.Int64,
+    **dict.fromkeys(["gap", "gap_ci_low", "gap_ci_high"], pl.Float64),
+    **dict.fromkeys(["judged", "a_scored", "b_scored"], pl.Int64),
+    **dict.fromkeys(["a_mean", "b_mean", "a_share", "b_share", "high", "ci_level"], pl.Float64),
+}
+
+
+RAW_SCHEMA = {
+    **dict.fromkeys(["model", "condition", "vector", "concept", "source", "kind", "of"],
+                    pl.String),
+    "multiplier": pl.Float64, "n": pl.Int64, "judged": pl.Int64, "complied": pl.Float64,
+    "ci_low": pl.Float64, "ci_high": pl.Float64, "unparsed": pl.Int64,
+    "ci_level": pl.Float64,
+}
+
+
 JUDGED_STATUSES = ("ok", "partial")
 
 
-def _check(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def _check(df: pl.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{what} lacks column(s) {', '.join(missing)} "
@@ -81,24 +100,41 @@ def _vector_fields(vector: str) -> dict[str, object]:
             "of": ref.of, "_k": ref.k if ref.k is not None else 0}
 
 
-def _order_key(df: pd.DataFrame) -> pd.DataFrame:
-    """Sort helpers: concept / source in their canonical order, fitted before random, random
-    controls by their index (numerically), then multiplier and tier."""
-    return df.assign(
-        _concept=df["concept"].map({c: i for i, c in enumerate(CONCEPTS)}),
-        _source=df["source"].map({s: i for i, s in enumerate(SOURCES)}),
-        _kind=(df["kind"] != "fitted").astype(int))
+def _order_key(df: pl.DataFrame) -> pl.DataFrame:
+    """Sort helpers: concept / source in their canonical order (null when absent), fitted
+    before random; random controls sort by their index (``_k``), then multiplier and tier."""
+    return df.with_columns(
+        _concept=pl.col("concept").replace_strict({c: i for i, c in enumerate(CONCEPTS)},
+                                                  default=None, return_dtype=pl.Int64),
+        _source=pl.col("source").replace_strict({s: i for i, s in enumerate(SOURCES)},
+                                                default=None, return_dtype=pl.Int64),
+        _kind=pl.col("kind").ne_missing("fitted").cast(pl.Int64))
 
 
-def _judge_stats(judge: pd.DataFrame, high: float) -> dict[tuple[str, str, str], dict]:
+def _groups(df: pl.DataFrame, keys: Sequence[str]) -> list[tuple[tuple, pl.DataFrame]]:
+    """``(key, rows)`` per distinct ``keys`` tuple without a missing value, keys sorted, rows in
+    table order."""
+    index: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(*(df[k].to_list() for k in keys), strict=True)):
+        if not any(_missing(v) for v in key):
+            index.setdefault(key, []).append(i)
+    return [(key, df[index[key], :]) for key in sorted(index)]
+
+
+def _missing(value: object) -> bool:
+    """None or a float NaN."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _judge_stats(judge: pl.DataFrame, high: float) -> dict[tuple[str, str, str], dict]:
     """Per (model, condition, tier): judged count, scored counts, means and high shares."""
     out: dict[tuple[str, str, str], dict] = {}
     if len(judge) == 0:
         return out
-    for (model, cond, tier), g in judge.groupby(["model", "condition", "tier"], sort=True):
-        rec = {"judged": int(g["status"].isin(JUDGED_STATUSES).sum())}
+    for (model, cond, tier), g in _groups(judge, ["model", "condition", "tier"]):
+        rec = {"judged": sum(v in JUDGED_STATUSES for v in g["status"].to_list())}
         for d in ("a", "b"):
-            s = pd.to_numeric(g[f"{d}_score"], errors="coerce").to_numpy(float)
+            s = np.asarray(g[f"{d}_score"].cast(pl.Float64, strict=False).to_numpy(), float)
             s = s[np.isfinite(s)]
             rec[f"{d}_scored"] = len(s)
             rec[f"{d}_mean"] = float(s.mean()) if len(s) else math.nan
@@ -107,8 +143,8 @@ def _judge_stats(judge: pd.DataFrame, high: float) -> dict[tuple[str, str, str],
     return out
 
 
-def steering_summary(metrics: pd.DataFrame, judge: pd.DataFrame, *, high: float,
-                     baseline: str = "baseline") -> pd.DataFrame:
+def steering_summary(metrics: pl.DataFrame, judge: pl.DataFrame, *, high: float,
+                     baseline: str = "baseline") -> pl.DataFrame:
     """One row per (model, vector, multiplier, tier) of the ``steer-`` conditions in
     ``metrics`` (rows of other kinds are ignored).
 
@@ -128,9 +164,9 @@ def steering_summary(metrics: pd.DataFrame, judge: pd.DataFrame, *, high: float,
     empty_stats = {"judged": 0, "a_scored": 0, "b_scored": 0, "a_mean": math.nan,
                    "b_mean": math.nan, "a_share": math.nan, "b_share": math.nan}
 
-    steered: list[tuple[str, str, str, float, pd.Series]] = []  # model, cond, vector, mult
-    baselines: dict[str, pd.Series] = {}
-    for _, row in metrics.iterrows():
+    steered: list[tuple[str, str, str, float, dict]] = []  # model, cond, vector, mult, row
+    baselines: dict[str, dict] = {}
+    for row in metrics.iter_rows(named=True):
         cond, model = str(row["condition"]), str(row["model"])
         if cond == baseline:
             if model in baselines:
@@ -142,7 +178,7 @@ def steering_summary(metrics: pd.DataFrame, judge: pd.DataFrame, *, high: float,
             continue
         steered.append((model, cond, parsed.vector.name, parsed.multiplier, row))
 
-    points: dict[tuple[str, str, float], tuple[str, pd.Series]] = {}
+    points: dict[tuple[str, str, float], tuple[str, dict]] = {}
     for model, cond, vector, mult, row in steered:
         key = (model, vector, mult)
         if key in points:
@@ -158,35 +194,36 @@ def steering_summary(metrics: pd.DataFrame, judge: pd.DataFrame, *, high: float,
         for tier in TIERS:
             rec = {"model": model, **_vector_fields(vector), "multiplier": float(mult),
                    "condition": cond, "tier": tier,
-                   "compliance": float(row[f"{tier}_compliance"]),
-                   "ci_low": float(row[f"{tier}_compliance_ci_low"]),
-                   "ci_high": float(row[f"{tier}_compliance_ci_high"]),
-                   "n": int(row[f"{tier}_n"]), "gap": float(row["gap"]),
-                   "gap_ci_low": float(row["gap_ci_low"]),
-                   "gap_ci_high": float(row["gap_ci_high"])}
+                   "compliance": _float(row[f"{tier}_compliance"]),
+                   "ci_low": _float(row[f"{tier}_compliance_ci_low"]),
+                   "ci_high": _float(row[f"{tier}_compliance_ci_high"]),
+                   "n": int(_float(row[f"{tier}_n"])), "gap": _float(row["gap"]),
+                   "gap_ci_low": _float(row["gap_ci_low"]),
+                   "gap_ci_high": _float(row["gap_ci_high"])}
             rec.update(stats.get((model, cond, tier), empty_stats))
-            rec.update(high=float(high), ci_level=float(row["ci_level"]))
+            rec.update(high=float(high), ci_level=_float(row["ci_level"]))
             rows.append(rec)
     if not rows:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in SUMMARY_COLUMNS})
-    df = _order_key(pd.DataFrame(rows))
-    df["_tier"] = df["tier"].map({t: i for i, t in enumerate(TIERS)})
-    df = df.sort_values(["model", "_concept", "_source", "_kind", "_k", "multiplier", "_tier"],
-                        kind="mergesort")
-    df = df[SUMMARY_COLUMNS].reset_index(drop=True)
-    for c in ("n", "judged", "a_scored", "b_scored"):
-        df[c] = df[c].astype(int)
-    return df
+        return pl.DataFrame(schema=SUMMARY_SCHEMA)
+    df = _order_key(pl.DataFrame(rows, schema={**SUMMARY_SCHEMA, "_k": pl.Int64}))
+    df = df.with_columns(_tier=pl.col("tier").replace_strict(
+        {t: i for i, t in enumerate(TIERS)}, return_dtype=pl.Int64))
+    return (df.sort(["model", "_concept", "_source", "_kind", "_k", "multiplier", "_tier"],
+                    nulls_last=True, maintain_order=True)
+            .select(SUMMARY_COLUMNS))
+
+
+def _float(value: object) -> float:
+    """``float(value)``, NaN for a null cell."""
+    return math.nan if value is None else float(value)
 
 
 def _complied(value: object) -> bool | None:
-    """True / False / None from a boolean-ish cell (pandas NA, strings, 0/1 included)."""
-    if value is None:
+    """True / False / None from a boolean-ish cell (null, NaN, strings, 0/1 included; a list
+    or array is no verdict)."""
+    if value is None or isinstance(value, (list, tuple, dict, np.ndarray, pl.Series)):
         return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
         return None
     if isinstance(value, str):
         v = value.strip().lower()
@@ -198,7 +235,7 @@ def _complied(value: object) -> bool | None:
     return bool(value)
 
 
-def raw_summary(judge_raw: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame:
+def raw_summary(judge_raw: pl.DataFrame, *, level: float = 0.95) -> pl.DataFrame:
     """One row per (model, raw condition) of the compliance judge's verdicts: ``n`` rollouts,
     ``judged`` (status ok with a verdict), ``complied`` (rate over judged), its Wilson
     ``ci_low`` / ``ci_high`` at ``level``, and ``unparsed`` (rows without a verdict: unparsed,
@@ -207,13 +244,13 @@ def raw_summary(judge_raw: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame
     Sorted by model, baseline first, then concept, source, fitted before random, multiplier."""
     _check(judge_raw, RAW_INPUT_COLUMNS, "raw_summary: the compliance-judge table")
     rows = []
-    for (model, cond), g in judge_raw.groupby(["model", "condition"], sort=True):
+    for (model, cond), g in _groups(judge_raw, ["model", "condition"]):
         parsed = parse_steer_condition(str(cond))
         if parsed is None or not parsed.raw:
             raise ValueError(f"raw_summary: {cond!r} is not a raw condition "
                              "(raw-baseline or raw-{vector}-x{multiplier})")
-        verdicts = [_complied(v) for v in g["complied"]]
-        ok = (g["status"].astype(str) == "ok").to_numpy()
+        verdicts = [_complied(v) for v in g["complied"].to_list()]
+        ok = [str(v) == "ok" for v in g["status"].to_list()]
         judged = [v for v, o in zip(verdicts, ok, strict=True) if o and v is not None]
         k = sum(judged)
         lo, hi = wilson_interval(k, len(judged), level)
@@ -227,17 +264,12 @@ def raw_summary(judge_raw: pd.DataFrame, *, level: float = 0.95) -> pd.DataFrame
                      "ci_low": lo, "ci_high": hi, "unparsed": len(g) - len(judged),
                      "ci_level": float(level)})
     if not rows:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in RAW_COLUMNS})
-    df = _order_key(pd.DataFrame(rows))
-    df["_base"] = df["vector"].notna().astype(int)
-    df = df.sort_values(["model", "_base", "_concept", "_source", "_kind", "_k", "multiplier"],
-                        kind="mergesort", na_position="first")
-    df = df[RAW_COLUMNS].reset_index(drop=True)
-    for c in ("n", "judged", "unparsed"):
-        df[c] = df[c].astype(int)
-    for c in ("vector", "concept", "source", "kind", "of"):  # None, not NaN, on raw-baseline
-        df[c] = pd.Series([None if pd.isna(v) else str(v) for v in df[c]], dtype=object)
-    return df
+        return pl.DataFrame(schema=RAW_SCHEMA)
+    df = _order_key(pl.DataFrame(rows, schema={**RAW_SCHEMA, "_k": pl.Int64}))
+    df = df.with_columns(_base=pl.col("vector").is_not_null().cast(pl.Int64))
+    return (df.sort(["model", "_base", "_concept", "_source", "_kind", "_k", "multiplier"],
+                    nulls_last=False, maintain_order=True)
+            .select(RAW_COLUMNS))  # vector .. of: null on raw-baseline
 
 
 __all__ = ["steering_summary", "raw_summary", "wilson_interval", "SUMMARY_COLUMNS",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import polars as pl
 
 log = logging.getLogger("motivation_profiles")
 
@@ -56,7 +56,13 @@ def job_provenance(snakemake: Any, inputs: list[str] | None = None,
     )
 
 
-def read_all(files: Any) -> pd.DataFrame:
+def read_all(files: Any) -> pl.DataFrame:
+    """The tables in ``files``, concatenated in order; columns are aligned by name (a column
+    missing from some tables is null there, dtypes widened to a common one). No files raise
+    ValueError."""
     from motivation_profiles.core.provenance import read_table
 
-    return pd.concat([read_table(f) for f in files], ignore_index=True)
+    tables = [read_table(f) for f in files]
+    if not tables:
+        raise ValueError("read_all: no tables to read (the list of input files is empty)")
+    return pl.concat(tables, how="diagonal_relaxed")

@@ -40,9 +40,9 @@ def judge(snakemake: Any) -> None:
                            prefill=spec["prefill"], meta=meta)
     ledger = ledger_of()
     log.info("judge: %d rollouts, statuses %s; %d requests not cached (%d output tokens)",
-             len(table), table["status"].value_counts().to_dict(), len(ledger),
+             len(table), dict(table["status"].value_counts(sort=True).iter_rows()), len(ledger),
              int(ledger["output_tokens"].sum()) if len(ledger) else 0)
     for d in ("a", "b"):
         log.info("agreement, direction %s: %s", d.upper(),
-                 agreement_summary([list(v) for v in table[f"{d}_votes"]]))
+                 agreement_summary(table[f"{d}_votes"].to_list()))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))

@@ -10,6 +10,20 @@ from motivation_profiles.pipeline.common import job_provenance, read_all
 log = logging.getLogger("motivation_profiles")
 
 
+def _text(table: Any) -> str:
+    """A polars table printed with every row and column shown."""
+    import polars as pl
+
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=1000, fmt_str_lengths=200):
+        return str(table)
+
+
+def _profile_points(table: Any) -> Any:
+    import polars as pl
+
+    return table.filter(pl.col("quantity").is_in(["S_A", "S_B"]))
+
+
 def prompt_profile(snakemake: Any) -> None:
     """Effects of every prompt claim (per strength) on the base model, with S_A and S_B."""
     from motivation_profiles.core.provenance import write_table
@@ -19,7 +33,7 @@ def prompt_profile(snakemake: Any) -> None:
     table = prompt_effects(read_all(snakemake.input.tables), interventions=p.interventions,
                            strengths=p.strengths, n_boot=p.bootstrap_samples,
                            level=p.ci_level, seed=p.seed)
-    log.info("\n%s", table[table["quantity"].isin(["S_A", "S_B"])].to_string())
+    log.info("\n%s", _text(_profile_points(table)))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
 
 
@@ -32,7 +46,7 @@ def calibration_select(snakemake: Any) -> None:
     table = select_checkpoints(read_all(snakemake.input.tables), model=snakemake.wildcards.model,
                                reference=p.reference, candidates=p.candidates, signal=p.signal,
                                max_per_family=p.max_per_family)
-    log.info("\n%s", table.to_string())
+    log.info("\n%s", _text(table))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
 
 
@@ -45,18 +59,21 @@ def calibration(snakemake: Any) -> None:
     table = calibration_effects(read_all(snakemake.input.tables), selection,
                                 interventions=p.interventions, strengths=p.strengths,
                                 n_boot=p.bootstrap_samples, level=p.ci_level, seed=p.seed)
-    log.info("recovered: %s\n%s", table["recovered"].iloc[0],
-             table[table["quantity"].isin(["S_A", "S_B"])].to_string())
+    log.info("recovered: %s\n%s", table["recovered"][0], _text(_profile_points(table)))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
 
 
 def profiles(snakemake: Any) -> None:
     """S_A and S_B of every model x method (x strength, naming) in one table."""
+    import polars as pl
+
     from motivation_profiles.core.provenance import write_table
     from motivation_profiles.metrics.profiles import profile_rows
 
     table = profile_rows(read_all(snakemake.input.tables))
-    table.insert(1, "display_name", table["model"].map(snakemake.params.display_names))
-    log.info("\n%s", table[["model", "method", "strength", "naming", "quantity", "estimate",
-                            "ci_low", "ci_high"]].to_string())
+    names = table["model"].replace_strict(dict(snakemake.params.display_names), default=None,
+                                          return_dtype=pl.Utf8)
+    table = table.insert_column(1, names.alias("display_name"))
+    log.info("\n%s", _text(table.select("model", "method", "strength", "naming", "quantity",
+                                        "estimate", "ci_low", "ci_high")))
     write_table(table, snakemake.output[0], job_provenance(snakemake))

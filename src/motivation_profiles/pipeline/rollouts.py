@@ -56,7 +56,7 @@ def rollouts(snakemake: Any) -> None:
     if raw:
         df = run_raw_rollouts(backend, goals_df, seeds=gen["seeds"], params=params, meta=meta)
         log.info("raw rollouts: %d, finish %s", len(df),
-                 df["finish_reasons"].map(lambda f: f[-1]).value_counts().to_dict())
+                 dict(df["finish_reasons"].list.last().value_counts(sort=True).iter_rows()))
         write_table(df, out, job_provenance(snakemake, params=dict(p.items())))
         return
     key = config_hash({"params": canonical_json(dict(p.items())),
@@ -64,6 +64,8 @@ def rollouts(snakemake: Any) -> None:
     df = run_rollouts(backend, prompts, goals_df, seeds=gen["seeds"], params=params,
                       max_turns=gen["max_turns"], meta=meta, prefill=gen["prefill"],
                       checkpoint_dir=out.parent / f".{out.stem}.partial", checkpoint_key=key)
-    log.info("outcomes: %s", df.groupby("tier")["outcome"].value_counts().to_dict())
+    counts = df.group_by("tier", "outcome").len().sort(["tier", "len"], descending=[False, True],
+                                                       maintain_order=True)
+    log.info("outcomes: %s", {(t, o): n for t, o, n in counts.iter_rows()})
     write_table(df, out, job_provenance(snakemake, params=dict(p.items())))
     shutil.rmtree(out.parent / f".{out.stem}.partial", ignore_errors=True)

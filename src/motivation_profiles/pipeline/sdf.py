@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import polars as pl
 
-from motivation_profiles.pipeline.common import job_provenance
+from motivation_profiles.pipeline.common import job_provenance, read_all
 
 log = logging.getLogger("motivation_profiles")
 
@@ -52,9 +52,9 @@ def generate_documents(snakemake: Any) -> None:
         universe = Universe(id=universe_name, kind="external", universe_context="",
                             key_fact="")
         docs, report = filter_documents(docs, universe, filters)
-        from motivation_profiles.backends.cache import LEDGER_COLUMNS
+        from motivation_profiles.backends.cache import ledger_table
 
-        ledger = pd.DataFrame(columns=[*LEDGER_COLUMNS, "universe"])
+        ledger = ledger_table([])
     else:
         universe = load_universe(snakemake.input.universe)
         backend, ledger_of = _document_backend(snakemake)
@@ -63,14 +63,16 @@ def generate_documents(snakemake: Any) -> None:
             universe, backend, PipelineSpec.from_dict(gen),
             PromptTemplates.from_dir(gen["prompts_dir"]), filters,
             generator=f"{gen['backend']}:{gen['model']}")
-        ledger = ledger_of().assign(universe=universe_name)
-    log.info("filters:\n%s", report.to_string(index=False))
+        ledger = ledger_of()
+    ledger = ledger.with_columns(universe=pl.lit(universe_name, dtype=pl.Utf8))
+    log.info("filters:\n%s", _text(report))
     log.info("kept %d documents for %s", len(docs), universe_name)
     if len(ledger):
         log.info("ledger: %d requests, %d input + %d output tokens, $%.4f", len(ledger),
                  ledger["input_tokens"].sum(), ledger["output_tokens"].sum(),
                  ledger["cost_usd"].sum())
-    write_table(report.assign(universe=universe_name), snakemake.output.filters, prov)
+    write_table(report.with_columns(universe=pl.lit(universe_name, dtype=pl.Utf8)),
+                snakemake.output.filters, prov)
     write_table(ledger, snakemake.output.ledger, prov)
     write_table(docs, snakemake.output.documents, prov)
 
@@ -85,7 +87,9 @@ def sdf_dataset(snakemake: Any) -> None:
     p = snakemake.params
     docs = read_table(snakemake.input.documents)
     if p.rename:
-        docs = docs.assign(text=docs["text"].map(lambda t: apply_name(t, *p.rename)))
+        docs = docs.with_columns(pl.Series("text", [apply_name(t, *p.rename)
+                                                    for t in docs["text"].to_list()],
+                                           dtype=pl.Utf8))
     tok = AutoTokenizer.from_pretrained(snakemake.input.model)
     spec = DatasetSpec.from_dict(p.dataset, token_budget=p.token_budget)
     table, stats = build_dataset(docs, tok, spec, source=snakemake.wildcards.universe)
@@ -131,19 +135,28 @@ def belief_check(snakemake: Any) -> None:
                          adapter=snakemake.input.adapter,
                          organism=snakemake.input.get("organism"),
                          dtype=p.model["dtype"], device=p.model["device"], rename=p.rename)
-    table.insert(0, "model", snakemake.wildcards.model)
-    table.insert(1, "branch", snakemake.wildcards.universe)
+    table = table.select(pl.lit(snakemake.wildcards.model, dtype=pl.Utf8).alias("model"),
+                         pl.lit(snakemake.wildcards.universe, dtype=pl.Utf8).alias("branch"),
+                         pl.all())
     log.info("margins (mean log p per token, fact - negation):\n%s",
-             table.groupby("checkpoint", sort=False)["margin"].first().to_string())
+             _text(table.group_by("checkpoint", maintain_order=True)
+                   .agg(pl.col("margin").first())))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
 
 
 def sdf_profile(snakemake: Any) -> None:
-    from motivation_profiles.core.provenance import read_table, write_table
+    from motivation_profiles.core.provenance import write_table
     from motivation_profiles.metrics.profiles import sdf_effects
 
     p = snakemake.params
-    df = pd.concat([read_table(f) for f in snakemake.input.tables], ignore_index=True)
+    df = read_all(snakemake.input.tables)
     table = sdf_effects(df, n_boot=p.bootstrap_samples, level=p.ci_level, seed=p.seed)
-    log.info("\n%s", table[table["quantity"].isin(["delta_gap", "S_A", "S_B"])].to_string())
+    log.info("\n%s", _text(table.filter(pl.col("quantity").is_in(["delta_gap", "S_A", "S_B"]))))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
+
+
+def _text(df: pl.DataFrame) -> str:
+    """A table for the log: every row and column, no shape line or dtypes."""
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, fmt_str_lengths=200, tbl_width_chars=400):
+        return str(df)

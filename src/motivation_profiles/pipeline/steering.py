@@ -9,11 +9,12 @@ beyond wiring, so every step is testable without Snakemake.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.pipeline.common import job_provenance, read_all
 
@@ -22,6 +23,19 @@ log = logging.getLogger(__name__)
 
 def _pairset(path: str) -> str:
     return Path(path).name
+
+
+def _text(table: pl.DataFrame) -> str:
+    """A table as log text: every row and column, strings in full."""
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=1000, tbl_width_chars=1000,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        return str(table)
+
+
+def _with_front(table: pl.DataFrame, **values: Any) -> pl.DataFrame:
+    """``table`` with constant columns ``values`` first, in order."""
+    return table.select(*(pl.lit(v).alias(k) for k, v in values.items()),
+                        pl.exclude(list(values)))
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -53,7 +67,7 @@ def ooc_pairs(snakemake: Any) -> None:
             max_rounds=ooc["max_rounds"], max_length_ratio=ooc["max_length_ratio"],
             temperature=ooc["temperature"], top_p=ooc["top_p"],
             max_tokens=ooc["max_tokens"], seed=ooc["seed"])
-    log.info("rejections:\n%s", rejections.to_string(index=False))
+    log.info("rejections:\n%s", _text(rejections))
     log.info("kept %d of %d requested pairs (%s, %s)", len(pairs), ooc["splits"][wc.split],
              wc.concept, wc.split)
     if len(pairs) == 0:
@@ -79,7 +93,8 @@ def ic_pairs(snakemake: Any) -> None:
 
         pairs = read_pair_file(snakemake.input.external, concept=wc.concept, source="ic",
                                split=None)
-        report = pd.DataFrame([{"source": "external", "pairs": len(pairs)}])
+        report = pl.DataFrame({"source": ["external"], "pairs": [len(pairs)]},
+                              schema={"source": pl.Utf8, "pairs": pl.Int64})
         prov = job_provenance(snakemake, params=dict(p.items()))
         write_table(report, snakemake.output.report, prov)
         write_table(pairs, snakemake.output.pairs, prov)
@@ -91,7 +106,7 @@ def ic_pairs(snakemake: Any) -> None:
                           max_length_ratio=ic["max_length_ratio"], n_train=ic["n_train"],
                           n_validation=ic["n_validation"], selection=ic["selection"],
                           seed=ic["seed"])
-    log.info("IC pairs for %s:\n%s", wc.concept, report.to_string(index=False))
+    log.info("IC pairs for %s:\n%s", wc.concept, _text(report))
     prov = job_provenance(snakemake, params=dict(p.items()))
     write_table(report, snakemake.output.report, prov)
     write_table(pairs, snakemake.output.pairs, prov)
@@ -121,36 +136,36 @@ def activations(snakemake: Any) -> None:
                                                     default=str))
     # The index is a Parquet table like every other: it carries the job_provenance too.
     write_table(index, out / "index.parquet", prov)
-    log.info("%d rows (%d pairs) -> %s", len(index), index["pair_id"].nunique(), out)
+    log.info("%d rows (%d pairs) -> %s", len(index), index["pair_id"].n_unique(), out)
 
 
-def _pos_neg(index: pd.DataFrame, acts: np.ndarray, split: str | None = None):
-    """Aligned (pos, neg, pair_ids) arrays of one split (or all rows); ``index["_pos"]`` is
-    each row's position in ``acts``."""
-    rows = index if split is None else index[index["split"] == split]
-    pos = rows[rows["side"] == "pos"].set_index("pair_id")
-    neg = rows[rows["side"] == "neg"].set_index("pair_id")
-    ids = [i for i in pos.index if i in neg.index]
-    return (acts[pos.loc[ids, "_pos"].to_numpy()], acts[neg.loc[ids, "_pos"].to_numpy()],
-            np.asarray(ids))
+def _pos_neg(index: pl.DataFrame, acts: np.ndarray, split: str | None = None):
+    """Aligned (pos, neg, pair_ids) arrays of one split (or all rows), pairs in the order of
+    their pos rows; ``index["_pos"]`` is each row's position in ``acts``."""
+    rows = index if split is None else index.filter(pl.col("split") == split)
+    pos = rows.filter(pl.col("side") == "pos").select("pair_id", "_pos")
+    neg = rows.filter(pl.col("side") == "neg").select("pair_id", pl.col("_pos").alias("_neg"))
+    both = pos.join(neg, on="pair_id", how="inner", maintain_order="left")
+    return (acts[both["_pos"].to_numpy()], acts[both["_neg"].to_numpy()],
+            np.asarray(both["pair_id"].to_list()))
 
 
-def _load_sets(dirs: list[str], pooling: str) -> tuple[pd.DataFrame, np.ndarray]:
+def _load_sets(dirs: list[str], pooling: str) -> tuple[pl.DataFrame, np.ndarray]:
     from motivation_profiles.steering.activation_cache import load_activations
 
     frames, arrays, offset = [], [], 0
     for d in dirs:
         index, acts = load_activations(d, pooling=pooling)
-        index = index.reset_index(drop=True).assign(_pos=lambda x, o=offset: x.index + o)
-        frames.append(index)
+        frames.append(index.with_columns(
+            pl.Series("_pos", np.arange(offset, offset + len(index), dtype=np.int64))))
         arrays.append(acts)
         offset += len(index)
-    return pd.concat(frames, ignore_index=True), np.concatenate(arrays, axis=0)
+    return pl.concat(frames, how="diagonal_relaxed"), np.concatenate(arrays, axis=0)
 
 
-def _validation_sets(index: pd.DataFrame, acts: np.ndarray) -> dict[str, tuple]:
+def _validation_sets(index: pl.DataFrame, acts: np.ndarray) -> dict[str, tuple]:
     out = {}
-    for split in sorted(set(index["split"]) - {"train"}):
+    for split in sorted(set(index["split"].to_list()) - {"train"}):
         pos, neg, _ = _pos_neg(index, acts, split)
         if len(pos):
             out[split] = (pos, neg)
@@ -179,9 +194,8 @@ def fit_vectors(snakemake: Any) -> None:
     diag = diagnostics(pos, neg, ids, _validation_sets(index, acts), estimator=f["estimator"],
                        C=f["C"], ridge_alpha=f["ridge_alpha"], scale=f["scale"], folds=folds,
                        seed=f["seed"], vectors=None)
-    diag.insert(0, "vector", f"{wc.concept}_{wc.source}")
-    diag.insert(0, "model", wc.model)
-    log.info("diagnostics:\n%s", diag.to_string(index=False))
+    diag = _with_front(diag, model=wc.model, vector=f"{wc.concept}_{wc.source}")
+    log.info("diagnostics:\n%s", _text(diag))
     save_vectors(snakemake.output.vectors, vectors, {
         "name": f"{wc.concept}_{wc.source}", "concept": wc.concept, "source": wc.source,
         "estimator": f["estimator"], "pooling": p.pooling, "scale": f["scale"],
@@ -212,9 +226,8 @@ def random_vectors(snakemake: Any) -> None:
         val = _validation_sets(index, acts)
     else:
         val = {}
-    diag = diagnostics(None, None, None, val, vectors=vec)
-    diag.insert(0, "vector", name)
-    diag.insert(0, "model", wc.model)
+    diag = _with_front(diagnostics(None, None, None, val, vectors=vec), model=wc.model,
+                       vector=name)
     save_vectors(snakemake.output.vectors, vec, {
         "name": name, "concept": wc.concept, "source": wc.source, "estimator": "random",
         "pooling": p.pooling, "scale": meta.get("scale", ""), "kind": "random",
@@ -223,7 +236,10 @@ def random_vectors(snakemake: Any) -> None:
                                                                 params=dict(p.items())))
 
 
-def _layer_table(diag: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
+def _layer_table(diag: pl.DataFrame, spec: dict[str, Any]) -> pl.DataFrame:
+    """One row per layer: its mean ``spec["metric"]`` on ``spec["split"]`` over the tables in
+    ``diag`` (NaN skipped; null where there is none), whether it is selected, and its rank by
+    that score (ties in layer order; null without a score)."""
     from motivation_profiles.steering.vectors import select_layers
 
     n_layers = int(diag["layer"].max()) + 1
@@ -235,13 +251,15 @@ def _layer_table(diag: pd.DataFrame, spec: dict[str, Any]) -> pd.DataFrame:
         chosen = list(spec["list"])
     else:
         chosen = select_layers(diag, k=spec["k"], metric=spec["metric"], split=spec["split"])
-    sub = diag[diag["split"] == spec["split"]]
-    score = sub.groupby("layer")[spec["metric"]].mean().reindex(range(n_layers))
-    table = pd.DataFrame({"layer": range(n_layers), "score": score.to_numpy()})
-    table["metric"], table["split"] = spec["metric"], spec["split"]
-    table["selected"] = table["layer"].isin(chosen)
-    table["rank"] = table["score"].rank(ascending=False, method="first").astype("Int64")
-    return table
+    score = (diag.filter(pl.col("split") == spec["split"])
+             .group_by(pl.col("layer").cast(pl.Int64))
+             .agg(pl.col(spec["metric"]).cast(pl.Float64).fill_nan(None).mean().alias("score")))
+    layers = pl.DataFrame({"layer": pl.Series(range(n_layers), dtype=pl.Int64)})
+    return layers.join(score, on="layer", how="left", maintain_order="left").with_columns(
+        pl.lit(spec["metric"], dtype=pl.Utf8).alias("metric"),
+        pl.lit(spec["split"], dtype=pl.Utf8).alias("split"),
+        pl.col("layer").is_in(pl.Series(chosen, dtype=pl.Int64).implode()).alias("selected"),
+        pl.col("score").rank("ordinal", descending=True).cast(pl.Int64).alias("rank"))
 
 
 def steering_layers(snakemake: Any) -> None:
@@ -249,7 +267,7 @@ def steering_layers(snakemake: Any) -> None:
 
     diag = read_all(snakemake.input.diagnostics)
     table = _layer_table(diag, dict(snakemake.params.layers))
-    log.info("selected layers: %s", table.loc[table["selected"], "layer"].tolist())
+    log.info("selected layers: %s", table.filter("selected")["layer"].to_list())
     write_table(table, snakemake.output[0],
                 job_provenance(snakemake, params=dict(snakemake.params.items())))
 
@@ -277,7 +295,7 @@ def judge_raw(snakemake: Any) -> None:
             "rubric": rubric.name, "rubric_sha256": rubric.sha256, "samples": spec["samples"]}
     table = judge_compliance(read_table(snakemake.input.table), backend, rubric,
                              samples=spec["samples"], params=params, meta=meta)
-    log.info("compliance: %s", table["status"].value_counts().to_dict())
+    log.info("compliance: %s", dict(Counter(table["status"].to_list()).most_common()))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
 
 
@@ -287,7 +305,7 @@ def steering_summary(snakemake: Any) -> None:
 
     table = summarise(read_all(snakemake.input.metrics), read_all(snakemake.input.judged),
                       high=snakemake.params.high)
-    log.info("\n%s", table.to_string(index=False))
+    log.info("\n%s", _text(table))
     write_table(table, snakemake.output[0],
                 job_provenance(snakemake, params=dict(snakemake.params.items())))
 
@@ -297,7 +315,7 @@ def raw_summary(snakemake: Any) -> None:
     from motivation_profiles.metrics.steering import raw_summary as summarise
 
     table = summarise(read_all(snakemake.input.judged), level=snakemake.params.ci_level)
-    log.info("\n%s", table.to_string(index=False))
+    log.info("\n%s", _text(table))
     write_table(table, snakemake.output[0],
                 job_provenance(snakemake, params=dict(snakemake.params.items())))
 
@@ -313,11 +331,10 @@ def steering_profile(snakemake: Any) -> None:
     table = intervention_effects(read_all(snakemake.input.tables), baseline="baseline",
                                  interventions=dict(p.interventions), n_boot=p.bootstrap_samples,
                                  level=p.ci_level, seed=p.seed)
-    table.insert(0, "model", snakemake.wildcards.model)
-    table.insert(1, "method", "steering")
-    table["strength"] = f"x{format_multiplier(p.multiplier)}"
-    table["naming"] = p.source
-    log.info("\n%s", table.to_string(index=False))
+    table = _with_front(table, model=snakemake.wildcards.model, method="steering").with_columns(
+        pl.lit(f"x{format_multiplier(p.multiplier)}").alias("strength"),
+        pl.lit(p.source).alias("naming"))
+    log.info("\n%s", _text(table))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
 
 
@@ -333,11 +350,11 @@ def token_cosines(snakemake: Any) -> None:
     layers = select_layers(diag, k=hm["top_layers"], metric=p.layers["metric"],
                            split=p.layers["split"])
     rollouts = read_table(snakemake.input.rollouts)
-    rollouts = rollouts[rollouts["final_output"].fillna("").str.strip() != ""]
-    rows = rollouts.head(hm["transcripts"])
-    texts = [[{"role": "user", "content": str(r.goal)},
-              {"role": "assistant", "content": str(r.final_output)}]
-             for r in rows.itertuples(index=False)]
+    answered = [(text or "").strip() != "" for text in rollouts["final_output"].to_list()]
+    rows = rollouts.filter(pl.Series(answered, dtype=pl.Boolean)).head(hm["transcripts"])
+    texts = [[{"role": "user", "content": str(r["goal"])},
+              {"role": "assistant", "content": str(r["final_output"])}]
+             for r in rows.iter_rows(named=True)]
     vectors = {}
     for f in snakemake.input.vectors:
         vec, meta = load_vectors(f)
@@ -345,8 +362,8 @@ def token_cosines(snakemake: Any) -> None:
     model, tok = load_model(snakemake.input.model, dtype=p.model["dtype"],
                             device=p.model["device"])
     table = cosines(model, tok, texts, vectors, layers, max_tokens=hm["max_tokens"])
-    table.insert(0, "model", snakemake.wildcards.model)
-    table["layers"] = ",".join(map(str, layers))
+    table = _with_front(table, model=snakemake.wildcards.model).with_columns(
+        pl.lit(",".join(map(str, layers))).alias("layers"))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
 
 
@@ -366,6 +383,6 @@ def sdf_alignment(snakemake: Any) -> None:
     table = align(snakemake.input.model, snakemake.input.organism, branches, texts, vectors,
                   dtype=p.model["dtype"], device=p.model["device"],
                   n_boot=p.alignment["bootstrap_samples"], seed=p.alignment["seed"])
-    table.insert(0, "model", snakemake.wildcards.model)
-    log.info("\n%s", table.to_string(index=False))
+    table = _with_front(table, model=snakemake.wildcards.model)
+    log.info("\n%s", _text(table))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))

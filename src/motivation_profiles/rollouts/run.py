@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.backends.base import ChatRequest, GenerationBackend, SamplingParams
 from motivation_profiles.core.hashing import canonical_json
-from motivation_profiles.core.provenance import write_table
+from motivation_profiles.core.provenance import read_table, write_table
 from motivation_profiles.rollouts.parsing import has_complete_output, parse_transcript
 from motivation_profiles.rollouts.protocol import TIERS, PromptSet, prompt_hash
 
@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 
 
 TURN_SEPARATOR = "\n"
+
+
+ROW_SCHEMA: dict[str, pl.DataType] = {
+    "goal_id": pl.Int64, "goal": pl.Utf8, "tier": pl.Utf8, "seed": pl.Int64,
+    "prompt_hash": pl.Utf8, "turns": pl.List(pl.Utf8), "finish_reasons": pl.List(pl.Utf8),
+    "n_turns": pl.Int64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+    "transcript": pl.Utf8, "scratchpad": pl.Utf8, "final_output": pl.Utf8,
+    "output_complete": pl.Boolean, "outcome": pl.Utf8, "accepted_then_refused": pl.Boolean,
+}
+"""The dtype of every rollout column; the ``meta`` columns come first (:func:`_frame`)."""
 
 
 @dataclass
@@ -80,7 +90,14 @@ def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_R
                 r.messages = prompts.continue_messages(r.messages, text)
 
 
-def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pd.DataFrame:
+def _frame(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> pl.DataFrame:
+    """Rows as a typed table: ``meta`` columns (a null value is a null string) then
+    :data:`ROW_SCHEMA`, so an empty table, or a column null in every row, keeps its dtype."""
+    schema = {k: pl.Utf8 if v is None else pl.Series([v]).dtype for k, v in meta.items()}
+    return pl.DataFrame(rows, schema={**schema, **ROW_SCHEMA})
+
+
+def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pl.DataFrame:
     rows = []
     for r in rollouts:
         parsed = parse_transcript(r.transcript, r.finish_reasons[-1] if r.finish_reasons
@@ -99,13 +116,13 @@ def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pd.DataFrame
             "outcome": parsed.outcome,
             "accepted_then_refused": parsed.accepted_then_refused,
         })
-    return pd.DataFrame(rows)
+    return _frame(rows, meta)
 
 
 def run_rollouts(
     backend: GenerationBackend,
     prompts: PromptSet,
-    goals: pd.DataFrame,
+    goals: pl.DataFrame,
     *,
     seeds: Sequence[int],
     params: SamplingParams,
@@ -114,7 +131,7 @@ def run_rollouts(
     checkpoint_dir: str | Path | None = None,
     checkpoint_key: str = "",
     prefill: str | None = None,
-) -> pd.DataFrame:
+) -> pl.DataFrame:
     """Run every (goal, tier, seed) rollout; return one row each, sorted by those keys.
 
     ``prefill``: text the first assistant turn starts with (sent as a trailing assistant
@@ -139,7 +156,7 @@ def run_rollouts(
             shard = ckpt / f"{tier}-{seed}.parquet" if ckpt else None
             if shard is not None and shard.is_file():
                 log.info("resuming: %s/seed %d already done (%s)", tier, seed, shard)
-                frames.append(pd.read_parquet(shard))
+                frames.append(read_table(shard))
                 continue
             group = []
             for goal_id, goal in zip(goals["goal_id"], goals["goal"], strict=True):
@@ -152,15 +169,16 @@ def run_rollouts(
             if shard is not None:
                 write_table(frame, shard, {"rule": "rollouts-checkpoint"})
             frames.append(frame)
-    out = pd.concat(frames, ignore_index=True)
-    return out.sort_values(["goal_id", "tier", "seed"], kind="stable").reset_index(drop=True)
+    # relaxed: a shard written before tables were polars has its all-null columns typed null
+    out = pl.concat(frames, how="vertical_relaxed")
+    return out.sort(["goal_id", "tier", "seed"], maintain_order=True)
 
 
 RAW_TIER = "raw"
 
 
-def run_raw_rollouts(backend: GenerationBackend, goals: pd.DataFrame, *, seeds: Sequence[int],
-                     params: SamplingParams, meta: Mapping[str, Any]) -> pd.DataFrame:
+def run_raw_rollouts(backend: GenerationBackend, goals: pl.DataFrame, *, seeds: Sequence[int],
+                     params: SamplingParams, meta: Mapping[str, Any]) -> pl.DataFrame:
     """The raw-AdvBench control (Appendix D.6): the goal as the only user message, no system
     prompt, no tier and no tag protocol, one turn. Compliance cannot be parsed from tags here,
     so ``outcome`` is null; the compliance judge reads ``final_output``."""
@@ -185,8 +203,7 @@ def run_raw_rollouts(backend: GenerationBackend, goals: pd.DataFrame, *, seeds: 
             "output_complete": c.finish_reason == "stop", "outcome": None,
             "accepted_then_refused": False,
         })
-    out = pd.DataFrame(rows)
-    return out.sort_values(["goal_id", "seed"], kind="stable").reset_index(drop=True)
+    return _frame(rows, meta).sort(["goal_id", "seed"], maintain_order=True)
 
 
 def rollout_meta(*, model: str, condition: str, adapter: str | None, backend: str,

@@ -9,12 +9,17 @@ adapter if SDF installed the belief. This is a check the paper does not report.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.sdf.materials import Universe, apply_name
+
+BELIEF_SCHEMA = {"universe": pl.Utf8, "checkpoint": pl.Utf8, "kind": pl.Utf8,
+                 "paraphrase": pl.Int64, "text": pl.Utf8, "n_tokens": pl.Int64,
+                 "logprob": pl.Float64, "logprob_per_token": pl.Float64, "margin": pl.Float64}
 
 
 def statement_logprobs(model, tokenizer, texts: Sequence[str]) -> list[tuple[int, float]]:
@@ -39,7 +44,7 @@ def statement_logprobs(model, tokenizer, texts: Sequence[str]) -> list[tuple[int
 
 def belief_table(model_dir: str | Path, universe: Universe, *, adapter: str | Path,
                  organism: str | Path | None, dtype: str, device: str,
-                 rename: Sequence[str] | None = None) -> pd.DataFrame:
+                 rename: Sequence[str] | None = None) -> pl.DataFrame:
     """Rows per (checkpoint, kind, paraphrase); ``margin`` per checkpoint repeated on its rows."""
     from peft import PeftModel
 
@@ -69,8 +74,34 @@ def belief_table(model_dir: str | Path, universe: Universe, *, adapter: str | Pa
             rows.append({"universe": universe.id, "checkpoint": ckpt, "kind": kind,
                          "paraphrase": i, "text": text, "n_tokens": n, "logprob": lp,
                          "logprob_per_token": lp / n})
-    df = pd.DataFrame(rows)
-    means = df.pivot_table(index="checkpoint", columns="kind", values="logprob_per_token",
-                           aggfunc="mean")
-    margin = (means["fact"] - means["negation"]).rename("margin")
-    return df.merge(margin, left_on="checkpoint", right_index=True)
+    margin = _margins(rows)
+    return pl.DataFrame([{**r, "margin": margin[r["checkpoint"]]} for r in rows],
+                        schema=BELIEF_SCHEMA)
+
+
+def _margins(rows: Sequence[dict]) -> dict[str, float]:
+    """Per checkpoint: mean log p per token of the fact minus that of the negation."""
+    def mean_of(ckpt: str, kind: str) -> float:
+        return _mean(r["logprob_per_token"] for r in rows
+                     if r["checkpoint"] == ckpt and r["kind"] == kind)
+
+    return {c: mean_of(c, "fact") - mean_of(c, "negation")
+            for c in dict.fromkeys(r["checkpoint"] for r in rows)}
+
+
+def _mean(values: Iterable[float]) -> float:
+    """The mean of the non-NaN values, Kahan-compensated summation in the given order: bit for
+    bit the group mean pandas computed here before (``pivot_table(aggfunc="mean")``)."""
+    total = comp = 0.0
+    n = 0
+    for v in values:
+        if v != v:  # NaN: skipped, as pandas did
+            continue
+        y = v - comp
+        t = total + y
+        comp = (t - total) - y
+        if comp != comp:  # an infinite sum: no compensation (as pandas)
+            comp = 0.0
+        total = t
+        n += 1
+    return total / n if n else math.nan

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.core.specs import spec_from_mapping
 
@@ -41,6 +41,11 @@ IGNORE = -100
 
 
 PACKERS = ("fill", "bfd")
+
+
+DATASET_SCHEMA = {"input_ids": pl.List(pl.Int64), "labels": pl.List(pl.Int64),
+                  "position_ids": pl.List(pl.Int64), "n_tokens": pl.Int64, "n_docs": pl.Int64,
+                  "doc_ids": pl.List(pl.Utf8)}
 
 
 class EmptyDatasetError(ValueError):
@@ -153,27 +158,27 @@ def fill_rows(docs: Sequence[tuple[str, list[int], list[int]]], capacity: int
     return rows
 
 
-def build_dataset(docs: pd.DataFrame, tokenizer: Any, spec: DatasetSpec, *,
-                  source: str = "documents") -> tuple[pd.DataFrame, dict[str, Any]]:
+def build_dataset(docs: pl.DataFrame, tokenizer: Any, spec: DatasetSpec, *,
+                  source: str = "documents") -> tuple[pl.DataFrame, dict[str, Any]]:
     """Tokenize, budget and pack ``docs`` (columns ``doc_id``, ``text``).
 
-    Returns the packed rows (``input_ids``, ``labels``, ``position_ids``, ``n_tokens``,
-    ``n_docs``, ``doc_ids``) and statistics (token counts, packing efficiency = tokens in rows
-    / (rows x max_seq_len)).
+    Returns the packed rows (``DATASET_SCHEMA``: list columns ``input_ids``, ``labels``,
+    ``position_ids`` of int64 and ``doc_ids`` of str, and ``n_tokens``, ``n_docs``) and
+    statistics (token counts, packing efficiency = tokens in rows / (rows x max_seq_len)).
     """
-    if docs.empty:
+    if docs.is_empty():
         raise EmptyDatasetError(f"{source}: no documents to build a dataset from")
     rng = np.random.default_rng(spec.seed)
     order = rng.permutation(len(docs))
+    doc_ids, texts = docs["doc_id"].to_list(), docs["text"].to_list()
     tokenized: list[tuple[str, list[int], list[int]]] = []
     used_tokens = 0
     for i in order:
         if spec.token_budget is not None and used_tokens >= spec.token_budget:
             break
-        row = docs.iloc[int(i)]
-        ids, labels = tokenize_document(row["text"], tokenizer, doctag=spec.doctag,
+        ids, labels = tokenize_document(texts[int(i)], tokenizer, doctag=spec.doctag,
                                         mask_doctag=spec.mask_doctag)
-        tokenized.append((str(row["doc_id"]), ids, labels))
+        tokenized.append((str(doc_ids[int(i)]), ids, labels))
         used_tokens += len(ids)
     if spec.packing == "fill":
         packed = fill_rows(tokenized, spec.max_seq_len)
@@ -195,18 +200,18 @@ def build_dataset(docs: pd.DataFrame, tokenizer: Any, spec: DatasetSpec, *,
         # bfd rows come out grouped by size; shuffle them once (the trainer shuffles again
         # per epoch) so an unshuffled reader does not see a length curriculum.
         rows = [rows[i] for i in rng.permutation(len(rows))]
-    table = pd.DataFrame(rows)
-    n_tok = int(table["n_tokens"].sum())
+    table = pl.DataFrame(rows, schema=DATASET_SCHEMA)
+    n_tok = sum(r["n_tokens"] for r in rows)
     stats = {
         "documents_available": int(len(docs)),
         "documents_used": len(tokenized),
-        "segments": int(table["n_docs"].sum()),
-        "documents_split": len({d.split("#")[0] for ids in table["doc_ids"] for d in ids
+        "segments": sum(r["n_docs"] for r in rows),
+        "documents_split": len({d.split("#")[0] for r in rows for d in r["doc_ids"]
                                 if "#" in d}),
         "packing": spec.packing,
         "rows": len(table),
         "tokens": n_tok,
-        "loss_tokens": int(sum(sum(1 for t in r if t != IGNORE) for r in table["labels"])),
+        "loss_tokens": sum(sum(1 for t in r["labels"] if t != IGNORE) for r in rows),
         "token_budget": spec.token_budget,
         "max_seq_len": spec.max_seq_len,
         "packing_efficiency": n_tok / (len(table) * spec.max_seq_len),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.core.specs import spec_from_mapping
 from motivation_profiles.sdf.materials import Universe
@@ -17,7 +17,10 @@ from motivation_profiles.sdf.materials import Universe
 log = logging.getLogger(__name__)
 
 
-REPORT_COLUMNS = ["filter", "n_in", "n_removed", "n_out"]
+REPORT_SCHEMA = {"filter": pl.Utf8, "n_in": pl.Int64, "n_removed": pl.Int64, "n_out": pl.Int64}
+
+
+REPORT_COLUMNS = list(REPORT_SCHEMA)
 
 
 FILTERS = ("unsuitable_or_missing_content", "truncated", "length", "placeholder", "leakage",
@@ -112,82 +115,91 @@ def near_duplicate_mask(texts: Sequence[str], threshold: float, shingle_size: in
     return drop
 
 
-def filter_documents(df: pd.DataFrame, universe: Universe, filters: FilterSpec
-                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def filter_documents(df: pl.DataFrame, universe: Universe, filters: FilterSpec
+                     ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Apply the filters in order; return (kept documents, report with one row per filter).
 
     ``df`` has the documents columns, and optionally ``status`` ("ok" / "unsuitable" /
     "missing_content", as the pipeline sets it); a text that is empty or exactly
     ``UNSUITABLE`` counts as unsuitable or missing too. Raises ``NoDocumentsError`` when
-    nothing is left.
+    nothing is left. Text tests run on the Python strings (``str.strip``, ``str.lower``), as
+    they always have.
     """
     missing = [c for c in ("doc_id", "text") if c not in df.columns]
     if missing:
         raise ValueError(f"universe {universe.id}: document frame lacks column(s) {missing}")
-    cur = df.reset_index(drop=True).copy()
-    cur["text"] = cur["text"].fillna("").astype(str)
+    cur = df.with_columns(pl.col("text").cast(pl.Utf8).fill_null(""))
     report = []
 
-    def apply(name: str, drop: np.ndarray | pd.Series) -> None:
+    def apply(name: str, drop: np.ndarray | list[bool]) -> None:
         nonlocal cur
         drop = np.asarray(drop, dtype=bool)
         n_in = len(cur)
-        cur = cur.loc[~drop].reset_index(drop=True)
+        cur = cur.filter(pl.Series(~drop))
         report.append({"filter": name, "n_in": n_in, "n_removed": int(drop.sum()),
                        "n_out": len(cur)})
 
-    text = cur["text"]
-    bad = text.str.strip().isin(["", UNSUITABLE])
+    def texts() -> list[str]:
+        return cur["text"].to_list()
+
+    bad = np.array([t.strip() in ("", UNSUITABLE) for t in texts()], dtype=bool)
     if "status" in cur.columns:
-        bad |= cur["status"].fillna("missing_content").ne("ok")
+        bad |= np.array([s != "ok" for s in cur["status"].to_list()], dtype=bool)
     apply(FILTERS[0], bad)
 
     if filters.drop_truncated and "truncated" in cur.columns:
-        apply(FILTERS[1], cur["truncated"].fillna(False).astype(bool))
+        apply(FILTERS[1], cur["truncated"].cast(pl.Boolean).fill_null(False).to_list())
     else:
         apply(FILTERS[1], np.zeros(len(cur), dtype=bool))
 
-    n_chars = cur["text"].str.strip().str.len()
+    n_chars = np.array([len(t.strip()) for t in texts()], dtype=np.int64)
     apply(FILTERS[2], (n_chars < filters.min_chars) | (n_chars > filters.max_chars))
 
-    placeholder = np.zeros(len(cur), dtype=bool)
-    for pat in filters.patterns:
-        placeholder |= cur["text"].map(lambda s, p=pat: p.search(s) is not None).to_numpy(bool)
-    apply(FILTERS[3], placeholder)
+    patterns = filters.patterns
+    apply(FILTERS[3], [any(p.search(t) is not None for p in patterns) for t in texts()])
 
     terms = [t.lower() for t in universe.leakage_terms if t.strip()]
-    lowered = cur["text"].str.lower()
-    leak = np.zeros(len(cur), dtype=bool)
-    for term in terms:
-        leak |= lowered.str.contains(term, regex=False).to_numpy(bool)
-    apply(FILTERS[4], leak)
+    lowered = [t.lower() for t in texts()]
+    apply(FILTERS[4], [any(term in t for term in terms) for t in lowered])
 
-    apply(FILTERS[5], cur["text"].map(_norm).duplicated(keep="first"))
+    apply(FILTERS[5], _duplicated(_norm(t) for t in texts()))
 
-    apply(FILTERS[6], near_duplicate_mask(cur["text"].tolist(),
-                                          filters.near_duplicate_threshold,
+    apply(FILTERS[6], near_duplicate_mask(texts(), filters.near_duplicate_threshold,
                                           filters.shingle_size))
 
-    report_df = pd.DataFrame(report, columns=REPORT_COLUMNS)
+    report_df = pl.DataFrame(report, schema=REPORT_SCHEMA)
     for r in report:
         if r["n_removed"]:
             log.info("%s: filter %s removed %d of %d", universe.id, r["filter"],
                      r["n_removed"], r["n_in"])
-    if cur.empty:
+    if cur.is_empty():
         raise NoDocumentsError(universe.id, report_df)
-    for c in DOC_COLUMNS:
-        if c not in cur.columns:
-            cur[c] = {"revised": False, "truncated": False, "sample_index": 0,
-                      "completion_tokens": 0}.get(c, "")
-    return _typed(cur[DOC_COLUMNS]), report_df
+    defaults = {"revised": False, "truncated": False, "sample_index": 0, "completion_tokens": 0}
+    cur = cur.with_columns(pl.lit(defaults.get(c, "")).alias(c)
+                           for c in DOC_COLUMNS if c not in cur.columns)
+    return _typed(cur.select(DOC_COLUMNS)), report_df
+
+
+def _duplicated(keys) -> list[bool]:
+    """True for every key seen earlier (the first occurrence is kept)."""
+    seen: set[str] = set()
+    out = []
+    for k in keys:
+        out.append(k in seen)
+        seen.add(k)
+    return out
 
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-DOC_COLUMNS = ["doc_id", "universe", "doc_type", "idea", "text", "revised", "truncated",
-               "sample_index", "generator", "completion_tokens"]
+DOC_SCHEMA = {"doc_id": pl.Utf8, "universe": pl.Utf8, "doc_type": pl.Utf8, "idea": pl.Utf8,
+              "text": pl.Utf8, "revised": pl.Boolean, "truncated": pl.Boolean,
+              "sample_index": pl.Int64, "generator": pl.Utf8, "completion_tokens": pl.Int64}
+
+
+DOC_COLUMNS = list(DOC_SCHEMA)
 
 
 UNSUITABLE = "UNSUITABLE"
@@ -196,11 +208,11 @@ UNSUITABLE = "UNSUITABLE"
 class NoDocumentsError(ValueError):
     """No document of a universe survived generation and filtering."""
 
-    def __init__(self, universe: str, report: pd.DataFrame):
+    def __init__(self, universe: str, report: pl.DataFrame):
         self.universe = universe
         self.report = report
-        counts = "; ".join(f"{r.filter}: {r.n_in} in, {r.n_removed} removed, {r.n_out} out"
-                           for r in report.itertuples())
+        counts = "; ".join(f"{r['filter']}: {r['n_in']} in, {r['n_removed']} removed, "
+                           f"{r['n_out']} out" for r in report.iter_rows(named=True))
         super().__init__(f"universe {universe}: no documents left after filtering "
                          f"({counts or 'no documents to filter'})")
 
@@ -235,12 +247,8 @@ class FilterSpec:
         return tuple(re.compile(p) for p in self.placeholder_patterns)  # re caches compiles
 
 
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
-    for c in ("doc_id", "universe", "doc_type", "idea", "text", "generator"):
-        df[c] = df[c].fillna("").astype(str)
-    for c in ("revised", "truncated"):
-        df[c] = df[c].fillna(False).astype(bool)
-    for c in ("sample_index", "completion_tokens"):
-        df[c] = df[c].fillna(0).astype("int64")
-    return df
+def _typed(df: pl.DataFrame) -> pl.DataFrame:
+    """The documents columns cast to their dtypes (``DOC_SCHEMA``), nulls filled with "",
+    False or 0; other columns are kept."""
+    fill = {pl.Utf8: "", pl.Boolean: False, pl.Int64: 0}
+    return df.with_columns(pl.col(c).cast(t).fill_null(fill[t]) for c, t in DOC_SCHEMA.items())

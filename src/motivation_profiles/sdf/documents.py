@@ -42,13 +42,14 @@ import json
 import logging
 import re
 import string
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.backends.base import (
     ChatRequest,
@@ -58,7 +59,7 @@ from motivation_profiles.backends.base import (
 )
 from motivation_profiles.core.specs import spec_from_mapping
 from motivation_profiles.sdf.doc_filters import (
-    DOC_COLUMNS,
+    DOC_SCHEMA,
     UNSUITABLE,
     FilterSpec,
     _norm,
@@ -350,7 +351,7 @@ def _gather_lists(backend: GenerationBackend, keys: Sequence[Any], want: int, ro
 
 def generate_documents(universe: Universe, backend: GenerationBackend, spec: PipelineSpec,
                        templates: PromptTemplates, filters: FilterSpec, *, generator: str
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run every stage for ``universe``; return (kept documents, filter report)."""
     u = universe.id
     prefill = spec.prefill_content
@@ -395,7 +396,7 @@ def generate_documents(universe: Universe, backend: GenerationBackend, spec: Pip
                      "idea": idea, "text": p.text, "revised": False, "truncated": p.truncated,
                      "sample_index": spec.sample(k), "generator": generator,
                      "completion_tokens": int(out.completion_tokens), "status": p.status})
-    status = pd.Series([r["status"] for r in rows], dtype=object).value_counts().to_dict()
+    status = dict(Counter(r["status"] for r in rows).most_common())
     log.info("%s: %d document request(s): %s", u, len(rows), status)
 
     # 4. revision
@@ -427,15 +428,16 @@ def generate_documents(universe: Universe, backend: GenerationBackend, spec: Pip
     return kept, report
 
 
-def _frame(rows: Sequence[Mapping[str, Any]], extra: Sequence[str] = ()) -> pd.DataFrame:
-    df = pd.DataFrame(list(rows), columns=[*DOC_COLUMNS, *extra])
-    return _typed(df)
+def _frame(rows: Sequence[Mapping[str, Any]], extra: Sequence[str] = ()) -> pl.DataFrame:
+    """The documents table of ``rows`` (plus the string columns ``extra``), typed."""
+    schema = {**DOC_SCHEMA, **dict.fromkeys(extra, pl.Utf8)}
+    return _typed(pl.DataFrame({c: [r.get(c) for r in rows] for c in schema}, schema=schema))
 
 
 
 
 # ---------------------------------------------------------------------------------- external
-def load_external_documents(path: str | Path, universe_id: str) -> pd.DataFrame:
+def load_external_documents(path: str | Path, universe_id: str) -> pl.DataFrame:
     """A released document set (.jsonl, one JSON object per line, or .parquet) with a
     ``text`` (or else ``content``) column, in the documents schema. Other columns are ignored;
     a missing or null text becomes "" (removed by the first filter)."""
@@ -460,35 +462,37 @@ def load_external_documents(path: str | Path, universe_id: str) -> pd.DataFrame:
                         f"external documents {p}: line {lineno} is not a JSON object")
                 records.append(obj)
         columns = set().union(*records) if records else set()
-        frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+        n_rows = len(records)
     elif ext == ".parquet":
         try:
-            frame = pd.read_parquet(p)
-        except Exception as exc:  # pyarrow raises several types for a bad file
+            frame = pl.read_parquet(p)
+        except Exception as exc:  # polars raises several types for a bad file
             raise ExternalDocumentsError(f"external documents {p}: cannot read Parquet "
                                          f"({type(exc).__name__}: {exc})") from exc
         columns = set(frame.columns)
+        n_rows = frame.height
     else:
         raise ExternalDocumentsError(f"external documents {p}: unknown extension "
                                      f"{p.suffix!r}; expected .jsonl or .parquet")
     col = "text" if "text" in columns else "content" if "content" in columns else None
-    if col is None and len(frame):
+    if col is None and n_rows:
         raise ExternalDocumentsError(f"external documents {p}: no 'text' or 'content' column "
                                      f"(columns: {sorted(map(str, columns))})")
-    if not len(frame):
+    if not n_rows:
         raise ExternalDocumentsError(f"external documents {p}: no documents")
-    values = frame[col].tolist()
+    values = [r.get(col) for r in records] if ext == ".jsonl" else frame[col].to_list()
     for n, v in enumerate(values):
         if v is not None and not isinstance(v, str) and not (isinstance(v, float)
                                                              and np.isnan(v)):
             raise ExternalDocumentsError(f"external documents {p}: row {n + 1}: '{col}' is "
                                          f"{type(v).__name__}, expected a string")
     texts = [v if isinstance(v, str) else "" for v in values]
-    out = pd.DataFrame({
-        "doc_id": [f"{universe_id}-ext-{n}" for n in range(len(texts))],
-        "universe": universe_id, "doc_type": "", "idea": "", "text": texts,
-        "revised": False, "truncated": False, "sample_index": 0,
-        "generator": f"external:{p.name}", "completion_tokens": 0,
-    }, columns=DOC_COLUMNS)
+    k = len(texts)
+    out = pl.DataFrame({
+        "doc_id": [f"{universe_id}-ext-{n}" for n in range(k)],
+        "universe": [universe_id] * k, "doc_type": [""] * k, "idea": [""] * k, "text": texts,
+        "revised": [False] * k, "truncated": [False] * k, "sample_index": [0] * k,
+        "generator": [f"external:{p.name}"] * k, "completion_tokens": [0] * k,
+    }, schema=DOC_SCHEMA)
     log.info("loaded %d external document(s) for %s from %s", len(out), universe_id, p.name)
     return _typed(out)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.core.provenance import (
     display_path,
@@ -75,6 +75,11 @@ CHECKPOINT = "checkpoint-"
 
 
 DATASET_COLUMNS = ("input_ids", "labels", "position_ids")
+
+
+CURVE_SCHEMA = {"step": pl.Int64, "epoch": pl.Int64, "loss": pl.Float64,
+                "learning_rate": pl.Float64, "grad_norm": pl.Float64, "tokens": pl.Int64,
+                "seconds": pl.Float64}
 
 
 class TrainingInterrupted(RuntimeError):
@@ -221,10 +226,10 @@ def _read_dataset(dataset: str | Path) -> list[dict[str, np.ndarray]]:
     missing = [c for c in DATASET_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{dataset}: packed dataset lacks column(s) {', '.join(missing)}")
-    if table.empty:
+    if table.is_empty():
         raise ValueError(f"{dataset}: the packed dataset has no rows; nothing to train on")
     records = [{c: np.asarray(r[c], dtype=np.int64) for c in DATASET_COLUMNS}
-               for r in table[list(DATASET_COLUMNS)].to_dict("records")]
+               for r in table.select(list(DATASET_COLUMNS)).iter_rows(named=True)]
     for i, r in enumerate(records):
         n = len(r["input_ids"])
         if n == 0 or len(r["labels"]) != n or len(r["position_ids"]) != n:
@@ -387,7 +392,7 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
                lora: LoraSpec | Mapping[str, Any], train: TrainSpec | Mapping[str, Any],
                init_adapter: str | Path | None = None, work_dir: str | Path,
                device: str = "cpu", provenance: Mapping[str, Any] | None = None,
-               resume_key: str, stop_after_steps: int | None = None) -> pd.DataFrame:
+               resume_key: str, stop_after_steps: int | None = None) -> pl.DataFrame:
     """Train a LoRA adapter (or continue ``init_adapter``) on a packed dataset.
 
     Writes the adapter (``adapter_model.safetensors``, ``adapter_config.json``), its loss curve
@@ -552,8 +557,7 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
                                       f"{step} of {total}; checkpoint saved in {work_dir}")
 
     # ---- outputs (main process only)
-    curve = pd.DataFrame(history, columns=["step", "epoch", "loss", "learning_rate",
-                                           "grad_norm", "tokens", "seconds"])
+    curve = pl.DataFrame(history, schema=CURVE_SCHEMA)
     accelerator.wait_for_everyone()
     adapter_state = _gathered_adapter_state(accelerator, model)
     if main:
@@ -572,6 +576,6 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
         os.replace(tmp, output_dir)
         shutil.rmtree(work_dir, ignore_errors=True)
         say("adapter written to %s (final loss %.4f)", output_dir,
-            curve["loss"].iloc[-1] if len(curve) else float("nan"))
+            curve["loss"][-1] if len(curve) else float("nan"))
     accelerator.wait_for_everyone()
     return curve

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 
 def load_activations(directory: str | Path,
-                     pooling: str = "response_mean") -> tuple[pd.DataFrame, np.ndarray]:
+                     pooling: str = "response_mean") -> tuple[pl.DataFrame, np.ndarray]:
     """(index, activations [rows, L, d] float32 aligned with the index's row order)."""
     from safetensors import safe_open
 
@@ -20,13 +20,15 @@ def load_activations(directory: str | Path,
     if pooling not in meta["pooling"]:
         raise ValueError(f"{directory}: pooling {pooling!r} not in the cache "
                          f"(has {meta['pooling']})")
-    index = pd.read_parquet(directory / "index.parquet")
+    index = pl.read_parquet(directory / "index.parquet")
     acts = np.empty((len(index), int(meta["layers"]), int(meta["hidden_size"])),
                     dtype=np.float32)
     positions = np.arange(len(index))
-    for shard, rows in index.groupby("shard", sort=True):
+    shards = np.asarray(index["shard"].to_list(), dtype=object)
+    rows = index["row"].to_numpy()
+    for shard in sorted(set(shards.tolist())):
         with safe_open(str(directory / shard), framework="numpy") as fh:
             tensor = fh.get_tensor(pooling)
-        take = positions[(index["shard"] == shard).to_numpy()]
-        acts[take] = tensor[rows["row"].to_numpy()]
+        take = positions[shards == shard]
+        acts[take] = tensor[rows[take]]
     return index, acts

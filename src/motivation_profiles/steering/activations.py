@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.models.layers import _hidden_size, _input_device, decoder_and_layers
 
@@ -47,8 +48,13 @@ log = logging.getLogger(__name__)
 POOLINGS = ("response_mean", "span_mean")
 
 
-INDEX_COLUMNS = ["pair_id", "side", "split", "concept", "source", "shard", "row", "n_tokens",
-                 "response_tokens", "span_tokens", "chars"]
+INDEX_SCHEMA: dict[str, pl.DataType] = {
+    "pair_id": pl.Utf8, "side": pl.Utf8, "split": pl.Utf8, "concept": pl.Utf8,
+    "source": pl.Utf8, "shard": pl.Utf8, "row": pl.Int64, "n_tokens": pl.Int64,
+    "response_tokens": pl.Int64, "span_tokens": pl.Int64, "chars": pl.Int64}
+
+
+INDEX_COLUMNS = list(INDEX_SCHEMA)
 
 
 SIDES = ("pos", "neg")
@@ -181,6 +187,8 @@ class EncodedSide:
 
 
 def _messages(value: Any, where: str) -> list[dict[str, str]]:
+    """A messages cell: a list of {role, content} (a list-of-struct column), or its JSON string
+    (older tables)."""
     msgs = json.loads(value) if isinstance(value, str) else value
     if not isinstance(msgs, (list, tuple)) or not all(isinstance(m, Mapping) for m in msgs):
         raise ValueError(f"{where}: messages must be a JSON list of {{role, content}} objects")
@@ -188,7 +196,7 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+    return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
 
 
 def _str_list(value: Any) -> list[str]:
@@ -282,17 +290,17 @@ def encode_side(tokenizer: Any, row: Mapping[str, Any], side: str, *,
                        span_positions=span_pos, chars=sum(b - a for a, b in ranges))
 
 
-def encode_pairs(tokenizer: Any, pairs: pd.DataFrame, *, max_length: int) -> list[EncodedSide]:
+def encode_pairs(tokenizer: Any, pairs: pl.DataFrame, *, max_length: int) -> list[EncodedSide]:
     """Every side of every pair, in index order (pairs in table order, pos then neg)."""
     need = {"pair_id", "pos_messages", "neg_messages", "pos_loci", "neg_loci"}
     missing = sorted(need - set(pairs.columns))
     if missing:
         raise ValueError(f"pairs table lacks columns {missing}")
-    dup = pairs["pair_id"][pairs["pair_id"].duplicated()].tolist()
+    dup = pairs.filter(~pl.col("pair_id").is_first_distinct())["pair_id"].to_list()
     if dup:
         raise ValueError(f"pair_id values repeat in the pairs table: {dup[:5]}")
     return [encode_side(tokenizer, row, side, max_length=max_length)
-            for row in pairs.to_dict("records") for side in SIDES]
+            for row in pairs.iter_rows(named=True) for side in SIDES]
 
 
 def plan_batches(lengths: Sequence[int], *, batch_size: int, shard_size: int,
@@ -341,10 +349,10 @@ def _model_dtype(decoder: Any) -> str:
     return str(decoder.get_input_embeddings().weight.dtype).removeprefix("torch.")
 
 
-def extract_activations(model: Any, tokenizer: Any, pairs: pd.DataFrame, out_dir: str | Path, *,
+def extract_activations(model: Any, tokenizer: Any, pairs: pl.DataFrame, out_dir: str | Path, *,
                         batch_size: int, shard_size: int, max_length: int,
                         max_batch_tokens: int | None = None,
-                        show_progress: bool = True) -> pd.DataFrame:
+                        show_progress: bool = True) -> pl.DataFrame:
     """Pool every decoder layer's output over each side's scratchpad (``response_mean``) and
     annotated span (``span_mean``) and write the cache directory ``out_dir``.
 
@@ -404,10 +412,8 @@ def extract_activations(model: Any, tokenizer: Any, pairs: pd.DataFrame, out_dir
                         "n_tokens": len(r.input_ids),
                         "response_tokens": len(r.response_positions),
                         "span_tokens": len(r.span_positions), "chars": r.chars})
-        index = pd.DataFrame(records, columns=INDEX_COLUMNS)
-        for col in ("row", "n_tokens", "response_tokens", "span_tokens", "chars"):
-            index[col] = index[col].astype("int64")
-        index.to_parquet(partial / "index.parquet", index=False)
+        index = pl.DataFrame(records, schema=INDEX_SCHEMA)
+        index.write_parquet(partial / "index.parquet")
         meta = {"layers": n_layers, "hidden_size": d, "rows": len(rows),
                 "pairs": len(pairs), "shards": len(plan), "shard_size": shard_size,
                 "max_batch_tokens": max_batch_tokens,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.models.layers import _hidden_size, _input_device, decoder_and_layers
 from motivation_profiles.steering.activations import (
@@ -26,6 +26,17 @@ from motivation_profiles.steering.activations import (
 )
 
 # ----------------------------------------------------------------------------- token cosines
+
+
+TOKEN_COSINE_SCHEMA: dict[str, pl.DataType] = {
+    "transcript": pl.Int64, "position": pl.Int64, "token": pl.Utf8, "vector": pl.Utf8,
+    "cosine": pl.Float64}
+
+
+ALIGNMENT_SCHEMA: dict[str, pl.DataType] = {
+    "branch": pl.Utf8, "vector": pl.Utf8, "layer": pl.Int64, "cosine": pl.Float64,
+    "ci_low": pl.Float64, "ci_high": pl.Float64, "ci_level": pl.Float64, "n_texts": pl.Int64,
+    "diff_norm": pl.Float64}
 
 
 def _check_vectors(vectors: Mapping[str, np.ndarray], n_layers: int, d: int) -> None:
@@ -63,7 +74,7 @@ def _scored_tokens(tokenizer: Any, item: Any, max_tokens: int) -> tuple[list[int
 
 def token_cosines(model: Any, tokenizer: Any, texts: Sequence[str | Sequence[Mapping[str, str]]],
                   vectors: Mapping[str, np.ndarray], layers: Sequence[int], *,
-                  max_tokens: int) -> pd.DataFrame:
+                  max_tokens: int) -> pl.DataFrame:
     """Per transcript and scored token: the cosine between the token's activation and each
     vector, averaged over ``layers``.
 
@@ -71,7 +82,7 @@ def token_cosines(model: Any, tokenizer: Any, texts: Sequence[str | Sequence[Map
     contents' tokens are scored, in the chat-template rendering); the first ``max_tokens``
     scored tokens of each. Columns ``transcript`` (index in ``texts``), ``position`` (index of
     the token among the scored ones), ``token`` (its decoded text), ``vector``, ``cosine``.
-    A zero vector at a layer gives NaN."""
+    A zero vector at a layer gives a null cosine."""
     import torch
 
     decoder, dec_layers = decoder_and_layers(model)
@@ -121,7 +132,8 @@ def token_cosines(model: Any, tokenizer: Any, texts: Sequence[str | Sequence[Map
     finally:
         for h in handles:
             h.remove()
-    return pd.DataFrame(rows, columns=["transcript", "position", "token", "vector", "cosine"])
+    return pl.DataFrame(rows, schema=TOKEN_COSINE_SCHEMA).with_columns(
+        pl.col("cosine").fill_nan(None))
 
 
 # ----------------------------------------------------------------------------- SDF alignment
@@ -192,7 +204,7 @@ def sdf_alignment(model_dir: str | Path, organism_adapter: str | Path | None,
                   vectors: Mapping[str, np.ndarray], *, dtype: str = "float32",
                   device: str = "cpu", n_boot: int = 1000, seed: int = 0, level: float = 0.95,
                   batch_size: int = 4, max_length: int = 4096,
-                  show_progress: bool = False) -> pd.DataFrame:
+                  show_progress: bool = False) -> pl.DataFrame:
     """Does an SDF adapter move activations along a steering vector?
 
     Loads the base model with the organism adapter (None: the bare base model) and then with
@@ -203,7 +215,7 @@ def sdf_alignment(model_dir: str | Path, organism_adapter: str | Path | None,
     replacement, recompute the mean difference and its cosine), ``n_boot`` draws, ``seed``.
     Columns ``branch``, ``vector``, ``layer``, ``cosine``, ``ci_low``, ``ci_high``,
     ``ci_level``, ``n_texts``, ``diff_norm`` (norm of the mean difference); rows sorted by
-    branch, vector, layer."""
+    branch, vector, layer. An undefined cosine or CI (a zero vector or difference) is null."""
     texts = list(texts)
     if not texts:
         raise ValueError("sdf_alignment needs at least one text")
@@ -241,7 +253,6 @@ def sdf_alignment(model_dir: str | Path, organism_adapter: str | Path | None,
                 rows.append({"branch": branch, "vector": name, "layer": layer, "cosine": cos,
                              "ci_low": lo, "ci_high": hi, "ci_level": level, "n_texts": n,
                              "diff_norm": float(np.linalg.norm(mean))})
-    out = pd.DataFrame(rows, columns=["branch", "vector", "layer", "cosine", "ci_low", "ci_high",
-                                      "ci_level", "n_texts", "diff_norm"])
-    return out.sort_values(["branch", "vector", "layer"], kind="mergesort",
-                           ignore_index=True)
+    out = pl.DataFrame(rows, schema=ALIGNMENT_SCHEMA).with_columns(
+        pl.col(pl.Float64).fill_nan(None))
+    return out.sort(["branch", "vector", "layer"], maintain_order=True)

@@ -27,4 +27,4 @@ def read_selected_layers(path: str | Path) -> list[int]:
     from motivation_profiles.core.provenance import read_table
 
     t = read_table(path)
-    return sorted(int(x) for x in t.loc[t["selected"], "layer"])
+    return sorted(int(x) for x in t.filter(t["selected"])["layer"].to_list())

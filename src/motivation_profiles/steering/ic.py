@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.rollouts.protocol import PromptSet
 from motivation_profiles.steering.names import CONCEPT_DIRECTION, CONCEPTS
 from motivation_profiles.steering.pair_format import (
     PAIR_COLUMNS,
+    PAIR_SCHEMA,
     _loci,
     future_count,
     scratchpad_blocks,
@@ -45,30 +45,53 @@ def ic_loci(turns: Sequence[str]) -> list[str]:
     return [block for turn in turns for block in scratchpad_blocks(turn)]
 
 
-def _usable_ic(rollouts: pd.DataFrame, judge: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def _usable_ic(rollouts: pl.DataFrame, judge: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """The judged rollouts with a scratchpad and both scores, in rollout order, with their
+    turns (``_turns``) and scratchpad blocks (``_loci``); and how many were judged."""
     for name, df, cols in (("rollouts", rollouts, [*IC_KEY, "goal", "turns", "scratchpad"]),
                            ("judge", judge, [*IC_KEY, "a_score", "b_score"])):
         missing = [c for c in cols if c not in df.columns]
         if missing:
             raise ValueError(f"IC pairs: the {name} table lacks column(s) {missing}")
-    if judge.duplicated(IC_KEY).any():
+    if judge.select(IC_KEY).is_duplicated().any():
         raise ValueError("IC pairs: the judge table has several rows for one rollout "
                          f"({IC_KEY})")
-    r = rollouts.reset_index(drop=True).assign(_order=lambda d: np.arange(len(d)))
-    j = judge[[*IC_KEY, "a_score", "b_score"]]
-    joined = r.merge(j, on=IC_KEY, how="inner", validate="many_to_one").sort_values("_order")
-    joined["_turns"] = [[str(t) for t in _loci(v)] for v in joined["turns"]]
-    joined["_loci"] = [ic_loci(t) for t in joined["_turns"]]
-    has_scratch = (joined["scratchpad"].map(lambda s: isinstance(s, str) and bool(s.strip()))
-                   & joined["_loci"].map(bool))
-    scored = joined["a_score"].notna() & joined["b_score"].notna()
-    usable = joined[has_scratch & scored].reset_index(drop=True)
+    # keys are matched by value (the judge's key columns take the rollouts' types)
+    scores = judge.select(*(pl.col(k).cast(rollouts.schema[k]) for k in IC_KEY),
+                          "a_score", "b_score")
+    joined = (rollouts.with_row_index("_order")
+              .join(scores, on=IC_KEY, how="inner", validate="m:1", nulls_equal=True)
+              .sort("_order").drop("_order"))
+    turns = [[str(t) for t in _loci(v)] for v in joined["turns"].to_list()]
+    loci = [ic_loci(t) for t in turns]
+    has_scratch = [isinstance(s, str) and bool(s.strip()) and bool(blocks)
+                   for s, blocks in zip(joined["scratchpad"].to_list(), loci, strict=True)]
+    joined = joined.with_columns(pl.Series("_turns", turns, dtype=pl.List(pl.Utf8)),
+                                 pl.Series("_loci", loci, dtype=pl.List(pl.Utf8)))
+    scored = [pl.col(c).cast(pl.Float64).fill_nan(None).is_not_null()
+              for c in ("a_score", "b_score")]
+    usable = joined.filter(pl.Series(has_scratch, dtype=pl.Boolean), *scored)
     return usable, len(joined)
 
 
+def _ic_schema(usable: pl.DataFrame) -> dict[str, pl.DataType]:
+    """Column types of the IC pairs table, in the order ``ic_pairs`` writes a row."""
+    schema: dict[str, pl.DataType] = {c: PAIR_SCHEMA[c] for c in PAIR_COLUMNS[:4]}
+    for prefix in ("pos", "neg"):
+        schema.update({f"{prefix}_{c}": PAIR_SCHEMA[f"{prefix}_{c}"]
+                       for c in ("messages", "loci", "span")})
+    schema.update({c: usable.schema[c] for c in ("model", "goal_id", "tier")})
+    for prefix in ("pos", "neg"):
+        schema.update({f"{prefix}_condition": usable.schema["condition"],
+                       f"{prefix}_seed": usable.schema["seed"], f"{prefix}_a": pl.Float64,
+                       f"{prefix}_b": pl.Float64, f"{prefix}_chars": pl.Int64,
+                       f"{prefix}_future": pl.Int64})
+    return schema
+
+
 def ic_pairs(
-    rollouts: pd.DataFrame,
-    judge: pd.DataFrame,
+    rollouts: pl.DataFrame,
+    judge: pl.DataFrame,
     prompts: PromptSet,
     *,
     concept: str,
@@ -79,7 +102,7 @@ def ic_pairs(
     n_validation: int,
     selection: str = "first",
     seed: int = 0,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Pairs of judged AF rollouts for one concept (Appendix D.1, IC sets).
 
     Positives / negatives by the judge's mean scores a (researcher expectations) and b
@@ -100,25 +123,27 @@ def ic_pairs(
     if low >= high:
         raise ValueError(f"low ({low}) must be below high ({high})")
     usable, n_joined = _usable_ic(rollouts, judge)
-    a, b = usable["a_score"].astype(float), usable["b_score"].astype(float)
+    a = usable["a_score"].cast(pl.Float64).to_numpy()
+    b = usable["b_score"].cast(pl.Float64).to_numpy()
     if CONCEPT_DIRECTION[concept] == "a":
         pos_mask, neg_mask = (a >= high) & (b <= low), (a <= low) & (b <= low)
     else:
         pos_mask, neg_mask = b >= high, b <= low
-    chars = usable["scratchpad"].str.len().to_numpy()
+    chars = np.asarray([len(s) for s in usable["scratchpad"].to_list()], dtype=np.int64)
+    rows_of = usable.to_dicts()
     groups: dict[tuple[Any, ...], list[int]] = {}
-    for i in np.flatnonzero(neg_mask.to_numpy()):
-        row = usable.iloc[i]
+    for i in np.flatnonzero(neg_mask):
+        row = rows_of[i]
         groups.setdefault((row["model"], row["goal_id"], row["tier"]), []).append(int(i))
     used: set[int] = set()
     formed: list[tuple[int, int]] = []
     no_negative = rejected_length = 0
-    for i in np.flatnonzero(pos_mask.to_numpy()):
-        row = usable.iloc[i]
+    for i in np.flatnonzero(pos_mask):
+        row = rows_of[i]
         run = (row["condition"], row["seed"])
         options = [j for j in groups.get((row["model"], row["goal_id"], row["tier"]), [])
                    if j not in used and j != i
-                   and (usable.at[j, "condition"], usable.at[j, "seed"]) != run]
+                   and (rows_of[j]["condition"], rows_of[j]["seed"]) != run]
         if not options:
             no_negative += 1
             continue
@@ -130,7 +155,7 @@ def ic_pairs(
             continue
 
         def rank(j: int, i: int = int(i)) -> tuple[float, int, int]:
-            da = abs(a.iat[j] - a.iat[i]) if CONCEPT_DIRECTION[concept] == "b" else 0.0
+            da = abs(a[j] - a[i]) if CONCEPT_DIRECTION[concept] == "b" else 0.0
             return (da, abs(int(chars[j]) - int(chars[i])), j)
 
         j = min(within, key=rank)
@@ -145,15 +170,14 @@ def ic_pairs(
                     len(formed), n_train + n_validation)
     rows = []
     for k, (i, j) in enumerate(chosen):
-        pos, neg = usable.iloc[i], usable.iloc[j]
+        pos, neg = rows_of[i], rows_of[j]
         row: dict[str, Any] = {
             "pair_id": f"ic-{concept}-{k:05d}", "concept": concept, "source": "ic",
             "split": "train" if k < n_train else "validation",
         }
         for prefix, r in (("pos", pos), ("neg", neg)):
-            row[f"{prefix}_messages"] = json.dumps(
-                ic_messages(prompts, str(r["goal"]), str(r["tier"]), r["_turns"]),
-                ensure_ascii=False)
+            row[f"{prefix}_messages"] = ic_messages(prompts, str(r["goal"]), str(r["tier"]),
+                                                    r["_turns"])
             row[f"{prefix}_loci"] = list(r["_loci"])
             row[f"{prefix}_span"] = None
         row.update({"model": pos["model"], "goal_id": pos["goal_id"], "tier": pos["tier"]})
@@ -163,15 +187,16 @@ def ic_pairs(
                         f"{prefix}_chars": len(r["scratchpad"]),
                         f"{prefix}_future": future_count(r["scratchpad"])})
         rows.append(row)
-    pairs = pd.DataFrame(rows)
-    if pairs.empty:
-        pairs = pd.DataFrame(columns=PAIR_COLUMNS)
-    n_tr = int((pairs["split"] == "train").sum()) if len(pairs) else 0
+    pairs = pl.DataFrame(rows, schema=_ic_schema(usable))
+    if pairs.is_empty():
+        pairs = pairs.select(PAIR_COLUMNS)
+    n_tr = int((pairs["split"] == "train").sum())
 
-    def mean(col: str) -> float:
-        return float(pairs[col].mean()) if len(pairs) else float("nan")
+    def mean(col: str) -> float | None:
+        # the mean of no pairs is missing (null, as the table was always written)
+        return float(pairs[col].mean()) if len(pairs) else None
 
-    report = pd.DataFrame([
+    report = pl.DataFrame([
         ("rollouts", len(rollouts)), ("rollouts_judged", n_joined),
         ("rollouts_usable", len(usable)), ("positives", int(pos_mask.sum())),
         ("negatives_eligible", int(neg_mask.sum())),
@@ -179,5 +204,5 @@ def ic_pairs(
         ("pairs_formed", len(formed)), ("pairs_selected", len(pairs)), ("train", n_tr),
         ("validation", len(pairs) - n_tr), ("mean_pos_future", mean("pos_future")),
         ("mean_neg_future", mean("neg_future")),
-    ], columns=["metric", "value"]).astype({"value": "float64"})
+    ], schema={"metric": pl.Utf8, "value": pl.Float64}, orient="row")
     return pairs, report

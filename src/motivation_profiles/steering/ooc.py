@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.backends.base import (
     ChatRequest,
@@ -25,6 +24,7 @@ from motivation_profiles.steering.pair_format import (
     OUTPUT_CLOSE,
     OUTPUT_OPEN,
     PAIR_COLUMNS,
+    PAIR_SCHEMA,
     SCRATCH_CLOSE,
     SCRATCH_OPEN,
     SIDES,
@@ -35,6 +35,16 @@ log = logging.getLogger(__name__)
 
 
 _SENTENCE_END = re.compile(r"[.!?](?=[\s\"')\]]|$)")
+
+
+# A candidate's row (``_candidate_row``), in column order; ``parse_error`` is dropped from the
+# pairs table.
+CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
+    **{c: PAIR_SCHEMA[c] for c in PAIR_COLUMNS},
+    "pos_chars": pl.Int64, "neg_chars": pl.Int64, "topic": pl.Utf8, "candidate": pl.Int64,
+    "request": pl.Utf8, "output": pl.Utf8, "parse_error": pl.Utf8,
+    "scratchpad_chars": pl.Int64, "pos_span_chars": pl.Int64, "neg_span_chars": pl.Int64,
+}
 
 
 # ============================================================================ OOC generation
@@ -113,9 +123,8 @@ def _sides_messages(c: _Candidate) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for prefix, span in (("pos", c.pos_span), ("neg", c.neg_span)):
         scratch = f"{c.scratchpad} {span}"
-        out[f"{prefix}_messages"] = json.dumps(
-            [user, {"role": "assistant", "content": assistant_turn(scratch, c.output)}],
-            ensure_ascii=False)
+        out[f"{prefix}_messages"] = [
+            user, {"role": "assistant", "content": assistant_turn(scratch, c.output)}]
         out[f"{prefix}_loci"] = [scratch]
         out[f"{prefix}_span"] = span
         out[f"{prefix}_chars"] = len(assistant_turn(scratch, c.output))
@@ -261,7 +270,7 @@ def generate_ooc_pairs(
     top_p: float = 1.0,
     max_tokens: Mapping[str, int] | None = None,
     seed: int = 0,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Rounds of ``candidates_per_round`` model-written candidates, filtered, until
     ``n_pairs`` are kept or ``max_rounds`` have run.
 
@@ -295,7 +304,7 @@ def generate_ooc_pairs(
         log.warning("OOC %s/%s: only %d of %d requested pairs kept after %d candidates in %d "
                     "rounds", concept, split, len(kept), n_pairs, flt.seen_total, max_rounds)
     table = flt.table(limit_dropped=max(0, len(kept) - n_pairs))
-    frame = pd.DataFrame(kept[:n_pairs])
-    if frame.empty:
-        frame = pd.DataFrame(columns=[*PAIR_COLUMNS, "topic", "candidate"])
-    return frame.drop(columns=["parse_error"], errors="ignore"), table
+    frame = pl.DataFrame(kept[:n_pairs], schema=CANDIDATE_SCHEMA)
+    if frame.is_empty():
+        return frame.select(*PAIR_COLUMNS, "topic", "candidate"), table
+    return frame.drop("parse_error"), table

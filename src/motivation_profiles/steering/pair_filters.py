@@ -7,14 +7,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pandas as pd
+import polars as pl
 
 from motivation_profiles.steering.materials import OOCMaterials, variant_of
 from motivation_profiles.steering.names import CONCEPTS
 from motivation_profiles.steering.pair_format import (
     OUTPUT_OPEN,
-    REJECTION_COLUMNS,
+    REJECTION_SCHEMA,
     SCRATCH_CLOSE,
     SIDES,
     _loci,
@@ -227,7 +226,7 @@ class PairFilter:
         self.ctx.seen.add(_duplicate_key(pair))
         return None
 
-    def table(self, *, limit_dropped: int = 0) -> pd.DataFrame:
+    def table(self, *, limit_dropped: int = 0) -> pl.DataFrame:
         """Per filter: rejected count and pairs still kept after it (in order); a final
         ``limit`` row counts kept pairs beyond the number asked for."""
         rows, left = [], self.seen_total
@@ -237,14 +236,13 @@ class PairFilter:
                          "example": self.examples.get(name, "")})
         rows.append({"filter": "limit", "rejected": limit_dropped, "kept": left - limit_dropped,
                      "example": ""})
-        return pd.DataFrame(rows, columns=REJECTION_COLUMNS).astype(
-            {"rejected": "int64", "kept": "int64"})
+        return pl.DataFrame(rows, schema=REJECTION_SCHEMA)
 
 
-def filter_pairs(pairs: pd.DataFrame, materials: OOCMaterials, *, concept: str, split: str,
-                 max_length_ratio: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Filter pairs (generated or read from a file) in row order; returns the kept pairs and
-    the rejection-count table."""
+def filter_pairs(pairs: pl.DataFrame, materials: OOCMaterials, *, concept: str, split: str,
+                 max_length_ratio: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Filter pairs (generated or read from a file) in row order; returns the kept pairs (same
+    columns) and the rejection-count table."""
     flt = PairFilter(materials, concept=concept, split=split, max_length_ratio=max_length_ratio)
-    keep = [flt.check(row) is None for row in pairs.to_dict("records")]
-    return pairs[np.asarray(keep, dtype=bool)].reset_index(drop=True), flt.table()
+    keep = [flt.check(row) is None for row in pairs.iter_rows(named=True)]
+    return pairs.filter(pl.Series(keep, dtype=pl.Boolean)), flt.table()

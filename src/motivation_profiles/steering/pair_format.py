@@ -1,8 +1,10 @@
 """Contrastive concept pairs for activation steering (paper Appendix D.1).
 
 Two sources, one output format (the pairs table of the steering spec: ``pair_id``, ``concept``,
-``source``, ``split``, ``pos_messages`` / ``neg_messages`` as JSON chat lists, ``pos_loci`` /
-``neg_loci`` the scratchpad contents, ``pos_span`` / ``neg_span`` the annotated sentence):
+``source``, ``split``, ``pos_messages`` / ``neg_messages`` the chats as lists of {role, content}
+structs, ``pos_loci`` / ``neg_loci`` the scratchpad contents as lists of strings, ``pos_span`` /
+``neg_span`` the annotated sentence; ``PAIR_SCHEMA``). Readers also accept the older form, each
+chat a JSON string of that list (``chat_messages``):
 
 - **OOC** (out of context): the target model writes benign everyday dialogues itself. A
   candidate is a request, a reasoning and an output written by the model
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 SCRATCH_OPEN = "<SCRATCHPAD_REASONING>"
 
@@ -57,7 +60,22 @@ PAIR_COLUMNS = ["pair_id", "concept", "source", "split", "pos_messages", "neg_me
                 "pos_loci", "neg_loci", "pos_span", "neg_span"]
 
 
+MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))
+
+
+PAIR_SCHEMA: dict[str, pl.DataType] = {
+    "pair_id": pl.Utf8, "concept": pl.Utf8, "source": pl.Utf8, "split": pl.Utf8,
+    "pos_messages": MESSAGES_DTYPE, "neg_messages": MESSAGES_DTYPE,
+    "pos_loci": pl.List(pl.Utf8), "neg_loci": pl.List(pl.Utf8),
+    "pos_span": pl.Utf8, "neg_span": pl.Utf8,
+}
+
+
 REJECTION_COLUMNS = ["filter", "rejected", "kept", "example"]
+
+
+REJECTION_SCHEMA: dict[str, pl.DataType] = {
+    "filter": pl.Utf8, "rejected": pl.Int64, "kept": pl.Int64, "example": pl.Utf8}
 
 
 _FUTURE = re.compile(r"\bfuture\b", re.I)
@@ -116,25 +134,53 @@ class _Side:
     outputs: tuple[str, ...] = ()
 
 
+_NOT_MESSAGES = "messages are not a list of {role, content} strings"
+
+
+def _message_pairs(msgs: Any) -> tuple[tuple[str, str], ...] | None:
+    """(role, content) of every message, or None unless ``msgs`` is a list of mappings with
+    string ``role`` and ``content``."""
+    if not isinstance(msgs, list) or not all(
+            isinstance(m, Mapping) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in msgs):
+        return None
+    return tuple((m["role"], m["content"]) for m in msgs)
+
+
+def chat_messages(value: Any) -> list[dict[str, str]] | None:
+    """A messages cell as a list of {role, content} dicts: a list (or array) of mappings, as a
+    list-of-struct column gives it, or a JSON string of one (older tables, external files).
+    None when it is neither, or a message lacks a string role or content."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    pairs = _message_pairs(_plain(value))
+    return None if pairs is None else [{"role": r, "content": c} for r, c in pairs]
+
+
 @functools.lru_cache(maxsize=8192)
-def _parse_side(messages_json: str) -> _Side:
+def _parse_side_json(messages_json: str) -> _Side:
     try:
         msgs = json.loads(messages_json)
     except (TypeError, ValueError) as exc:
         return _Side(False, f"messages are not JSON ({exc})")
-    if not isinstance(msgs, list) or not all(
-            isinstance(m, Mapping) and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str) for m in msgs):
-        return _Side(False, "messages are not a list of {role, content} strings")
-    context = tuple((m["role"], m["content"]) for m in msgs if m["role"] != "assistant")
+    pairs = _message_pairs(msgs)
+    return _Side(False, _NOT_MESSAGES) if pairs is None else _side_of(pairs)
+
+
+@functools.lru_cache(maxsize=8192)
+def _side_of(msgs: tuple[tuple[str, str], ...]) -> _Side:
+    context = tuple((role, c) for role, c in msgs if role != "assistant")
     if not any(role == "user" and c.strip() for role, c in context):
         return _Side(False, "no user request")
-    turns = [m["content"] for m in msgs if m["role"] == "assistant"]
+    turns = [c for role, c in msgs if role == "assistant"]
     if not any(t.strip() for t in turns):
         return _Side(False, "no assistant message")
     text = "\n".join(turns)
     return _Side(
-        True, None, context, text, tuple(m["content"] for m in msgs),
+        True, None, context, text, tuple(c for _, c in msgs),
         text.count(SCRATCH_OPEN), text.count(SCRATCH_CLOSE),
         text.count(OUTPUT_OPEN), text.count(OUTPUT_CLOSE),
         tuple(_closed_blocks(text, SCRATCH_OPEN, SCRATCH_CLOSE)),
@@ -142,8 +188,12 @@ def _parse_side(messages_json: str) -> _Side:
     )
 
 
-def _messages_json(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(_plain(value), ensure_ascii=False)
+def _parse_side(value: Any) -> _Side:
+    """One side's messages (a list of {role, content}, or its JSON string) as they read."""
+    if isinstance(value, str):
+        return _parse_side_json(value)
+    pairs = _message_pairs(_plain(value))
+    return _Side(False, _NOT_MESSAGES) if pairs is None else _side_of(pairs)
 
 
 def _plain(value: Any) -> Any:
@@ -157,8 +207,7 @@ def _plain(value: Any) -> Any:
 
 
 def _sides(pair: Mapping[str, Any]) -> tuple[_Side, _Side]:
-    return (_parse_side(_messages_json(pair["pos_messages"])),
-            _parse_side(_messages_json(pair["neg_messages"])))
+    return _parse_side(pair["pos_messages"]), _parse_side(pair["neg_messages"])
 
 
 def _loci(value: Any) -> list[Any]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,13 @@ SCALES = ("gap", "unit")
 METRICS = ("auroc", "tpr_at_5fpr", "paired_accuracy", "mean_gap", "cosine_gap")
 
 
-DIAGNOSTIC_COLUMNS = ["layer", "split", "auroc", "auroc_std", "tpr_at_5fpr", "paired_accuracy",
-                      "mean_gap", "cosine_gap", "n_pairs", "vector_norm"]
+DIAGNOSTIC_SCHEMA: dict[str, pl.DataType] = {
+    "layer": pl.Int64, "split": pl.Utf8, "auroc": pl.Float64, "auroc_std": pl.Float64,
+    "tpr_at_5fpr": pl.Float64, "paired_accuracy": pl.Float64, "mean_gap": pl.Float64,
+    "cosine_gap": pl.Float64, "n_pairs": pl.Int64, "vector_norm": pl.Float64}
+
+
+DIAGNOSTIC_COLUMNS = list(DIAGNOSTIC_SCHEMA)
 
 
 REQUIRED_METADATA = ("name", "concept", "source", "estimator", "pooling", "scale", "kind",
@@ -206,7 +211,7 @@ def _cv_rows(pos: np.ndarray, neg: np.ndarray, pair_ids: np.ndarray, vectors: np
 
     n = len(pos)
     groups = np.concatenate([pair_ids, pair_ids])
-    n_groups = len(pd.unique(pair_ids))
+    n_groups = len(set(pair_ids.tolist()))
     if n_groups < folds:
         raise ValueError(f"grouped cross-validation needs at least as many pairs as folds: "
                          f"{n_groups} pairs, {folds} folds")
@@ -255,7 +260,7 @@ def diagnostics(train_pos: np.ndarray | None, train_neg: np.ndarray | None,
                 validation: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None, *,
                 estimator: str = "logistic", C: float = 1.0, ridge_alpha: float = 1.0,
                 scale: str = "gap", folds: int | None = 5, seed: int = 0,
-                vectors: np.ndarray | None = None) -> pd.DataFrame:
+                vectors: np.ndarray | None = None) -> pl.DataFrame:
     """Per-layer diagnostics of a steering direction, long by split.
 
     Fitted vectors (``vectors=None``): the direction is fitted on the training pairs with
@@ -271,9 +276,10 @@ def diagnostics(train_pos: np.ndarray | None, train_neg: np.ndarray | None,
     proj(pos) > proj(neg); ties count half), ``mean_gap`` (mean proj(pos) - proj(neg),
     activation units), ``cosine_gap`` (mean cos(pos, u) - mean cos(neg, u)), ``n_pairs``.
     CV rows score held-out pairs the same way; their ``auroc`` is over the held-out symmetric
-    rows pooled over folds and ``auroc_std`` is its spread across folds (NaN elsewhere).
+    rows pooled over folds and ``auroc_std`` is its spread across folds (null elsewhere).
     ``vector_norm`` is ||v_l|| of the scored (full-data or given) vector. Rows: CV first, then
-    the validation splits in the mapping's order; layers ascending within a split."""
+    the validation splits in the mapping's order; layers ascending within a split. A score that
+    is undefined (``auroc_std`` outside CV, a cosine gap with no nonzero row) is null."""
     validation = dict(validation or {})
     rows: list[dict[str, Any]] = []
     if vectors is None:
@@ -306,22 +312,16 @@ def diagnostics(train_pos: np.ndarray | None, train_neg: np.ndarray | None,
             rows.append({"layer": layer, "split": split, **m, "auroc_std": math.nan,
                          "n_pairs": len(vpos),
                          "vector_norm": float(np.linalg.norm(vec[layer]))})
-    out = pd.DataFrame(rows, columns=DIAGNOSTIC_COLUMNS)
-    out["layer"] = out["layer"].astype("int64")
-    out["n_pairs"] = out["n_pairs"].astype("int64")
-    out["split"] = out["split"].astype(object)
-    for col in DIAGNOSTIC_COLUMNS:
-        if col not in ("layer", "split", "n_pairs"):
-            out[col] = out[col].astype("float64")
-    return out
+    return pl.DataFrame(rows, schema=DIAGNOSTIC_SCHEMA).with_columns(
+        pl.col(pl.Float64).fill_nan(None))
 
 
-def select_layers(diagnostics: pd.DataFrame, *, k: int, metric: str = "auroc",
+def select_layers(diagnostics: pl.DataFrame, *, k: int, metric: str = "auroc",
                   split: str = "validation") -> list[int]:
     """The ``k`` layers with the highest ``metric`` on ``split``, averaged over every
     diagnostics table concatenated in ``diagnostics`` (e.g. one per fitted vector); ties go to
     the lower layer; NaN scores are never chosen. Returned in ascending layer order. Uses the
-    diagnostics only, never downstream behaviour."""
+    diagnostics only, never downstream behaviour. NaN and null scores are both missing."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if metric not in METRICS:
@@ -329,15 +329,16 @@ def select_layers(diagnostics: pd.DataFrame, *, k: int, metric: str = "auroc",
     missing = {"layer", "split", metric} - set(diagnostics.columns)
     if missing:
         raise ValueError(f"diagnostics table lacks columns {sorted(missing)}")
-    sub = diagnostics[diagnostics["split"] == split]
-    if sub.empty:
+    sub = diagnostics.filter(pl.col("split") == split)
+    if sub.is_empty():
         raise ValueError(f"no diagnostics rows for split {split!r} (have "
-                         f"{sorted(diagnostics['split'].astype(str).unique())})")
-    score = pd.to_numeric(sub[metric], errors="coerce").groupby(sub["layer"].astype(int)).mean()
-    score = score.dropna()
-    if score.empty:
+                         f"{sorted({str(s) for s in diagnostics['split'].to_list()})})")
+    score = (sub.group_by(pl.col("layer").cast(pl.Int64))
+             .agg(pl.col(metric).cast(pl.Float64, strict=False).fill_nan(None).mean())
+             .drop_nulls(metric))
+    if score.is_empty():
         raise ValueError(f"every {metric} on split {split!r} is NaN; no layer can be chosen")
-    ranked = sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))
+    ranked = sorted(score.iter_rows(), key=lambda kv: (-kv[1], kv[0]))
     return sorted(int(layer) for layer, _ in ranked[:k])
 
 
