@@ -1,4 +1,5 @@
-"""Command line: `motivation-profiles provenance FILE` and `motivation-profiles validate CONFIG`."""
+"""Command line: `motivation-profiles provenance FILE`, `motivation-profiles validate CONFIG`
+and `motivation-profiles cache verify CACHE_DIR [--fix]`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path")
     v = sub.add_parser("validate", help="validate a config file against the schema")
     v.add_argument("config", nargs="+", help="config files, merged left to right")
+    c = sub.add_parser("cache", help="response cache maintenance")
+    csub = c.add_subparsers(dest="cache_command", required=True)
+    cv = csub.add_parser("verify", help="check every record of a response cache (exit 1 when "
+                         "some are unusable, unless --fix)")
+    cv.add_argument("cache_dir")
+    cv.add_argument("--fix", action="store_true",
+                    help="move unusable records to CACHE_DIR/quarantine (recomputed on demand)")
     args = parser.parse_args(argv)
+
+    if args.command == "cache":
+        return _cache_verify(args.cache_dir, args.fix)
 
     if args.command == "provenance":
         from motivation_profiles.core.provenance import read_provenance
@@ -35,6 +46,37 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     print("ok")
+    return 0
+
+
+def _cache_verify(cache_dir: str, fix: bool, examples: int = 5) -> int:
+    from motivation_profiles.backends.cache import PROBLEMS, ResponseCache
+
+    cache = ResponseCache(cache_dir)
+    try:
+        report = cache.verify(fix=fix)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    n = report.n_problems
+    print(f"{cache_dir}: {report.ok + n} record(s), {report.ok} ok, {n} with problems")
+    for reason in PROBLEMS:
+        found = report.problems.get(reason, [])
+        if not found:
+            continue
+        print(f"  {reason}: {len(found)}")
+        for path, detail in found[:examples]:
+            print(f"    {path}: {detail}")
+        if len(found) > examples:
+            print(f"    ... and {len(found) - examples} more")
+    if fix:
+        if report.moved:
+            print(f"moved {len(report.moved)} record(s) to {cache.quarantine_dir}; they are "
+                  "recomputed when next asked for")
+        return 0
+    if n:
+        print("run with --fix to move them to the quarantine folder", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,10 +9,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from motivation_profiles.backends.base import (
+    MIN_ANSWER_TOKENS,
     ChatRequest,
     Completion,
+    PromptTooLongError,
     SamplingParams,
-    batch_seed,
     cut_at_stop,
     longest_common_prefix,
 )
@@ -66,11 +67,105 @@ def test_length_stop_and_token_counts(tiny_model):
         assert c.prompt_tokens > 0
 
 
-def test_prompt_longer_than_context_is_length_without_generation(tiny_model):
-    backend = _backend(tiny_model, max_model_len=40)
-    out = backend.generate(_requests(1), SamplingParams(0.0, 1.0, 8))
-    assert out[0].finish_reason == "length" and out[0].completion_tokens == 0
-    assert out[0].text == ""
+class CountingBackend(HFBackend):
+    """Counts the batches that reach ``model.generate``."""
+
+    batches: int = 0
+
+    def _generate_batch(self, reqs, ids, p, params):
+        self.batches += 1
+        return super()._generate_batch(reqs, ids, p, params)
+
+
+def test_prompt_without_room_for_an_answer_fails_before_generating(tiny_model):
+    """A prompt that leaves fewer than MIN_ANSWER_TOKENS (or max_new_tokens, if smaller) new
+    tokens is an error naming the request, the numbers and max_model_len; nothing of the call
+    is generated, not even the requests that fit."""
+    model, tok = tiny_model
+    short, long_ = _requests(2)[0], _requests(2)[1]
+    probe = CountingBackend(model=model, tokenizer=tok, show_progress=False)
+    n_short, n_long = len(probe.encode(short.messages)), len(probe.encode(long_.messages))
+    assert n_short < n_long
+    # room for exactly MIN_ANSWER_TOKENS after the long prompt: it runs, with that budget
+    fits = CountingBackend(model=model, tokenizer=tok, show_progress=False,
+                           max_model_len=n_long + MIN_ANSWER_TOKENS)
+    out = fits.generate([short, long_], SamplingParams(0.0, 1.0, 64))
+    assert fits.batches == 1 and out[1].completion_tokens <= MIN_ANSWER_TOKENS
+    # one token less: the whole call fails before any batch is generated
+    tight = CountingBackend(model=model, tokenizer=tok, show_progress=False,
+                            max_model_len=n_long + MIN_ANSWER_TOKENS - 1)
+    with pytest.raises(PromptTooLongError) as info:
+        tight.generate([short, long_], SamplingParams(0.0, 1.0, 64))
+    assert tight.batches == 0
+    err = info.value
+    assert (err.request_id, err.prompt_tokens, err.answer_tokens, err.max_model_len,
+            err.others) == ("r1", n_long, MIN_ANSWER_TOKENS, n_long + MIN_ANSWER_TOKENS - 1, 0)
+    msg = str(err)
+    for part in ("'r1'", f"{n_long} tokens", f"{MIN_ANSWER_TOKENS} new tokens",
+                 f"max_model_len {n_long + MIN_ANSWER_TOKENS - 1}"):
+        assert part in msg
+    # a smaller max_new_tokens is the smallest useful answer; both prompts too long: counted
+    with pytest.raises(PromptTooLongError, match=r"'r0'.*\(4 new tokens\).*1 more request"):
+        _backend(tiny_model, max_model_len=n_short + 3).generate(
+            [short, long_], SamplingParams(0.0, 1.0, 4))
+    exact = _backend(tiny_model, max_model_len=n_short + 4).generate(
+        [short], SamplingParams(0.0, 1.0, 4))  # exactly fits: runs
+    assert exact[0].prompt_tokens == n_short
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        _backend(tiny_model).generate([short], SamplingParams(0.0, 1.0, 0))
+
+
+def test_prompt_overflow_length_keeps_continuations_that_filled_the_context(tiny_model):
+    """``prompt_overflow="length"`` (a continuation turn whose transcript grew to the context):
+    what fits is generated, a prompt with no room at all is an empty ``length`` completion, and
+    the other requests of the call still run."""
+    model, tok = tiny_model
+    short, long_ = _requests(2)
+    probe = _backend(tiny_model)
+    n_short, n_long = len(probe.encode(short.messages)), len(probe.encode(long_.messages))
+
+    class NoEOS(HFBackend):
+        @property
+        def eos_ids(self):
+            return {10**9}
+
+    backend = NoEOS(model=model, tokenizer=tok, show_progress=False, max_model_len=n_long + 3)
+    cont = ChatRequest("r1", long_.messages, long_.seed, prompt_overflow="length")
+    a, b = backend.generate([short, cont], SamplingParams(0.0, 1.0, 8))
+    assert (b.finish_reason, b.completion_tokens) == ("length", 3)    # what fits
+    assert a.completion_tokens == min(8, n_long + 3 - n_short)
+    backend.max_model_len = n_long
+    a, b = backend.generate([short, cont], SamplingParams(0.0, 1.0, 8))
+    assert (b.text, b.finish_reason, b.completion_tokens) == ("", "length", 0)
+    assert b.prompt_tokens == n_long and a.completion_tokens > 0
+    with pytest.raises(PromptTooLongError):   # the same prompt as an opening turn: an error
+        backend.generate([short, long_], SamplingParams(0.0, 1.0, 8))
+    with pytest.raises(ValueError, match="prompt_overflow must be"):
+        ChatRequest("x", short.messages, prompt_overflow="truncate")
+
+
+def test_each_request_gets_its_own_budget(tiny_model):
+    """A short prompt batched with one near the context limit keeps its full max_new_tokens
+    (the batch's longest prompt does not cut it), and the long one stops at the context."""
+    model, tok = tiny_model
+    short, long_ = _requests(2)[0], _requests(2)[1]
+
+    class NoEOS(HFBackend):
+        @property
+        def eos_ids(self):
+            return {10**9}
+
+    probe = NoEOS(model=model, tokenizer=tok)
+    n_short, n_long = len(probe.encode(short.messages)), len(probe.encode(long_.messages))
+    assert n_long - n_short >= 5
+    params = SamplingParams(1.0, 1.0, 25)
+    backend = NoEOS(model=model, tokenizer=tok, show_progress=False, batch_size=2,
+                    max_model_len=n_long + 20)
+    a, b = backend.generate([short, long_], params)
+    assert (a.completion_tokens, b.completion_tokens) == (25, 20)
+    assert a.finish_reason == b.finish_reason == "length"
+    alone = [backend.generate([r], params)[0] for r in (short, long_)]
+    assert [c.text for c in alone] == [a.text, b.text]
 
 
 def test_seeded_sampling_is_reproducible(tiny_model):
@@ -89,9 +184,6 @@ def test_helpers():
     assert longest_common_prefix([]) == 0
     assert cut_at_stop("a </OUTPUT> tail", ["</OUTPUT>"]) == ("a </OUTPUT>", True)
     assert cut_at_stop("no stop", ["</OUTPUT>"]) == ("no stop", False)
-    r = _requests(2)
-    assert batch_seed(r) == batch_seed(list(r))
-    assert batch_seed(r) != batch_seed(_requests(2, seed=1))
 
 
 # ----------------------------------------------------------------- the rollout loop

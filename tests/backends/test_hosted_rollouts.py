@@ -13,6 +13,8 @@ rejected in one turn; a goal containing "sonnet" runs out of tokens (truncated).
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -354,6 +356,71 @@ def test_stale_checkpoint_is_not_reused(fake, prompts, tmp_path):
     rollouts(make_backend(fake, tmp_path / "cache2"), prompts, checkpoint_dir=ckpt,
              checkpoint_key="k2")
     assert fake.count() - before == 8
+
+
+KEY_DAMAGE = {
+    "truncated": lambda text: text[: len(text) // 2],
+    "not-json": lambda text: "\xff\xfe garbage",
+    "list": lambda text: "[]",
+    "no-key": lambda text: '{"other": 1}',
+}
+
+
+@pytest.mark.parametrize("damage", KEY_DAMAGE)
+def test_unreadable_resume_key_is_discarded_and_the_job_recovers(fake, prompts, tmp_path,
+                                                                  damage, caplog):
+    """A damaged ``.partial/key.json`` (truncated, not JSON, wrong shape) no longer blocks
+    every rerun: a warning names it, the checkpoint is discarded, every group is recomputed,
+    and the table equals a clean run's."""
+    ckpt = tmp_path / "ckpt"
+    fake.reject = unmonitored  # killed after the monitored group: one shard, then a failure
+    with pytest.raises(HostedGenerationError):
+        rollouts(make_backend(fake, tmp_path / "cache1"), prompts, checkpoint_dir=ckpt,
+                 checkpoint_key="k1")
+    key_file = ckpt / "key.json"
+    assert (ckpt / "monitored-0.parquet").is_file()
+    key_file.write_text(KEY_DAMAGE[damage](key_file.read_text()))
+    fake.reject = None
+    before = len(sent(fake))
+    with caplog.at_level(logging.INFO, logger="motivation_profiles.rollouts.run"):
+        df = rollouts(make_backend(fake, tmp_path / "cache2"), prompts, checkpoint_dir=ckpt,
+                      checkpoint_key="k1")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(key_file) in w and "discarding" in w for w in warnings), warnings
+    assert {tier_tag(b["messages"][0]["content"]) for b in sent(fake)[before:]} == \
+        {"True", "False"}  # the monitored group was recomputed too
+    assert json.loads(key_file.read_text()) == {"key": "k1"}
+    clean = rollouts(make_backend(fake, tmp_path / "clean"), prompts)
+    assert_frame_equal(comparable(df), comparable(clean))
+
+
+SHARD_DAMAGE = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
+    "not-parquet": lambda p: p.write_text("[]"),
+    "other-seed": lambda p: pl.read_parquet(p).with_columns(seed=pl.lit(9, pl.Int64))
+    .write_parquet(p),
+    "column-missing": lambda p: pl.read_parquet(p).drop("outcome").write_parquet(p),
+}
+
+
+@pytest.mark.parametrize("damage", SHARD_DAMAGE)
+def test_unusable_shard_is_recomputed(fake, prompts, tmp_path, damage, caplog):
+    ckpt = tmp_path / "ckpt"
+    first = rollouts(make_backend(fake, tmp_path / "cache1"), prompts, checkpoint_dir=ckpt,
+                     checkpoint_key="k1")
+    shard = ckpt / "unmonitored-0.parquet"
+    SHARD_DAMAGE[damage](shard)
+    before = len(sent(fake))
+    with caplog.at_level(logging.WARNING, logger="motivation_profiles.rollouts.run"):
+        df = rollouts(make_backend(fake, tmp_path / "cache2"), prompts, checkpoint_dir=ckpt,
+                      checkpoint_key="k1")
+    assert any(str(shard) in r.getMessage() for r in caplog.records)
+    rerun = sent(fake)[before:]
+    assert len(rerun) == 3 and {tier_tag(b["messages"][0]["content"]) for b in rerun} == \
+        {"False"}  # only the damaged group
+    assert_frame_equal(comparable(df), comparable(first))
+    assert_frame_equal(comparable(pl.read_parquet(shard)),
+                       comparable(first.filter(tier="unmonitored")))
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -12,6 +12,7 @@ times, then returns it with ``error`` set (and nothing cached).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -113,7 +114,7 @@ def test_cache_roundtrip_sharding_and_concurrent_writers(tmp_path):
 
     def reader():
         while not stop.is_set():
-            rec = cache.get(key)  # a partial file would fail to parse (get warns, returns None)
+            rec = cache.get(key)  # a partial file would be quarantined (get returns None)
             if rec is None or rec["text"] not in ("hello", big):
                 bad.append(repr(rec)[:80])
 
@@ -129,6 +130,7 @@ def test_cache_roundtrip_sharding_and_concurrent_writers(tmp_path):
     assert not bad
     assert cache.get(key)["text"] == big
     assert sorted(p.name for p in cache.path(key).parent.iterdir()) == [f"{key}.json"]
+    assert not cache.quarantine_dir.exists()
 
 
 # ---------------------------------------------------------------------------- key handling
@@ -285,6 +287,25 @@ def test_resume_after_kill_between_submit_and_poll(fake, tmp_path, monkeypatch):
     assert (second.state_dir / "done" / state_file.name).is_file()
     # and the ledger knows these were batch answers
     assert second.ledger_frame()["batch"].all()
+
+
+@pytest.mark.parametrize("content", ['{"batch_id": "msgbatch_1", "requ', "[]",
+                                     '{"batch_id": 3, "requests": {}}', "\udcff"])
+def test_unusable_batch_state_file_is_set_aside_not_a_crash(fake, tmp_path, caplog, content):
+    """A pending batch's state file that is truncated, not an object, of the wrong shape or
+    not UTF-8 is moved to state_dir/quarantine with a warning naming it; the requests are
+    asked for (they were never answered) and the job goes on."""
+    client = make_client(fake, tmp_path)
+    bad = client.state_dir / "msgbatch_1.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(content.encode("utf-8", "surrogateescape"))
+    with caplog.at_level(logging.WARNING, logger="motivation_profiles.backends.anthropic"):
+        out = client.complete([req(0), req(1)])
+    assert all(o.ok and not o.cached for o in out)
+    assert client.pending_batches() == []
+    assert (client.state_dir / "quarantine" / bad.name).read_bytes() == \
+        content.encode("utf-8", "surrogateescape")
+    assert any(str(bad) in r.getMessage() for r in caplog.records)
 
 
 def test_resume_ignores_unrelated_pending_batches(fake, tmp_path, monkeypatch):

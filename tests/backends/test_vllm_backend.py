@@ -1,12 +1,15 @@
 """The vLLM backend's CPU-testable parts, with vLLM replaced by a stand-in that runs the tiny
-random Llama: request and sampling mapping, steering hooks installed on the workers' decoder
-layers for exactly one generate call (and the prefix cache reset around it), vLLM-style
+random Llama: request and sampling mapping (per-request seeds from ``stream_seed``), steering
+hooks installed on the workers' decoder layers for exactly one generate call (and the prefix
+cache reset around it), vLLM's pickle fallback enabled only while the engine is built and
+around ``apply_model``, prompts too long for an answer refused before generating, vLLM-style
 ``(hidden, residual)`` layer outputs, adapter ranks. The real engine is exercised by
 tests/backends/test_vllm_gpu.py on a CUDA machine."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -16,10 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from motivation_profiles.backends.base import ChatRequest, SamplingParams
+from motivation_profiles.backends.base import (
+    ChatRequest,
+    PromptTooLongError,
+    SamplingParams,
+    stream_seed,
+)
 from motivation_profiles.backends.hf import HFBackend
 from motivation_profiles.backends.vllm import (
     _HANDLES,
+    INSECURE_SERIALIZATION,
     VLLMBackend,
     VLLMUnavailable,
     adapter_rank,
@@ -60,14 +69,18 @@ class FakeLLM:
         self.resets = 0
         self.hooks_during_generate: list[int] = []
         self.sampling: list[FakeSamplingParams] = []
+        self.env_during_apply: list[str | None] = []
+        self.generate_calls = 0
 
     def apply_model(self, fn):
+        self.env_during_apply.append(os.environ.get(INSECURE_SERIALIZATION))
         return [fn(self.model)]
 
     def reset_prefix_cache(self):
         self.resets += 1
 
     def generate(self, prompts, sampling, lora_request=None, use_tqdm=False):
+        self.generate_calls += 1
         self.hooks_during_generate.append(len(getattr(self.model, _HANDLES, [])))
         self.sampling += list(sampling)
         outs = []
@@ -118,8 +131,11 @@ def test_steered_vllm_path_matches_hf_backend(tiny_model, fake_vllm):
     assert [c.text for c in unsteered] != [c.text for c in got]
     assert plain.llm.hooks_during_generate == [0] and plain.llm.resets == 0
     sp = llm.sampling[0]
-    assert (sp.seed, sp.max_tokens, sp.stop, sp.top_p) == (0, 6, ["</OUTPUT>"], 1.0)
+    assert (sp.max_tokens, sp.stop, sp.top_p) == (6, ["</OUTPUT>"], 1.0)
     assert sp.include_stop_str_in_output
+    # each request's vLLM seed is its stream seed, as in the hf backend (not its id or slot)
+    assert [s.seed for s in llm.sampling] == [stream_seed(r) for r in _requests()]
+    assert len({s.seed for s in llm.sampling}) == 3
 
 
 def test_hooks_removed_when_generate_raises(tiny_model, fake_vllm):
@@ -139,13 +155,85 @@ def test_hooks_removed_when_generate_raises(tiny_model, fake_vllm):
     assert sum(len(layer._forward_hooks) for layer in model.model.layers) == hooks
 
 
-def test_prompt_over_context_is_length_without_generation(tiny_model, fake_vllm):
+def test_prompt_without_room_for_an_answer_fails_before_generating(tiny_model, fake_vllm):
     model, tok = tiny_model
     llm = FakeLLM(model, tok)
-    backend = VLLMBackend(llm=llm, tokenizer=tok, max_model_len=8)
-    long = [ChatRequest("x", [{"role": "user", "content": "word " * 50}], seed=0)]
-    out = backend.generate(long, SamplingParams(0.0, 1.0, 4))
-    assert out[0].finish_reason == "length" and out[0].text == "" and llm.sampling == []
+    long = ChatRequest("x", [{"role": "user", "content": "word " * 50}], seed=0)
+    n = len(VLLMBackend(llm=llm, tokenizer=tok).encode(long.messages))
+    steering = Steering({0: np.ones(64, dtype=np.float32)}, 1.0)
+    backend = VLLMBackend(llm=llm, tokenizer=tok, max_model_len=n + 15, steering=steering)
+    with pytest.raises(PromptTooLongError,
+                       match=rf"'x': a prompt of {n} tokens .*\(16 new tokens\).*"
+                             rf"max_model_len {n + 15}"):
+        backend.generate([_requests()[0], long], SamplingParams(1.0, 1.0, 64))
+    # nothing reached the engine: no sampling params, no generate, no hooks
+    assert llm.sampling == [] and llm.generate_calls == 0 and llm.env_during_apply == []
+    backend.max_model_len = n + 16   # room for exactly the smallest useful answer
+    out = backend.generate([long], SamplingParams(0.0, 1.0, 64))
+    assert llm.sampling[-1].max_tokens == 16 and out[0].prompt_tokens == n
+    # a continuation that may fill the context: empty "length" completion, the rest runs
+    backend.max_model_len = n
+    cont = ChatRequest("x", long.messages, 0, prompt_overflow="length")
+    first, out = backend.generate([_requests()[0], cont], SamplingParams(0.0, 1.0, 4))
+    assert (out.text, out.finish_reason, out.completion_tokens) == ("", "length", 0)
+    assert first.completion_tokens == 4 and llm.sampling[-1].max_tokens == 4
+
+
+def test_pickle_fallback_enabled_only_around_apply_model(tiny_model, fake_vllm, monkeypatch):
+    """Steering ships callables through apply_model, which needs vLLM's pickle fallback: the
+    variable is "1" during each apply_model call and restored afterwards, whether it was unset
+    or had another value, also when generation fails."""
+    model, tok = tiny_model
+    steering = Steering({0: np.ones(64, dtype=np.float32)}, 1.0)
+    monkeypatch.delenv(INSECURE_SERIALIZATION, raising=False)
+    llm = FakeLLM(model, tok)
+    VLLMBackend(llm=llm, tokenizer=tok, steering=steering).generate(
+        _requests(), SamplingParams(0.0, 1.0, 2))
+    assert llm.env_during_apply == ["1", "1"]          # install, then remove
+    assert INSECURE_SERIALIZATION not in os.environ
+    monkeypatch.setenv(INSECURE_SERIALIZATION, "0")
+
+    class Failing(FakeLLM):
+        def generate(self, *a, **k):
+            raise RuntimeError("engine died")
+
+    failing = Failing(model, tok)
+    with pytest.raises(RuntimeError, match="engine died"):
+        VLLMBackend(llm=failing, tokenizer=tok, steering=steering).generate(
+            _requests(), SamplingParams(0.0, 1.0, 2))
+    assert failing.env_during_apply == ["1", "1"] and os.environ[INSECURE_SERIALIZATION] == "0"
+
+
+def test_from_pretrained_scopes_the_pickle_fallback_to_building_the_engine(
+        tiny_model, tiny_model_dir, fake_vllm, monkeypatch):
+    """vLLM's engine processes inherit the variable when LLM(...) spawns them: it is set while
+    a steerable engine is built (eager mode too), and not at all for an unsteered one; either
+    way the process environment is as before afterwards. An active steering on an engine built
+    without one is a clear error, not hooks that silently do nothing."""
+    model, tok = tiny_model
+    built: list[tuple[str | None, bool]] = []
+
+    class LLM(FakeLLM):
+        def __init__(self, **kwargs):
+            built.append((os.environ.get(INSECURE_SERIALIZATION), kwargs["enforce_eager"]))
+            super().__init__(model, tok)
+
+    fake_vllm.LLM = LLM
+    monkeypatch.delenv(INSECURE_SERIALIZATION, raising=False)
+    zero = Steering({0: np.ones(64, dtype=np.float32)}, 0.0)
+    steered = VLLMBackend.from_pretrained(tiny_model_dir, steering=zero)
+    plain = VLLMBackend.from_pretrained(tiny_model_dir)
+    assert built == [("1", True), (None, False)]
+    assert INSECURE_SERIALIZATION not in os.environ
+    assert steered.steerable and not plain.steerable
+    # a steerable engine can be given an active steering later
+    steered.steering = Steering({0: np.ones(64, dtype=np.float32)}, 2.0)
+    steered.generate(_requests(), SamplingParams(0.0, 1.0, 2))
+    assert steered.llm.env_during_apply == ["1", "1"]
+    plain.steering = steered.steering
+    with pytest.raises(RuntimeError, match="built without steering"):
+        plain.generate(_requests(), SamplingParams(0.0, 1.0, 2))
+    assert plain.llm.generate_calls == 0 and plain.llm.env_during_apply == []
 
 
 class VLLMStyleLayer(torch.nn.Module):

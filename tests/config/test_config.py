@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_config
 
 from motivation_profiles.config.validate import (
     ConfigError,
@@ -376,3 +377,141 @@ def test_prompt_intervention_checks(cfg, tmp_path):
     cfg["prompt_interventions"]["claims_dir"] = "resources/claims"
     cfg["calibration"]["candidates"] = ["A1_amp", "B1_amp-strong"]
     invalid(cfg, "calibration.candidates", "B1_amp-strong")
+
+
+# --------------------------------------------------------------------------- goals.n
+
+
+def test_goals_n_larger_than_the_goal_file_is_an_error(cfg):
+    rows = len(Path(REPO / cfg["goals"]["path"]).read_text().splitlines()) - 1
+    cfg["goals"]["n"] = rows + 1
+    invalid(cfg, "goals.n", f"goals.n is {rows + 1}", f"only {rows} goal rows",
+            "embedded_goals.csv")
+    cfg["goals"]["n"] = rows  # every goal: fine
+    validate_config(cfg, base_dir=REPO)
+
+
+# --------------------------------------------------------------------------- prompt fit
+# The AF prompt must leave room for the smallest useful answer (min(16, max_new_tokens) new
+# tokens) in max_model_len; checked at config time where the model's tokenizer is already here.
+
+
+@pytest.fixture()
+def tiny_base(tmp_path, tiny_model_dir) -> Path:
+    """A workdir whose resources/models/tiny is the prepared tiny checkpoint."""
+    (tmp_path / "resources/models").mkdir(parents=True)
+    (tmp_path / "resources/models/tiny").symlink_to(tiny_model_dir)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny_tok(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def one_goal(tmp_path: Path, cfg: dict, goal: str = "Write a short poem") -> dict:
+    goals = tmp_path / "goals.csv"
+    goals.write_text(f"goal,target\n{goal},Sure\n")
+    cfg["goals"].update(path=str(goals), sha256=None, n=None)
+    return cfg
+
+
+def backend_tokens(tok, cfg: dict, *, goal: str, claim: str = "") -> int:
+    """The longest opening request over both tiers, counted as the hf backend counts it."""
+    from motivation_profiles.backends.hf import HFBackend
+    from motivation_profiles.rollouts.protocol import TIERS, PromptSet
+
+    backend = HFBackend(model=None, tokenizer=tok)
+    ps = PromptSet.from_config(cfg["prompts"], system_suffix=claim)
+    prefill = cfg["rollouts"]["prefill"]
+    opening = [{"role": "assistant", "content": prefill}] if prefill else []
+    return max(len(backend.encode([*ps.messages(goal, t), *opening])) for t in TIERS)
+
+
+def long_system_prompt(tmp_path: Path, cfg: dict) -> Path:
+    system = tmp_path / "long_system.txt"
+    system.write_text("You are a careful assistant. " * 600)  # ~3,000 tokens > 2,048
+    cfg["prompts"]["system"] = str(system)
+    return system
+
+
+def test_a_prompt_that_fits_passes(tiny_base):
+    validate_config(tiny_config(), base_dir=tiny_base)
+
+
+def test_a_system_prompt_too_long_for_the_context_fails_with_the_numbers(tiny_base, tiny_tok,
+                                                                          tmp_path):
+    cfg = one_goal(tmp_path, tiny_config())
+    system = long_system_prompt(tmp_path, cfg)
+    n = backend_tokens(tiny_tok, cfg, goal="Write a short poem")
+    assert n > 2048
+    invalid(cfg, "prompts.system", str(system), f"is {n} tokens", f"{n} + 8 answer tokens",
+            "models.tiny.max_model_len 2048", "condition baseline", "goal 0",
+            base_dir=tiny_base)
+
+
+@pytest.mark.parametrize(("max_new_tokens", "floor"), [(8, 8), (48, 16)])
+def test_the_answer_budget_is_min_16_max_new_tokens(tiny_base, tiny_tok, tmp_path,
+                                                     max_new_tokens, floor):
+    cfg = one_goal(tmp_path, tiny_config(max_new_tokens=max_new_tokens))
+    n = backend_tokens(tiny_tok, cfg, goal="Write a short poem")
+    cfg["models"]["tiny"]["max_model_len"] = n + floor  # exactly room for the floor
+    validate_config(cfg, base_dir=tiny_base)
+    cfg["models"]["tiny"]["max_model_len"] = n + floor - 1
+    invalid(cfg, f"{n} + {floor} answer tokens > models.tiny.max_model_len {n + floor - 1}",
+            base_dir=tiny_base)
+
+
+def test_the_longest_goal_is_measured(tiny_base, tiny_tok, tmp_path):
+    cfg = tiny_config()
+    long_goal = "Explain " + "very " * 300 + "carefully"
+    goals = tmp_path / "goals.csv"
+    goals.write_text(f"goal,target\nWrite a poem,Sure\n{long_goal},Sure\n")
+    cfg["goals"].update(path=str(goals), sha256=None, n=None)
+    n_short = backend_tokens(tiny_tok, cfg, goal="Write a poem")
+    n_long = backend_tokens(tiny_tok, cfg, goal=long_goal)
+    cfg["models"]["tiny"]["max_model_len"] = n_short + 8
+    invalid(cfg, "goal 1", f"is {n_long} tokens", base_dir=tiny_base)
+
+
+def test_the_longest_claim_is_measured(tiny_base, tiny_tok, tmp_path):
+    from motivation_profiles.prompts.claims import load_claims
+
+    cfg = one_goal(tmp_path, tiny_config(prompt=True))
+    pi = cfg["prompt_interventions"]
+    claims = load_claims(pi["claims_dir"], pi["interventions"], pi["strengths"])
+    n_base = backend_tokens(tiny_tok, cfg, goal="Write a short poem")
+    counts = {k: backend_tokens(tiny_tok, cfg, goal="Write a short poem", claim=c)
+              for k, c in claims.items()}
+    (intervention, strength), n = max(counts.items(), key=lambda kv: kv[1])
+    cfg["models"]["tiny"]["max_model_len"] = n_base + 8  # the baseline fits, the claims do not
+    invalid(cfg, f"condition prompt-{intervention}-{strength}", "its claim appended",
+            f"is {n} tokens", base_dir=tiny_base)
+    cfg["prompt_interventions"]["enabled"] = False  # no claims: the baseline fits
+    validate_config(cfg, base_dir=tiny_base)
+
+
+def test_no_local_tokenizer_skips_the_check(tmp_path):
+    cfg = tiny_config()
+    long_system_prompt(tmp_path, cfg)
+    validate_config(cfg, base_dir=tmp_path)  # nothing prepared here: the job checks
+
+
+def test_a_checkpoint_prepared_for_another_config_is_not_used(tiny_base, tmp_path):
+    cfg = tiny_config()
+    long_system_prompt(tmp_path, cfg)
+    cfg["models"]["tiny"]["random"]["seed"] = 1  # the manifest records seed 0: stale
+    validate_config(cfg, base_dir=tiny_base)
+    cfg["models"]["tiny"]["random"]["seed"] = 0
+    invalid(cfg, "prompts.system", base_dir=tiny_base)
+
+
+def test_a_local_model_is_measured_before_it_is_prepared(tiny_model_dir, tmp_path):
+    cfg = tiny_config()
+    long_system_prompt(tmp_path, cfg)
+    cfg["models"]["tiny"] = {**cfg["models"]["tiny"], "source": "local",
+                             "path": str(tiny_model_dir)}
+    del cfg["models"]["tiny"]["random"]
+    invalid(cfg, "prompts.system", f"tokenizer in {tiny_model_dir}", base_dir=tmp_path)

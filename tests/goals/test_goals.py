@@ -12,6 +12,7 @@ import yaml
 
 from motivation_profiles.goals.advbench import (
     ADVBENCH_SHA256,
+    GoalCountError,
     GoalFileError,
     download,
     load_goals,
@@ -110,11 +111,21 @@ def test_embedded_goal_set_loads_with_config_hash():
     assert len(sub) == min(goals_cfg["n"], len(df))
 
 
-def test_n_at_least_rows_keeps_everything(tmp_path):
+def test_n_equal_to_rows_or_null_keeps_everything(tmp_path):
     p = write(tmp_path / "g.csv", SMALL)
-    for n in (3, 4, 100, None):
+    for n in (3, None):
         df = load_goals(p, sha256=None, n=n, seed=0)
         assert df["goal_id"].to_list() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("n", [4, 100])
+def test_n_larger_than_the_file_names_both_numbers_and_the_file(tmp_path, n):
+    p = write(tmp_path / "g.csv", SMALL)
+    with pytest.raises(GoalCountError) as info:
+        load_goals(p, sha256=None, n=n, seed=0)
+    msg = str(info.value)
+    assert str(p) in msg and f"goals.n is {n}" in msg and "only 3 goal rows" in msg
+    assert isinstance(info.value, GoalFileError)  # callers catching GoalFileError still do
 
 
 # --------------------------------------------------------------------------- errors

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import absolutize, load_repo_config, run_snakemake
 
+from motivation_profiles.config.validate import ConfigError, validate_config
 from motivation_profiles.sdf.materials import (
     INTERVENTIONS,
     NOISE,
@@ -313,3 +316,94 @@ def test_bad_universe_names_are_rejected(name):
 def test_universe_id_rejects_bad_parts(intervention, strength):
     with pytest.raises(MaterialsError, match="unknown"):
         universe_id(intervention, strength)
+
+
+# ---------------------------------------------------------------- with the config
+# Every universe file the config uses is loaded by config validation (as the claims files are),
+# so a broken one fails before any job, naming the file and its problem.
+
+
+def universes_copy(tmp_path: Path) -> Path:
+    directory = tmp_path / "universes"
+    shutil.copytree(UNIVERSES, directory)
+    return directory
+
+
+def sdf_config(universes_dir: Path) -> dict:
+    cfg = absolutize(load_repo_config())
+    cfg["sdf"]["universes_dir"] = str(universes_dir)
+    return cfg
+
+
+def config_errors(cfg: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg, base_dir=REPO)
+    return str(info.value)
+
+
+BREAKAGES = {  # what is written to the file -> what the message says
+    "bad YAML": (b"id: [unclosed\n", "not valid YAML"),
+    "not a mapping": (b"- just\n- a list\n", "expected a YAML mapping"),
+    "not UTF-8": (b"id: A1_amp\nkind: \xff\xfe\n", "not UTF-8"),
+    "missing key": (yaml.safe_dump({k: v for k, v in valid().items() if k != "key_fact"},
+                                   sort_keys=False).encode(), "'key_fact'"),
+    "wrong id": (yaml.safe_dump(valid("A1_sup"), sort_keys=False).encode(),
+                 "does not match the file name"),
+}
+
+
+def test_the_shipped_universes_pass_config_validation(tmp_path):
+    validate_config(sdf_config(universes_copy(tmp_path)), base_dir=REPO)
+
+
+@pytest.mark.parametrize("case", BREAKAGES)
+def test_a_broken_universe_file_fails_the_config(tmp_path, case):
+    directory = universes_copy(tmp_path)
+    content, problem = BREAKAGES[case]
+    (directory / "A1_amp.yaml").write_bytes(content)
+    msg = config_errors(sdf_config(directory))
+    assert "sdf.universes_dir (A1_amp)" in msg and str(directory / "A1_amp.yaml") in msg
+    assert problem in msg
+
+
+def test_a_missing_universe_file_fails_the_config(tmp_path):
+    directory = universes_copy(tmp_path)
+    (directory / "B2_sup.yaml").unlink()
+    msg = config_errors(sdf_config(directory))
+    assert "sdf.universes_dir (B2_sup)" in msg and "B2_sup.yaml" in msg and "does not exist" in msg
+
+
+def test_strength_variants_are_checked_only_when_configured(tmp_path):
+    directory = universes_copy(tmp_path)
+    (directory / "A1_amp-weak.yaml").write_bytes(BREAKAGES["bad YAML"][0])
+    cfg = sdf_config(directory)
+    validate_config(cfg, base_dir=REPO)  # standard strength only: the file is not used
+    cfg["sdf"]["strengths"] = ["weak", "standard"]
+    msg = config_errors(cfg)
+    assert "sdf.universes_dir (A1_amp-weak)" in msg and "not valid YAML" in msg
+
+
+def test_external_documents_still_need_a_universe_for_the_belief_check(tmp_path):
+    directory = universes_copy(tmp_path)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "a document"}\n')
+    (directory / "af_organism.yaml").write_bytes(BREAKAGES["bad YAML"][0])
+    (directory / "noise.yaml").write_bytes(BREAKAGES["bad YAML"][0])
+    cfg = sdf_config(directory)
+    cfg["sdf"]["external_documents"] = {"af_organism": str(corpus), "noise": str(corpus)}
+    msg = config_errors(cfg)
+    # belief_check reads af_organism's file; noise has no belief, so an external noise set
+    # needs no file
+    assert "sdf.universes_dir (af_organism)" in msg and "(noise)" not in msg
+
+
+def test_a_broken_universe_fails_a_dry_run_before_any_job(tmp_path):
+    directory = universes_copy(tmp_path)
+    (directory / "B1_sup.yaml").write_bytes(BREAKAGES["not a mapping"][0])
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_snakemake(work, sdf_config(directory), "-n", check=False, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert str(directory / "B1_sup.yaml") in out and "expected a YAML mapping" in out
+    assert "Job stats" not in out and not (work / "results").exists()

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -181,7 +184,8 @@ def test_loss_decreases_and_adapter_is_standard_peft(sharp_model_dir, tok, tmp_p
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"adapter_model.safetensors", "adapter_config.json",
             "loss_curve.parquet"} <= set(manifest["files"])
-    assert_frame_equal(pl.read_parquet(out / "loss_curve.parquet"), curve)
+    # stored without the wall-clock seconds (identical trainings, identical files)
+    assert_frame_equal(pl.read_parquet(out / "loss_curve.parquet"), curve.drop("seconds"))
     assert not list(tmp_path.glob(".adapter*"))  # no temporary left
 
     cfg = json.loads((out / "adapter_config.json").read_text())
@@ -274,6 +278,116 @@ def test_resume_gives_the_uninterrupted_weights(tiny_model_dir, dataset, tmp_pat
                    work_dir=tmp_path / "w_other", **kw)
     assert any("discarding checkpoint" in r.getMessage() for r in caplog.records)
     assert_same_weights(weights(full), weights(other))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _edit_state(ckpt: Path, edit) -> None:
+    state_file = ckpt / "training_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps(edit(state)))
+
+
+STATE_DAMAGE = {
+    "truncated-state": lambda ckpt: _truncate(ckpt / "training_state.json"),
+    "state-is-a-list": lambda ckpt: (ckpt / "training_state.json").write_text("[]"),
+    "state-lacks-history": lambda ckpt: _edit_state(
+        ckpt, lambda s: {k: v for k, v in s.items() if k != "history"}),
+    "state-missing": lambda ckpt: (ckpt / "training_state.json").unlink(),
+    "truncated-weights": lambda ckpt: _truncate(ckpt / "model.safetensors"),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, dataset, tmp_path_factory) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("ref") / "adapter"
+    train_lora(tiny_model_dir, dataset, out, resume_key="k", work_dir=out.parent / "w",
+               lora=LORA, train=train_spec(save_every_steps=2))
+    return weights(out)
+
+
+@pytest.mark.parametrize("damage", STATE_DAMAGE)
+def test_unusable_training_state_is_discarded_not_a_crash(tiny_model_dir, dataset, tmp_path,
+                                                          damage, uninterrupted, caplog):
+    """A damaged checkpoint (state truncated / wrong shape / missing, or a checkpoint file
+    cut short) is discarded with a warning naming the file; training restarts from step 0 and
+    ends with the uninterrupted run's weights."""
+    kw = dict(lora=LORA, train=train_spec(save_every_steps=2), resume_key="k",
+              work_dir=tmp_path / "w")
+    with pytest.raises(TrainingInterrupted):
+        train_lora(tiny_model_dir, dataset, tmp_path / "a", stop_after_steps=3, **kw)
+    ckpt = tmp_path / "w" / "checkpoint-3"
+    STATE_DAMAGE[damage](ckpt)
+    with caplog.at_level(logging.INFO, logger="motivation_profiles.sdf.train"):
+        curve = train_lora(tiny_model_dir, dataset, tmp_path / "a", **kw)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    named = "model.safetensors" if damage == "truncated-weights" else "training_state.json"
+    assert str(ckpt / named) in warning and "from step 0" in warning
+    assert not any("resuming" in r.getMessage() for r in caplog.records)
+    assert curve["step"].to_list() == [1, 2, 3, 4]
+    assert_same_weights(uninterrupted, weights(tmp_path / "a"))
+
+
+def test_training_state_is_written_atomically_with_file_sizes(tiny_model_dir, dataset,
+                                                              tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        train_lora(tiny_model_dir, dataset, tmp_path / "a", lora=LORA,
+                   train=train_spec(save_every_steps=2), resume_key="k",
+                   work_dir=tmp_path / "w", stop_after_steps=2)
+    ckpt = tmp_path / "w" / "checkpoint-2"
+    state = json.loads((ckpt / "training_state.json").read_text())
+    assert state["files"] == {str(f.relative_to(ckpt)): f.stat().st_size
+                              for f in ckpt.rglob("*")
+                              if f.is_file() and f.name != "training_state.json"}
+    assert "model.safetensors" in state["files"] and len(state["history"]) == 2
+    assert not list(ckpt.glob(".*"))  # no temporary left
+
+
+_TRAIN_SCRIPT = """
+import json, sys
+from motivation_profiles.sdf.train import train_lora
+model, data, out, spec = sys.argv[1:5]
+spec = json.loads(spec)
+train_lora(model, data, out, lora=spec["lora"], train=spec["train"], resume_key="k",
+           work_dir=out + ".work", provenance=spec["provenance"])
+"""
+
+
+def test_identical_trainings_write_identical_adapters(tiny_model_dir, dataset, tmp_path,
+                                                      repo):
+    """Two identical tiny trainings (2 steps), in processes with different hash seeds and
+    SLURM job ids: identical adapter_config.json bytes (target_modules sorted, not in set
+    order), identical files, identical manifest hashes."""
+    from motivation_profiles.core.hashing import sha256_path
+    from motivation_profiles.core.provenance import read_provenance
+
+    outs = []
+    for hash_seed, job in (("1", "1001"), ("2", "2002")):
+        out = tmp_path / f"run{hash_seed}" / "adapter"
+        spec = {"lora": LORA, "train": train_spec(epochs=1),
+                "provenance": {"rule": "train_lora", "slurm_job_id": job}}
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed,
+               "PYTHONPATH": os.pathsep.join([str(repo / "src"), os.environ.get("PYTHONPATH",
+                                                                              "")])}
+        subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, str(tiny_model_dir),
+                        str(dataset), str(out), json.dumps(spec)], env=env, check=True,
+                       timeout=600)
+        outs.append(out)
+    a, b = outs
+    config = (a / "adapter_config.json").read_bytes()
+    assert config == (b / "adapter_config.json").read_bytes()
+    targets = json.loads(config)["target_modules"]
+    assert targets == sorted(targets) and set(targets) == VLLM_LORA_MODULES
+    files = sorted(p.name for p in a.iterdir())
+    assert files == sorted(p.name for p in b.iterdir())
+    for name in files:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert sha256_path(a) == sha256_path(b)
+    prov = read_provenance(a / "loss_curve.parquet")
+    assert prov["rule"] == "train_lora" and "slurm_job_id" not in prov
+    assert "seconds" not in pl.read_parquet(a / "loss_curve.parquet").columns
 
 
 def test_gradient_checkpointing_and_bf16(tiny_model_dir, dataset, tmp_path):

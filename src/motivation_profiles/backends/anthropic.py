@@ -36,7 +36,7 @@ from motivation_profiles.backends.hosted import (
     _record,
     _response,
 )
-from motivation_profiles.core.io import write_text_atomic
+from motivation_profiles.core.io import write_json_atomic
 
 if TYPE_CHECKING:
     import polars as pl
@@ -239,7 +239,7 @@ class AnthropicClient:
             "requests": {ids[k]: k for k in chunk},
             "models": sorted({todo[k].model for k in chunk}),
         }
-        write_text_atomic(self._state_path(batch.id), json.dumps(state, indent=1) + "\n")
+        write_json_atomic(self._state_path(batch.id), state, indent=1)
         log.info("submitted batch %s with %d requests", batch.id, len(chunk))
         return state
 
@@ -318,12 +318,10 @@ class AnthropicClient:
 
         wanted = set(todo)
         for path in self.pending_batches():
-            try:
-                state = json.loads(path.read_text())
-                keys = set(state["requests"].values())
-            except (OSError, ValueError, KeyError, AttributeError):
-                log.warning("unreadable batch state file %s; skipped", path)
+            state = self._read_state(path)
+            if state is None:
                 continue
+            keys = set(state["requests"].values())
             if not keys & wanted:
                 continue
             log.info("resuming batch %s (%d requests) from %s", state["batch_id"], len(keys),
@@ -344,6 +342,33 @@ class AnthropicClient:
             for k, (msg, _) in failed.items():
                 if k in todo:
                     errors[k] = msg
+
+    def _read_state(self, path: Path) -> dict[str, Any] | None:
+        """A pending batch's state file, or None when it cannot be used: then it is moved to
+        ``state_dir/quarantine`` (kept: it names a batch that may hold paid answers) with a
+        warning, and its requests are asked for again."""
+        try:
+            state = json.loads(path.read_bytes().decode("utf-8"))
+            problem = ("" if isinstance(state, dict) and isinstance(state.get("batch_id"), str)
+                       and isinstance(state.get("requests"), dict)
+                       and all(isinstance(k, str) and isinstance(v, str)
+                               for k, v in state["requests"].items())
+                       else "not an object with batch_id and a requests map of strings")
+        except FileNotFoundError:  # collected by another job meanwhile
+            return None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            problem = f"not JSON ({exc})"
+        if not problem:
+            return state
+        dest = self.state_dir / "quarantine" / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:
+            pass
+        log.warning("batch state file %s is unusable (%s); moved to %s, its requests will be "
+                    "asked for again", path, problem, dest)
+        return None
 
     # ------------------------------------------------------------------ bookkeeping
     def _store(self, key: str, req: HostedRequest | None, record: dict[str, Any], *,

@@ -11,11 +11,24 @@ all requests (the system prompt, in the AF evaluation) once, then reuses it for 
 With ``steering`` set, both the prefix computation and generation run inside
 ``steering.steer``, so every prompt and generated position is steered, and the prefix cache is
 keyed on the steering's identity.
+
+Random streams are per request. A sampled request draws from a stream seeded by
+``stream_seed(request)``, a hash of its messages (canonical JSON) and its ``seed`` (the caller's
+seed or sample index), never of its id, its position, its batch or the other requests in the
+call. Both local backends key their streams this way, so what a request gets does not depend on
+the batch size, on which other requests were cache misses, or on where a resumed job restarts
+(up to floating-point effects of batching on the logits; see ``hf.GumbelSampler``).
+
+A prompt that leaves no room for an answer is an error, not a result: ``check_prompts_fit``
+raises ``PromptTooLongError`` before anything is generated when a prompt plus the smallest
+useful answer (``MIN_ANSWER_TOKENS`` new tokens, or ``max_new_tokens`` if smaller) does not fit
+``max_model_len``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,9 +48,23 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class ChatRequest:
+    """One conversation to continue. ``seed``: the caller's seed or sample index (with the
+    messages, it selects the random stream, ``stream_seed``). ``prompt_overflow``: what a local
+    backend does when the prompt leaves no room for the smallest useful answer: ``"raise"``
+    (``PromptTooLongError`` before anything of the call is generated), or ``"length"`` for a
+    prompt that may legitimately have grown to the context (a continuation turn of a long
+    transcript): generate what fits, or return an empty ``"length"`` completion when nothing
+    does. Not part of any cache key."""
+
     request_id: str
     messages: tuple[Mapping[str, str], ...]
     seed: int = 0
+    prompt_overflow: str = "raise"
+
+    def __post_init__(self) -> None:
+        if self.prompt_overflow not in ("raise", "length"):
+            raise ValueError(f"request {self.request_id!r}: prompt_overflow must be 'raise' or "
+                             f"'length', got {self.prompt_overflow!r}")
 
 
 @dataclass(frozen=True)
@@ -58,14 +85,68 @@ class GenerationBackend(Protocol):
                  ) -> list[Completion]: ...
 
 
-def batch_seed(requests: Sequence[ChatRequest]) -> int:
-    """Sampling seed for one batch, derived from its requests' ids and seeds.
+def stream_seed(request: ChatRequest) -> int:
+    """Seed of ``request``'s random stream: a function of its messages (canonical JSON) and its
+    ``seed`` only, not of its ``request_id`` or of any other request. Both local backends seed
+    sampling with it (``hf``: one ``torch.Generator`` per row; ``vllm``: the request's
+    ``SamplingParams.seed``), so a request's sample is the same whatever it is batched with."""
+    body = json.dumps({"messages": [dict(m) for m in request.messages],
+                       "seed": int(request.seed)},
+                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(b"motivation-profiles/stream/v1\0" + body.encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63)
 
-    Transformers samples a batch from one RNG, so the seed of a batch is a function of its
-    composition; batches are formed deterministically from the config, so reruns reproduce.
-    """
-    key = "|".join(f"{r.request_id}:{r.seed}" for r in requests)
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % (2**63)
+
+MIN_ANSWER_TOKENS = 16
+"""The smallest answer worth generating: a prompt must leave room for this many new tokens
+(or for ``max_new_tokens``, if that is smaller)."""
+
+
+def answer_floor(params: SamplingParams) -> int:
+    """New tokens a prompt must leave room for under ``params``."""
+    return min(MIN_ANSWER_TOKENS, params.max_new_tokens)
+
+
+class PromptTooLongError(ValueError):
+    """A request's prompt plus the smallest useful answer does not fit the context.
+
+    Raised before anything is generated; carries the numbers (``request_id``,
+    ``prompt_tokens``, ``answer_tokens``, ``max_model_len``) and how many ``other`` requests of
+    the same call do not fit either, so callers can add what they know (e.g. the prompt file)."""
+
+    def __init__(self, request_id: str, prompt_tokens: int, answer_tokens: int,
+                 max_model_len: int, others: int = 0):
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        self.answer_tokens = answer_tokens
+        self.max_model_len = max_model_len
+        self.others = others
+        msg = (f"request {request_id!r}: a prompt of {prompt_tokens} tokens plus the smallest "
+               f"useful answer ({answer_tokens} new tokens) does not fit max_model_len "
+               f"{max_model_len} ({prompt_tokens + answer_tokens} > {max_model_len}); "
+               "shorten the prompt or raise the model's max_model_len")
+        if others:
+            msg += f" ({others} more request(s) of this call do not fit either)"
+        super().__init__(msg)
+
+    def __reduce__(self):  # picklable with its numbers (the default would pass only the message)
+        return (type(self), (self.request_id, self.prompt_tokens, self.answer_tokens,
+                             self.max_model_len, self.others))
+
+
+def check_prompts_fit(requests: Sequence[ChatRequest], prompt_tokens: Sequence[int],
+                      params: SamplingParams, max_model_len: int) -> None:
+    """Raise ``PromptTooLongError`` for the first request (``prompt_overflow="raise"``) whose
+    prompt (``prompt_tokens``, in request order) plus ``answer_floor(params)`` new tokens
+    exceeds ``max_model_len``."""
+    if params.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+    floor = answer_floor(params)
+    bad = [(r, n) for r, n in zip(requests, prompt_tokens, strict=True)
+           if n + floor > max_model_len and r.prompt_overflow == "raise"]
+    if bad:
+        req, n = bad[0]
+        raise PromptTooLongError(req.request_id, n, floor, max_model_len, len(bad) - 1)
 
 
 def longest_common_prefix(seqs: Sequence[Sequence[int]]) -> int:

@@ -1,5 +1,11 @@
 """The transformers generation backend: CPU or GPU, LoRA via peft, steering hooks, and the
-shared system prompt's KV cache computed once and reused."""
+shared system prompt's KV cache computed once and reused.
+
+Sampling gives every request its own random stream (``base.stream_seed``): ``GumbelSampler``
+draws, per row and per step, Gumbel noise from that row's own ``torch.Generator`` and
+``generate`` takes the argmax (``do_sample=False``), so a request's sample does not depend on
+the requests it is batched with. Each request also gets its own new-token budget
+(``max_model_len`` minus its own prompt), not the batch's."""
 
 from __future__ import annotations
 
@@ -15,12 +21,73 @@ from motivation_profiles.backends.base import (
     ChatRequest,
     Completion,
     SamplingParams,
-    batch_seed,
+    check_prompts_fit,
     cut_at_stop,
     longest_common_prefix,
+    stream_seed,
 )
 
 log = logging.getLogger(__name__)
+
+
+class GumbelSampler:
+    """A transformers logits processor that samples with one random stream per row.
+
+    Per row and step: logits / temperature, then top-p (the smallest set of tokens whose
+    probability reaches ``top_p``; the rest get -inf), then Gumbel noise drawn from the row's
+    own ``torch.Generator``. ``generate(do_sample=False)`` takes the argmax, and
+    argmax(logits / T + G) with G i.i.d. standard Gumbel is an exact sample from
+    softmax(logits / T) (restricted to the top-p set). Every row draws one vocabulary-sized
+    vector per step whether or not it has finished, so the k-th token of a row uses the k-th
+    draw of its stream, whatever the other rows do.
+
+    A request's tokens are then the same in any batching as far as its logits are: batching
+    and padding change a row's float32 logits in the last bits only (on CPU, at most ~2e-7 on
+    the tests' tiny model), and that flips a token only when the two best perturbed scores are
+    that close, about once in millions of tokens. On a GPU in bf16, batch-size-dependent kernels
+    move logits more, so long sampled transcripts can still diverge between batchings there,
+    as they can in vLLM.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: Any):
+        import torch
+
+        if temperature <= 0:
+            raise ValueError(f"GumbelSampler needs temperature > 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(device=self.device).manual_seed(int(s))
+                           for s in seeds]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"GumbelSampler has {len(self.generators)} streams for a batch "
+                             f"of {scores.shape[0]} rows")
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            scores = _top_p(scores, self.top_p)
+        tiny = torch.finfo(torch.float32).tiny
+        noise = torch.stack([
+            torch.rand(scores.shape[-1], generator=g, device=self.device,
+                       dtype=torch.float32).clamp_(min=tiny)
+            for g in self.generators])
+        return scores - torch.log(-torch.log(noise))
+
+
+def _top_p(scores: Any, top_p: float) -> Any:
+    """Nucleus filtering as transformers' ``TopPLogitsWarper`` (keeps at least one token)."""
+    import torch
+
+    ascending, idx = torch.sort(scores, dim=-1, stable=True)
+    cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+    drop = cumulative <= (1 - top_p)
+    drop[..., -1] = False
+    return scores.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
 
 
 @dataclass
@@ -112,11 +179,14 @@ class HFBackend:
     # ------------------------------------------------------------------ generate
     def generate(self, requests: Sequence[ChatRequest], params: SamplingParams
                  ) -> list[Completion]:
+        """One completion per request, in request order. Raises ``PromptTooLongError`` before
+        generating anything when a prompt leaves no room for the smallest useful answer."""
         all_ids = [self.encode(r.messages) for r in requests]
+        check_prompts_fit(requests, [len(ids) for ids in all_ids], params, self.max_model_len)
         results: dict[int, Completion] = {}
         runnable = []
         for i, (req, ids) in enumerate(zip(requests, all_ids, strict=True)):
-            if len(ids) >= self.max_model_len:
+            if len(ids) >= self.max_model_len:  # prompt_overflow="length": nothing fits
                 log.warning("request %s: prompt of %d tokens fills the %d-token context",
                             req.request_id, len(ids), self.max_model_len)
                 results[i] = Completion(req.request_id, "", "length", len(ids), 0)
@@ -136,6 +206,7 @@ class HFBackend:
     def _generate_batch(self, reqs: Sequence[ChatRequest], ids: Sequence[Sequence[int]],
                         p: int, params: SamplingParams) -> list[Completion]:
         import torch
+        from transformers import LogitsProcessorList
 
         pad = self.tokenizer.pad_token_id
         suffixes = [list(s[p:]) for s in ids]
@@ -143,37 +214,45 @@ class HFBackend:
         prefix = list(ids[0][:p])
         input_ids = [prefix + [pad] * (width - len(s)) + s for s in suffixes]
         mask = [[1] * p + [0] * (width - len(s)) + [1] * len(s) for s in suffixes]
-        max_new = min(params.max_new_tokens, self.max_model_len - (p + width))
+        # Each row's own budget, as if generated alone; the batch runs to the largest, and a
+        # row's tokens past its own budget are dropped below.
+        budgets = [min(params.max_new_tokens, self.max_model_len - len(s)) for s in ids]
         device = self.model.device
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor(input_ids, device=device),
             "attention_mask": torch.tensor(mask, device=device),
-            "max_new_tokens": max_new,
+            "max_new_tokens": max(budgets),
             "pad_token_id": pad,
             "eos_token_id": sorted(self.eos_ids),
+            "do_sample": False, "temperature": None, "top_p": None, "top_k": None,
         }
         if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
-                          top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            sampler = GumbelSampler([stream_seed(r) for r in reqs], params.temperature,
+                                    params.top_p, device)
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         if p:
             cache = copy.deepcopy(self._prefix_cache(prefix))
             cache.batch_repeat_interleave(len(reqs))
             kwargs["past_key_values"] = cache
-        torch.manual_seed(batch_seed(reqs))
         with torch.inference_mode(), self._steered():
             out = self.model.generate(**kwargs)
         new = out[:, p + width:].tolist()
+        return [self._completion(req, len(prompt), toks[:budget], params)
+                for req, prompt, toks, budget in zip(reqs, ids, new, budgets, strict=True)]
+
+    def _completion(self, req: ChatRequest, prompt_tokens: int, toks: list[int],
+                    params: SamplingParams) -> Completion:
         eos = self.eos_ids
-        completions = []
-        for req, prompt, toks in zip(reqs, ids, new, strict=True):
-            stop_at = next((k for k, t in enumerate(toks) if t in eos), None)
-            toks = toks if stop_at is None else toks[:stop_at]
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            text, hit = cut_at_stop(text, params.stop)
-            finish = "stop" if (stop_at is not None or hit) else "length"
-            completions.append(Completion(req.request_id, text, finish, len(prompt), len(toks)))
-        return completions
+        stop_at = next((k for k, t in enumerate(toks) if t in eos), None)
+        toks = toks if stop_at is None else toks[:stop_at]
+        text = self.tokenizer.decode(toks, skip_special_tokens=True)
+        text, hit = cut_at_stop(text, params.stop)
+        if hit and stop_at is None:
+            # a row stopped by a stop string is padded until the batch ends: not its tokens
+            pad = self.tokenizer.pad_token_id
+            while toks and toks[-1] == pad:
+                toks = toks[:-1]
+        finish = "stop" if (stop_at is not None or hit) else "length"
+        return Completion(req.request_id, text, finish, prompt_tokens, len(toks))

@@ -5,6 +5,11 @@
 asking one prompt for samples 0..k gives k+1 distinct entries (and k+1 distinct API answers).
 Writes go to a temporary sibling and are renamed onto the final name, so concurrent jobs on a
 shared filesystem never read a half-written record; two writers of one key: the last rename wins.
+Each record carries its key and a sha256 of (key, content); a record that does not decode, has
+the wrong shape, holds another key or fails its checksum is a miss: logged with its path and
+moved to ``<cache>/quarantine/``, then asked for again (``motivation-profiles cache verify``
+checks a whole cache). Files follow the umask, so a cache shared by a group works under
+``umask 002``.
 
 ``AnthropicClient.complete`` answers a list of ``HostedRequest`` objects:
 

@@ -10,17 +10,23 @@ numerics.
 - Tensor parallelism: ``tensor_parallel_size`` (the model's ``gpus`` in the config).
 - SDF checkpoints: each adapter directory is a ``LoRARequest``; ``max_lora_rank`` is the
   adapter's own rank rounded up to a size vLLM supports.
-- The rollout loop's continuation turns, stop strings (``</OUTPUT>``, kept in the text) and
-  per-request seeds map one to one onto vLLM's ``SamplingParams``.
+- The rollout loop's continuation turns and stop strings (``</OUTPUT>``, kept in the text) map
+  one to one onto vLLM's ``SamplingParams``; each request's ``seed`` there is
+  ``base.stream_seed(request)``, the same function of the request (messages and seed, not id or
+  batch) that seeds the ``hf`` backend's per-row streams.
+- A prompt that leaves no room for the smallest useful answer raises ``PromptTooLongError``
+  before anything is generated.
 - Steering: there is no official hook API, so ``LLM.apply_model`` runs a function on every
   worker (every tensor-parallel rank) that registers forward hooks on the decoder layers. A
   vLLM decoder layer returns ``(hidden_states, residual)`` and the residual stream is their
   sum; adding ``alpha * v`` to ``hidden_states`` moves that sum by exactly ``alpha * v`` (the
   next layer's fused add-norm, or the final norm, adds the two). Hooks need eager mode
-  (``enforce_eager=True``, set whenever steering is on: CUDA graphs would replay kernels
-  without calling Python hooks). Hooks are installed for one ``generate`` call and removed in
-  ``finally``; the prefix cache is reset after each change, since KV entries computed under one
-  steering are wrong under another.
+  (``enforce_eager=True``, set whenever the backend is built with a ``Steering``: CUDA graphs
+  would replay kernels without calling Python hooks). Hooks are installed for one
+  ``generate`` call and removed in ``finally``; the prefix cache is reset after each change,
+  since KV entries computed under one steering are wrong under another. Shipping the installer
+  needs vLLM's pickle fallback (``VLLM_ALLOW_INSECURE_SERIALIZATION``), enabled only while the
+  engine is built and around each ``apply_model`` call (``callable_serialization``).
 
 vLLM is imported lazily: machines without it (CPU CI, the embedded demo) run everything else,
 and asking for this backend there fails with a message saying what to install.
@@ -28,18 +34,25 @@ and asking for this backend there fails with a message saying what to install.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from motivation_profiles.backends.base import ChatRequest, Completion, SamplingParams
+from motivation_profiles.backends.base import (
+    ChatRequest,
+    Completion,
+    SamplingParams,
+    check_prompts_fit,
+    stream_seed,
+)
 from motivation_profiles.backends.hf import HFBackend
 from motivation_profiles.models.hooks import Steering
 
@@ -50,6 +63,8 @@ LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted max_lora_ran
 
 
 _HANDLES = "_motivation_profiles_steering_handles"
+
+INSECURE_SERIALIZATION = "VLLM_ALLOW_INSECURE_SERIALIZATION"
 
 
 class VLLMUnavailable(RuntimeError):
@@ -81,6 +96,31 @@ def max_lora_rank(rank: int) -> int:
         if r >= rank:
             return r
     raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
+
+
+@contextlib.contextmanager
+def callable_serialization() -> Iterator[None]:
+    """Let vLLM pass Python callables between its processes, for the duration of the block;
+    the variable's previous value (or its absence) is restored in ``finally``.
+
+    Why it is needed: ``LLM.apply_model`` sends its callable (here ``install_steering`` with
+    float32 numpy deltas, or ``remove_steering``) from this process to vLLM's engine-core
+    process over vLLM's msgpack IPC. msgpack cannot carry a function, and vLLM falls back to
+    pickle / cloudpickle only when ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``: checked when
+    encoding here, and when decoding in the engine-core process, which reads its own
+    environment, inherited when ``LLM(...)`` spawns it. So the variable is set while the engine
+    is built (the engine-core process keeps it for its life) and around each ``apply_model``
+    call, never process-wide. What travels is this module's own functions, between processes
+    of this job over local sockets; no pickle from anywhere else is read."""
+    previous = os.environ.get(INSECURE_SERIALIZATION)
+    os.environ[INSECURE_SERIALIZATION] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(INSECURE_SERIALIZATION, None)
+        else:
+            os.environ[INSECURE_SERIALIZATION] = previous
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -141,7 +181,12 @@ def remove_steering(model: Any) -> int:
 
 @dataclass
 class VLLMBackend:
-    """Offline vLLM generation with the generation interface of ``HFBackend``."""
+    """Offline vLLM generation with the generation interface of ``HFBackend``.
+
+    ``steerable``: the engine was built to run steering hooks (eager mode, and callables
+    allowed over vLLM's IPC); ``from_pretrained`` builds it so whenever it is given a
+    ``Steering`` (even one with multiplier 0, so a later ``backend.steering = ...`` works).
+    """
 
     llm: Any
     tokenizer: Any
@@ -149,6 +194,7 @@ class VLLMBackend:
     lora: Any = None              # vllm.lora.request.LoRARequest of the SDF adapter, if any
     steering: Steering | None = None
     name: str = "vllm"
+    steerable: bool = True
     _installed: bool = field(default=False, repr=False)
 
     # Same chat encoding as the HF backend: identical prompt token ids for both.
@@ -164,13 +210,14 @@ class VLLMBackend:
         from transformers import AutoTokenizer
         from vllm import LLM
 
+        steerable = steering is not None
         kwargs: dict[str, Any] = dict(
             model=str(model_dir), tokenizer=str(model_dir), dtype=dtype,
             tensor_parallel_size=max(1, int(tensor_parallel_size)),
             max_model_len=int(max_model_len), gpu_memory_utilization=gpu_memory_utilization,
             seed=seed, enable_prefix_caching=True,
             # Python forward hooks do not run inside captured CUDA graphs.
-            enforce_eager=steering is not None and steering.active)
+            enforce_eager=steerable)
         lora = None
         if adapter is not None:
             from vllm.lora.request import LoRARequest
@@ -179,14 +226,14 @@ class VLLMBackend:
                           max_lora_rank=max_lora_rank(adapter_rank(adapter)))
             lora = LoRARequest(Path(adapter).name or "adapter", 1, str(adapter))
         kwargs.update(llm_kwargs)
-        if steering is not None and steering.active:
-            # apply_model ships the hook installer to the workers as a pickled callable.
-            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         log.info("vLLM: %s", {k: v for k, v in kwargs.items() if k != "model"})
-        llm = LLM(**kwargs)
+        # A steerable engine's processes must accept apply_model's callables (see
+        # callable_serialization); they inherit the setting when LLM(...) spawns them.
+        with callable_serialization() if steerable else contextlib.nullcontext():
+            llm = LLM(**kwargs)
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         return cls(llm=llm, tokenizer=tok, max_model_len=int(max_model_len), lora=lora,
-                   steering=steering)
+                   steering=steering, steerable=steerable)
 
     def _sampling(self, req: ChatRequest, params: SamplingParams, budget: int):
         from vllm import SamplingParams as VSamplingParams
@@ -194,7 +241,7 @@ class VLLMBackend:
         return VSamplingParams(
             n=1, temperature=params.temperature,
             top_p=params.top_p if params.temperature > 0 else 1.0,
-            max_tokens=budget, seed=req.seed, stop=list(params.stop) or None,
+            max_tokens=budget, seed=stream_seed(req), stop=list(params.stop) or None,
             include_stop_str_in_output=True, skip_special_tokens=True)
 
     def _set_hooks(self, on: bool) -> None:
@@ -203,23 +250,34 @@ class VLLMBackend:
         if on == self._installed:
             return
         if on:
+            if not self.steerable:
+                raise RuntimeError(
+                    "this vLLM engine was built without steering (no eager mode, no callables "
+                    "over its IPC); build it with VLLMBackend.from_pretrained(..., "
+                    "steering=...) to steer")
             deltas = {int(layer): (self.steering.multiplier * np.asarray(v, dtype=np.float32))
                       for layer, v in self.steering.vectors.items()}
-            counts = self.llm.apply_model(functools.partial(install_steering, deltas=deltas))
+            with callable_serialization():
+                counts = self.llm.apply_model(functools.partial(install_steering,
+                                                                deltas=deltas))
             log.info("steering hooks installed per worker: %s", counts)
         else:
-            self.llm.apply_model(remove_steering)
+            with callable_serialization():
+                self.llm.apply_model(remove_steering)
         self._installed = on
         self.llm.reset_prefix_cache()
 
     def generate(self, requests: Sequence[ChatRequest], params: SamplingParams
                  ) -> list[Completion]:
+        """One completion per request, in request order. Raises ``PromptTooLongError`` before
+        generating anything when a prompt leaves no room for the smallest useful answer."""
         all_ids = [self.encode(r.messages) for r in requests]
+        check_prompts_fit(requests, [len(ids) for ids in all_ids], params, self.max_model_len)
         results: dict[int, Completion] = {}
         prompts, sampling, index = [], [], []
         for i, (req, ids) in enumerate(zip(requests, all_ids, strict=True)):
             budget = min(params.max_new_tokens, self.max_model_len - len(ids))
-            if budget <= 0:
+            if budget <= 0:  # prompt_overflow="length": nothing fits
                 log.warning("request %s: prompt of %d tokens fills the %d-token context",
                             req.request_id, len(ids), self.max_model_len)
                 results[i] = Completion(req.request_id, "", "length", len(ids), 0)
@@ -243,5 +301,6 @@ class VLLMBackend:
         return [results[i] for i in range(len(requests))]
 
 
-__all__ = ["VLLMBackend", "VLLMUnavailable", "adapter_rank", "install_steering",
-           "max_lora_rank", "remove_steering", "require_vllm"]
+__all__ = ["INSECURE_SERIALIZATION", "VLLMBackend", "VLLMUnavailable", "adapter_rank",
+           "callable_serialization", "install_steering", "max_lora_rank", "remove_steering",
+           "require_vllm"]

@@ -12,10 +12,14 @@ import jsonschema
 
 from motivation_profiles.core.io import load_yaml
 from motivation_profiles.prompts import checks as prompt_checks
+from motivation_profiles.rollouts import checks as rollout_checks
 from motivation_profiles.sdf import checks as sdf_checks
 from motivation_profiles.steering import checks as steering_checks
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
+
+ADVBENCH_DOWNLOAD = "resources/advbench/harmful_behaviors.csv"
+"""Where rule advbench puts the AdvBench download when goals.path is null (goals_source())."""
 
 
 class ConfigError(ValueError):
@@ -53,7 +57,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
 
 
 def validate_config(config: Mapping[str, Any], *, base_dir: str | Path = ".") -> None:
-    """Validate ``config`` against the schema, then check what a schema cannot express.
+    """Validate ``config`` against the schema, then check what a schema cannot express: files
+    exist and parse (universes, claims, templates), ``goals.n`` fits the goal file, and, where a
+    model's tokenizer is already on this machine, its longest AF prompt fits its context.
+    Relative paths resolve against ``base_dir`` (Snakemake's working directory).
 
     Raises ConfigError naming every offending key path (schema errors first, sorted by path).
     """
@@ -121,8 +128,36 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
             check_user_template(tpl.read_text())
         except ValueError as exc:
             problems.append(f"config key 'prompts.user_template': {exc}")
+    goals = _configured_goals(config, base, problems)
+    if not problems:  # every file the prompts are built from exists and parses
+        rollout_checks.check_prompt_fit(config, base, problems,
+                                        variants=prompt_checks.prompt_variants(config, base),
+                                        goals=goals)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _configured_goals(config: Mapping[str, Any], base: Path,
+                      problems: list[str]) -> list[tuple[int, str]] | None:
+    """(goal_id, goal) of the goals the run will use, when the goal file is here (``goals.path``,
+    or the AdvBench download once made), else None. ``goals.n`` larger than the file is a
+    problem; other faults of the file are left to the goals job, which reports them with the
+    checksum verification this skips."""
+    from motivation_profiles.goals.advbench import GoalCountError, GoalFileError, load_goals
+
+    g = config["goals"]
+    path = Path(g["path"] or ADVBENCH_DOWNLOAD)
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        return None
+    try:
+        df = load_goals(path, sha256=None, n=g["n"], seed=g["seed"])
+    except GoalCountError as exc:
+        problems.append(f"config key 'goals.n': {exc}")
+        return None
+    except (GoalFileError, OSError):
+        return None
+    return list(zip(df["goal_id"].to_list(), df["goal"].to_list(), strict=True))
 
 
 def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,10 @@ class GoalFileError(ValueError):
     """A goal CSV is malformed, empty or does not match its pinned checksum."""
 
 
+class GoalCountError(GoalFileError):
+    """``goals.n`` asks for more goals than the goal file has."""
+
+
 # --------------------------------------------------------------------------- goals
 
 
@@ -90,11 +94,15 @@ def load_goals(path: str | Path, *, sha256: str | None, n: int | None, seed: int
 
     The sub-sample is a seeded permutation prefix, re-sorted by ``goal_id``: growing ``n`` keeps
     every previously chosen goal, and the same (file, n, seed) always gives the same goals.
+    ``n`` larger than the file is an error (:class:`GoalCountError`), not a smaller sample.
     """
     p = Path(path)
     if not p.is_file():
         raise GoalFileError(f"goal file {path} does not exist")
     df = verify_goal_bytes(p.read_bytes(), source=str(path), sha256=sha256)
+    if n is not None and n > len(df):
+        raise GoalCountError(f"{path}: goals.n is {n} but the file has only {len(df)} goal "
+                             f"rows; set goals.n to at most {len(df)} (null keeps every goal)")
     if n is not None and n < len(df):
         order = np.random.default_rng(seed).permutation(len(df))[:n]
         df = df[np.sort(order)]

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from motivation_profiles.rollouts.checks import Variant
+
 
 def check_config(config: Mapping[str, Any], base: Path, problems: list[str],
                              need_file) -> None:
@@ -57,3 +59,30 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str],
             if c not in branches:
                 problems.append(f"config key 'calibration.candidates': {c!r} is not an SDF "
                                 "branch of this config (sdf.interventions / sdf.strengths)")
+
+
+def prompt_variants(config: Mapping[str, Any], base: Path) -> dict[str, list[Variant]]:
+    """model -> the distinct AF system prompts its rollout conditions use: the baseline's, each
+    SDF branch's (the role-play AI-name replacement), each prompt condition's claim and, where
+    calibration may run, each claim on each candidate checkpoint. Each variant names the first
+    condition that uses it. Call on a config that passed the other checks (claims load)."""
+    from motivation_profiles.prompts.plan import PromptPlan
+    from motivation_profiles.sdf.plan import SDFPlan
+
+    pi = dict(config["prompt_interventions"])
+    claims_dir = Path(pi["claims_dir"])
+    pi["claims_dir"] = str(claims_dir if claims_dir.is_absolute() else base / claims_dir)
+    sdf = SDFPlan.from_config(config)
+    plan = PromptPlan.from_config({**config, "prompt_interventions": pi}, sdf)
+    out: dict[str, list[Variant]] = {}
+    for model in config["models"]:
+        conditions = ["baseline", *sdf.conditions(model), *plan.conditions(model)]
+        if model in plan.calibration_models:
+            conditions += plan.calibration_conditions(plan.candidates())
+        seen: dict[tuple[Any, Any], Variant] = {}
+        for condition in conditions:
+            spec = plan.condition_spec(condition, model=model)
+            rename = tuple(spec["rename"]) if spec["rename"] else None
+            seen.setdefault((rename, spec["claim"]), Variant(condition, rename, spec["claim"]))
+        out[model] = list(seen.values())
+    return out

@@ -21,6 +21,7 @@ import polars as pl
 
 from motivation_profiles.backends.base import ChatRequest, GenerationBackend, SamplingParams
 from motivation_profiles.core.hashing import canonical_json
+from motivation_profiles.core.io import write_json_atomic
 from motivation_profiles.core.provenance import read_table, write_table
 from motivation_profiles.rollouts.parsing import has_complete_output, parse_transcript
 from motivation_profiles.rollouts.protocol import TIERS, PromptSet, prompt_hash
@@ -72,8 +73,11 @@ def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_R
             return
         lead = prefill if (prefill and turn == 0) else ""
         opening = ({"role": "assistant", "content": lead},) if lead else ()
-        requests = [ChatRequest(f"{r.request_id}-t{turn}", (*r.messages, *opening), r.seed)
-                    for r in active]
+        # The first turn's prompt must fit (else the job fails, naming the numbers); a
+        # continuation whose transcript filled the context is recorded as truncated.
+        overflow = "length" if turn else "raise"
+        requests = [ChatRequest(f"{r.request_id}-t{turn}", (*r.messages, *opening), r.seed,
+                                prompt_overflow=overflow) for r in active]
         for r, c in zip(active, backend.generate(requests, params), strict=True):
             if turn == 0:
                 r.prompt_tokens = c.prompt_tokens
@@ -119,6 +123,56 @@ def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pl.DataFrame
     return _frame(rows, meta)
 
 
+def _open_checkpoint(ckpt: Path, key: str) -> None:
+    """Keep the checkpoint folder ``ckpt`` only if its ``key.json`` names ``key``; a folder
+    without one, with another key, or with one that cannot be read (truncated, not JSON, wrong
+    shape) is emptied (the last with a warning naming the file), so its groups are recomputed.
+    Then ``key`` is recorded, atomically."""
+    key_file = ckpt / "key.json"
+    if ckpt.exists():
+        try:
+            stored = json.loads(key_file.read_bytes().decode("utf-8"))
+            problem = ("" if isinstance(stored, dict) and isinstance(stored.get("key"), str)
+                       else 'not an object {"key": "..."}')
+        except FileNotFoundError:
+            stored, problem = {}, ""
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            stored, problem = {}, f"{type(exc).__name__}: {exc}"
+        if problem:
+            log.warning("rollout checkpoint key %s is unreadable (%s); discarding the "
+                        "checkpoint %s and recomputing its groups", key_file, problem, ckpt)
+            shutil.rmtree(ckpt)
+        elif stored.get("key") != key:
+            log.info("discarding stale rollout checkpoint %s", ckpt)
+            shutil.rmtree(ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(key_file, {"key": key})
+
+
+def _read_shard(shard: Path, tier: str, seed: int, goals: pl.DataFrame) -> pl.DataFrame | None:
+    """A finished (tier, seed) group's shard, or None when there is none or it cannot be used
+    (unreadable Parquet, a column missing, rows of other goals / tier / seed): then it is
+    removed with a warning naming it, and the group is recomputed."""
+    if not shard.is_file():
+        return None
+    try:
+        frame = read_table(shard)
+        missing = sorted(set(ROW_SCHEMA) - set(frame.columns))
+        if missing:
+            problem = f"column(s) {', '.join(missing)} missing"
+        elif (sorted(frame["goal_id"].to_list()) != sorted(int(g) for g in goals["goal_id"])
+              or set(frame["tier"].to_list()) != {tier} or set(frame["seed"].to_list()) != {seed}):
+            problem = f"its rows are not the goals of tier {tier}, seed {seed}"
+        else:
+            return frame
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    log.warning("rollout checkpoint shard %s is unusable (%s); recomputing tier %s, seed %d",
+                shard, problem, tier, seed)
+    shard.unlink(missing_ok=True)
+    return None
+
+
 def run_rollouts(
     backend: GenerationBackend,
     prompts: PromptSet,
@@ -143,20 +197,15 @@ def run_rollouts(
     """
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt is not None:
-        key_file = ckpt / "key.json"
-        if ckpt.exists() and (not key_file.is_file()
-                              or json.loads(key_file.read_text()).get("key") != checkpoint_key):
-            log.info("discarding stale rollout checkpoint %s", ckpt)
-            shutil.rmtree(ckpt)
-        ckpt.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(json.dumps({"key": checkpoint_key}))
+        _open_checkpoint(ckpt, checkpoint_key)
     frames = []
     for tier in TIERS:
         for seed in seeds:
             shard = ckpt / f"{tier}-{seed}.parquet" if ckpt else None
-            if shard is not None and shard.is_file():
+            done = _read_shard(shard, tier, int(seed), goals) if shard is not None else None
+            if done is not None:
                 log.info("resuming: %s/seed %d already done (%s)", tier, seed, shard)
-                frames.append(read_table(shard))
+                frames.append(done)
                 continue
             group = []
             for goal_id, goal in zip(goals["goal_id"], goals["goal"], strict=True):

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from motivation_profiles.sdf.materials import NOISE, MaterialsError, load_universe
+
 
 def check_config(config: Mapping[str, Any], base: Path, problems: list[str], need_file) -> None:
     sdf = config["sdf"]
@@ -39,9 +41,8 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str], nee
     for universe in plan.universes():
         if universe in external:
             need_file(f"sdf.external_documents.{universe}", external[universe])
-        else:
-            need_file(f"sdf.universes_dir ({universe})",
-                      str(Path(sdf["universes_dir"]) / f"{universe}.yaml"))
+        if not (universe in external and universe == NOISE):  # belief_check reads it too
+            _check_universe(universe, Path(sdf["universes_dir"]), base, problems)
     for u in external:
         if u not in plan.universes():
             problems.append(f"config key 'sdf.external_documents.{u}': {u!r} is not a universe "
@@ -51,3 +52,22 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str], nee
                   str(Path(gen["prompts_dir"]) / name))
     if any(models[m]["gpus"] > 1 for m in plan.models):
         need_file("sdf.training.accelerate_config", sdf["training"]["accelerate_config"])
+
+
+def _check_universe(universe: str, directory: Path, base: Path, problems: list[str]) -> None:
+    """The universe file exists and passes ``load_universe`` (the checks generate_documents and
+    belief_check apply), so a broken file fails the config, not a job hours into a run."""
+    key = f"config key 'sdf.universes_dir ({universe})'"
+    path = directory / f"{universe}.yaml"
+    resolved = path if path.is_absolute() else base / path
+    if not resolved.is_file():
+        problems.append(f"{key}: file {str(path)!r} does not exist")
+        return
+    try:
+        load_universe(resolved)
+    except MaterialsError as exc:
+        problems.append(f"{key}: {exc}")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{key}: {resolved}: not UTF-8 text ({exc})")
+    except OSError as exc:
+        problems.append(f"{key}: {resolved}: cannot be read ({exc})")

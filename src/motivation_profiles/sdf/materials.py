@@ -174,7 +174,11 @@ def load_universe(path: str | Path) -> Universe:
     if not p.is_file():
         raise MaterialsError(f"universe file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MaterialsError(f"{p}: not UTF-8 text ({exc})") from exc
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise MaterialsError(f"{p}: not valid YAML ({exc})") from exc
     return parse_universe(data, source=str(p), expected_id=p.stem)

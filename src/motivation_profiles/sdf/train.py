@@ -18,9 +18,16 @@ the step number alone. Every ``save_every_steps`` steps ``accelerator.save_state
 trainable (LoRA) weights, optimizer, scheduler and every process's RNG states (LoRA dropout)
 to ``work_dir/checkpoint-<step>`` (written under a temporary name, then renamed; only the
 latest is kept), next to ``training_state.json`` (step, epoch, position in the epoch, the loss
-history and ``resume_key``). A rerun with the same ``resume_key`` loads it and continues at the
-next step, and ends with the same weights as an uninterrupted run. A checkpoint with another
-key is discarded.
+history, ``resume_key`` and the size of every checkpoint file). A rerun with the same
+``resume_key`` loads it and continues at the next step, and ends with the same weights as an
+uninterrupted run. A checkpoint with another key is discarded, and so is one whose state cannot
+be used (truncated or not JSON, wrong shape, a listed file missing or of another size): with a
+warning naming the file, training starts again from step 0, never a crash.
+
+Outputs are deterministic: two identical trainings write identical bytes (hence one manifest
+hash). ``adapter_config.json`` has its set-valued lists (``target_modules``...) sorted, and the
+stored ``loss_curve.parquet`` leaves out wall-clock ``seconds`` (returned, and logged) and the
+SLURM job id of its provenance.
 
 Continuation. ``init_adapter`` continues training an existing adapter (the model organism),
 so every SDF checkpoint is ONE standard PEFT adapter on the base model, servable by vLLM as one
@@ -49,6 +56,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from motivation_profiles.core.io import write_json_atomic, write_text_atomic
 from motivation_profiles.core.provenance import (
     display_path,
     read_table,
@@ -387,6 +395,71 @@ def _plan_dict(plan: Plan) -> dict[str, int]:
     return asdict(plan)
 
 
+def read_training_state(ckpt: Path) -> tuple[dict[str, Any], str]:
+    """(the checkpoint's training state, "") or ({}, why it cannot be used: the state file
+    missing, truncated, not JSON, of the wrong shape, or a checkpoint file it lists missing or
+    of another size), the problem naming the path."""
+    path = ckpt / STATE_FILE
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}, f"training state {path} is missing"
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return {}, f"training state {path} is unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(state, dict):
+        return {}, f"training state {path} is a JSON {type(state).__name__}, not an object"
+    bad = [k for k, t in _STATE_FIELDS.items()
+           if not isinstance(state.get(k), t) or (t is int and isinstance(state[k], bool))]
+    if not bad and state["step"] < 1:
+        bad = ["step"]
+    if not bad and (len(state["history"]) != state["step"]
+                    or not all(isinstance(h, dict) and set(CURVE_SCHEMA) <= set(h)
+                               for h in state["history"])):
+        bad = ["history"]
+    if bad:
+        return {}, f"training state {path}: field(s) {', '.join(bad)} missing or malformed"
+    for name, size in state["files"].items():
+        f = ckpt / name
+        if not f.is_file() or f.stat().st_size != size:
+            return {}, f"checkpoint file {f} is missing or not the {size} bytes saved"
+    return state, ""
+
+
+_STATE_FIELDS: dict[str, type] = {
+    "resume_key": str, "step": int, "epoch": int, "steps_done_in_epoch": int,
+    "rows_done_in_epoch": int, "plan": dict, "rng": str, "history": list, "files": dict,
+}
+
+
+# ------------------------------------------------------------------------------ outputs
+UNORDERED_CONFIG_LISTS = ("target_modules", "exclude_modules", "modules_to_save")
+"""adapter_config.json fields that are sets (peft writes them in set order, which changes with
+the hash seed): written sorted."""
+
+
+def canonical_adapter_config(adapter_dir: str | Path) -> None:
+    """Rewrite ``adapter_config.json`` with its set-valued lists sorted (and keys sorted, as
+    peft writes them), so identical trainings give identical bytes."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    for name in UNORDERED_CONFIG_LISTS:
+        if isinstance(cfg.get(name), list):
+            cfg[name] = sorted(set(cfg[name]))
+    write_text_atomic(path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+CURVE_FILE_COLUMNS = [c for c in CURVE_SCHEMA if c != "seconds"]
+"""The loss curve as stored in the adapter: wall-clock seconds are left out (logged instead),
+so the adapter's files, and its manifest hash, are a function of its inputs."""
+
+JOB_SPECIFIC = ("slurm_job_id",)
+
+
+def stable_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """``provenance`` without what differs between two identical runs (the SLURM job id)."""
+    return {k: v for k, v in provenance.items() if k not in JOB_SPECIFIC}
+
+
 # ------------------------------------------------------------------------------ training
 def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Path, *,
                lora: LoraSpec | Mapping[str, Any], train: TrainSpec | Mapping[str, Any],
@@ -398,8 +471,8 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
     Writes the adapter (``adapter_model.safetensors``, ``adapter_config.json``), its loss curve
     ``loss_curve.parquet`` and ``manifest.json`` to ``output_dir`` (atomically) and returns the
     loss curve: one row per optimizer step with step, epoch (0-based), loss, learning_rate,
-    grad_norm, tokens (loss tokens) and seconds. ``work_dir`` holds resumable checkpoints and is
-    removed at the end. See the module docstring.
+    grad_norm, tokens (loss tokens) and seconds (not stored: see the module docstring).
+    ``work_dir`` holds resumable checkpoints and is removed at the end.
     """
     import torch
     from accelerate import Accelerator
@@ -450,11 +523,11 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
     found = _checkpoints(work_dir) if work_dir.is_dir() else []
     if found:
         ckpt = found[-1]
-        try:
-            state = json.loads((ckpt / STATE_FILE).read_text())
-        except (OSError, ValueError):
-            state = {}
-        if state.get("resume_key") == resume_key and state.get("plan") == _plan_dict(plan):
+        state, problem = read_training_state(ckpt)
+        if problem:  # unreadable resume state is recomputed, never a crash
+            if main:
+                log.warning("%s; discarding checkpoint %s, training from step 0", problem, ckpt)
+        elif state["resume_key"] == resume_key and state["plan"] == _plan_dict(plan):
             accelerator.load_state(str(ckpt))
             if main and _rng_fingerprint(on_cuda) != state["rng"]:
                 raise RuntimeError(f"{ckpt}: the random number generator states were not "
@@ -464,8 +537,9 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
                 total, state["epoch"], state["rows_done_in_epoch"])
         else:
             why = ("another resume_key (other inputs or settings)"
-                   if state.get("resume_key") != resume_key else "another batch layout")
+                   if state["resume_key"] != resume_key else "another batch layout")
             say("discarding checkpoint %s: it was made for %s", ckpt, why)
+        if not step:  # not resumed: start afresh
             accelerator.wait_for_everyone()
             if main:
                 shutil.rmtree(work_dir, ignore_errors=True)
@@ -484,11 +558,14 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
         if main:
-            (tmp / STATE_FILE).write_text(json.dumps({
+            files = {str(f.relative_to(tmp)): f.stat().st_size
+                     for f in sorted(tmp.rglob("*")) if f.is_file()}
+            write_json_atomic(tmp / STATE_FILE, {
                 "resume_key": resume_key, "step": step, "epoch": epoch,
                 "steps_done_in_epoch": k, "rows_done_in_epoch": plan.rows_done(step),
                 "plan": _plan_dict(plan), "rng": _rng_fingerprint(on_cuda), "history": history,
-            }))
+                "files": files,
+            })
             final = work_dir / f"{CHECKPOINT}{step}"
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -565,8 +642,10 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
         shutil.rmtree(tmp, ignore_errors=True)
         kwargs = {} if adapter_state is None else {"state_dict": adapter_state}
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True, **kwargs)
+        canonical_adapter_config(tmp)
         check_adapter_config(tmp)
-        write_table(curve, tmp / "loss_curve.parquet", provenance or {})
+        write_table(curve.select(CURVE_FILE_COLUMNS), tmp / "loss_curve.parquet",
+                    stable_provenance(provenance or {}))
         write_manifest(tmp, {
             "kind": "lora_adapter", "steps": total, "lora": asdict(lora), "train": asdict(train),
             "init_adapter": display_path(init_adapter) if init_adapter else None,
@@ -575,7 +654,7 @@ def train_lora(model_dir: str | Path, dataset: str | Path, output_dir: str | Pat
             shutil.rmtree(output_dir)
         os.replace(tmp, output_dir)
         shutil.rmtree(work_dir, ignore_errors=True)
-        say("adapter written to %s (final loss %.4f)", output_dir,
-            curve["loss"][-1] if len(curve) else float("nan"))
+        say("adapter written to %s (final loss %.4f, %.1f s in optimizer steps)", output_dir,
+            curve["loss"][-1] if len(curve) else float("nan"), float(curve["seconds"].sum()))
     accelerator.wait_for_everyone()
     return curve
