@@ -22,7 +22,8 @@ import polars as pl
 import yaml
 
 from motivation_profiles.backends.base import ChatRequest, GenerationBackend, SamplingParams
-from motivation_profiles.judge.scoring import RubricError, meta_schema
+from motivation_profiles.judge.scoring import RubricError
+from motivation_profiles.rollouts.run import meta_schema
 
 ROW_KEYS = ("model", "condition", "goal_id", "tier", "seed")
 

@@ -29,6 +29,7 @@ import polars as pl
 import yaml
 
 from motivation_profiles.backends.base import ChatRequest, GenerationBackend, SamplingParams
+from motivation_profiles.rollouts.run import meta_schema
 
 DIRECTIONS = ("a", "b")
 
@@ -225,12 +226,6 @@ def _status(parses: Sequence[JudgeParse]) -> str:
     a = any(p.a_score is not None for p in parses)
     b = any(p.b_score is not None for p in parses)
     return "ok" if a and b else "partial" if a or b else "unparsed"
-
-
-def meta_schema(meta: Mapping[str, Any]) -> dict[str, pl.DataType]:
-    """The dtypes of ``meta``'s columns, copied into every row (a null value is a null
-    string)."""
-    return {k: pl.Utf8 if v is None else pl.Series([v]).dtype for k, v in meta.items()}
 
 
 def _judge_schema(rollouts: pl.DataFrame, meta: Mapping[str, Any]) -> dict[str, pl.DataType]:

@@ -94,11 +94,16 @@ def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_R
                 r.messages = prompts.continue_messages(r.messages, text)
 
 
+def meta_schema(meta: Mapping[str, Any]) -> dict[str, pl.DataType]:
+    """The dtypes of ``meta``'s columns, copied into every row of a rollout or judge table (a
+    null value is a null string)."""
+    return {k: pl.Utf8 if v is None else pl.Series([v]).dtype for k, v in meta.items()}
+
+
 def _frame(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> pl.DataFrame:
-    """Rows as a typed table: ``meta`` columns (a null value is a null string) then
-    :data:`ROW_SCHEMA`, so an empty table, or a column null in every row, keeps its dtype."""
-    schema = {k: pl.Utf8 if v is None else pl.Series([v]).dtype for k, v in meta.items()}
-    return pl.DataFrame(rows, schema={**schema, **ROW_SCHEMA})
+    """Rows as a typed table: ``meta`` columns then :data:`ROW_SCHEMA`, so an empty table, or
+    a column null in every row, keeps its dtype."""
+    return pl.DataFrame(rows, schema={**meta_schema(meta), **ROW_SCHEMA})
 
 
 def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pl.DataFrame:
