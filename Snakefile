@@ -23,6 +23,7 @@ include: "workflow/rules/judge.smk"
 include: "workflow/rules/profiles.smk"
 include: "workflow/rules/steering.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/validation.smk"
 
 
 rule all:
@@ -34,6 +35,7 @@ rule all:
         calibration_judge_tables,
         profile_outputs(),
         steering_outputs(),
+        validation_tables(),
         figure_files(),
 
 

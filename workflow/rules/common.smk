@@ -53,6 +53,22 @@ def is_hosted(name):
     return config["models"][name]["source"] == "anthropic"
 
 
+def goals_table(model):
+    """The goal table a model's rollouts use: the run's sample, or for a simulated model with
+    `goals_n` its own larger sample of the same file."""
+    n = config["models"][model].get("goals_n")
+    return f"{RESULTS}/goals/goals_n{n}.parquet" if n else f"{RESULTS}/goals/goals.parquet"
+
+
+def is_simulated(name):
+    """A simulated organism (source simulated): a planted policy file, no weights; its SDF
+    branches are virtual (no documents, no training) and a simulated judge scores it."""
+    return config["models"][name]["source"] == "simulated"
+
+
+SIMULATED = [m for m in config["models"] if is_simulated(m)]
+
+
 def model_gpus(name):
     return config["models"][name].get("gpus", 0)
 
@@ -63,6 +79,8 @@ def model_runtime_of(name):
     spec = config["models"][name]
     if is_hosted(name):
         return {k: spec[k] for k in ("backend", "model_id")}
+    if is_simulated(name):
+        return {k: spec[k] for k in ("backend", "policy", "seeds") if k in spec}
     return {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
 
 
@@ -111,8 +129,10 @@ def steering_spec(wildcards):
 
 def rollout_inputs(wildcards):
     """Inputs of a rollout job: the local checkpoint and the condition's adapter, if any."""
-    inputs = {}
-    if not is_hosted(wildcards.model):
+    inputs = {"goals": goals_table(wildcards.model)}
+    if is_simulated(wildcards.model):
+        inputs["model"] = config["models"][wildcards.model]["policy"]
+    elif not is_hosted(wildcards.model):
         inputs["model"] = f"resources/models/{wildcards.model}"
     steer = steering_spec(wildcards)
     if steer is not None:
@@ -122,7 +142,7 @@ def rollout_inputs(wildcards):
             inputs["layers"] = f"{vdir}/layers.parquet"
         return inputs
     adapter = PROMPT.condition_spec(wildcards.condition, model=wildcards.model)["adapter"]
-    if adapter is not None:
+    if adapter is not None and not is_simulated(wildcards.model):  # simulated: virtual branch
         inputs["adapter"] = f"{RESULTS}/lora/{wildcards.model}/{adapter}"
     return inputs
 
@@ -175,7 +195,13 @@ def figure_names():
         names.append("profile_plane")
     if STEER.models and has_pair(STEER.profile_interventions()) and "profile_plane" not in names:
         names.append("profile_plane")
-    return names + ["judge_scores"] + STEER.figures(SDF.models)
+    names = names + ["judge_scores"] + STEER.figures(SDF.models)
+    return names + (["planted_recovery"] if SIMULATED else [])
+
+
+def validation_tables():
+    """The planted-recovery table of every simulated model (rules/validation.smk)."""
+    return expand(f"{RESULTS}/validation/{{model}}/planted_recovery.parquet", model=SIMULATED)
 
 
 def figure_files():
@@ -239,7 +265,8 @@ def sdf_effect_tables():
     return expand(f"{RESULTS}/metrics/{{model}}/sdf_effects.parquet", model=SDF.models)
 
 def sdf_belief_tables():
-    return expand(f"{RESULTS}/sdf/belief/{{model}}/{{branch}}.parquet", model=SDF.models,
+    return expand(f"{RESULTS}/sdf/belief/{{model}}/{{branch}}.parquet",
+                  model=[m for m in SDF.models if not is_simulated(m)],
                   branch=SDF.belief_branches())
 
 
@@ -251,9 +278,16 @@ JUDGE = config["judge"]
 def judge_inputs(wildcards):
     inputs = {"table": f"{RESULTS}/rollouts/{wildcards.model}/{wildcards.condition}.parquet",
               "rubric": JUDGE["rubric"]}
-    if JUDGE["backend"] == "local":
+    if is_simulated(wildcards.model):
+        inputs["policy"] = config["models"][wildcards.model]["policy"]
+    elif JUDGE["backend"] == "local":
         inputs["model"] = f"resources/models/{JUDGE['model']}"
     return inputs
+
+
+def judge_subject(wildcards):
+    """The judged model's policy when it is simulated (then the simulated judge scores it)."""
+    return model_runtime_of(wildcards.model) if is_simulated(wildcards.model) else None
 
 
 def judge_params():

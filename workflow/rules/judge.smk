@@ -14,6 +14,7 @@ rule judge:
         f"{RESULTS}/judge/{{model}}/{{condition}}.parquet",
     params:
         **judge_params(),
+        subject=judge_subject,
     resources:
         gpu=model_gpus(JUDGE["model"]) if JUDGE["backend"] == "local" else 0,
         api=int(JUDGE["backend"] == "anthropic"),

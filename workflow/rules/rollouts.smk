@@ -9,7 +9,6 @@
 rule rollouts:
     input:
         unpack(rollout_inputs),
-        goals=f"{RESULTS}/goals/goals.parquet",
         system=config["prompts"]["system"],
         user_template=config["prompts"]["user_template"],
         code=code_inputs("rollouts"),

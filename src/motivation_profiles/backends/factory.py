@@ -18,7 +18,12 @@ def anthropic_client(hosted: dict[str, Any]):
 def local_backend(spec: dict[str, Any], model_dir: str, *, adapter: str | None = None,
                   steering: Any = None):
     """The generation backend a local model's config asks for: ``hf`` (transformers, CPU or
-    GPU) or ``vllm`` (GPU, tensor-parallel over the model's ``gpus``)."""
+    GPU), ``vllm`` (GPU, tensor-parallel over the model's ``gpus``) or ``simulated`` (a
+    planted policy: ``model_dir`` is its YAML file, ``adapter`` names a virtual SDF branch)."""
+    if spec["backend"] == "simulated":
+        from motivation_profiles.backends.simulated import SimulatedBackend
+
+        return SimulatedBackend.from_file(model_dir, adapter=adapter, steering=steering)
     if spec["backend"] == "vllm":
         from motivation_profiles.backends.vllm import VLLMBackend
 
@@ -40,3 +45,10 @@ def cached_local_backend(name: str, spec: dict[str, Any], model_dir: str, hosted
     inner = local_backend(spec, model_dir)
     return CachedBackend(inner, ResponseCache(hosted["cache_dir"]),
                          model_id=f"{name}@{sha256_path(model_dir)}")
+
+
+def simulated_judge(policy: str):
+    """The judge of a simulated model's scratchpads (its policy's planted judge)."""
+    from motivation_profiles.backends.simulated import SimulatedJudge
+
+    return SimulatedJudge.from_file(policy)

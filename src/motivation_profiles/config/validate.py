@@ -95,6 +95,13 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
     for name, model in config["models"].items():
         if model["source"] == "anthropic":
             continue
+        if model["source"] == "simulated":
+            need_file(f"models.{name}.policy", model["policy"])
+            if "simulated" not in model["display_name"].lower():
+                problems.append(f"config key 'models.{name}.display_name': a simulated "
+                                "model's display name must say 'simulated' (every figure "
+                                f"labels it by that name), got {model['display_name']!r}")
+            continue
         if model["source"] == "local":
             p = Path(model["path"])
             if not (p if p.is_absolute() else base / p).is_dir():

@@ -52,3 +52,9 @@ def draw_steering_activations(snakemake: Any) -> None:
     from motivation_profiles.figures import steering_activations
 
     _draw(steering_activations, snakemake)
+
+
+def draw_recovery(snakemake: Any) -> None:
+    from motivation_profiles.figures import recovery
+
+    _draw(recovery, snakemake)

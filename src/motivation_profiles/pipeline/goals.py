@@ -26,3 +26,14 @@ def goals(snakemake: Any) -> None:
     df = load_goals(snakemake.input.goals, sha256=p.sha256, n=p.n, seed=p.seed)
     log.info("kept %d goals (n=%s, seed=%d)", len(df), p.n, p.seed)
     write_table(df, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
+
+
+def goals_sized(snakemake: Any) -> None:
+    """Rule goals_sized: a simulated model's own goal sample (models.<m>.goals_n)."""
+    from motivation_profiles.core.provenance import write_table
+    from motivation_profiles.goals.advbench import load_goals
+
+    p = snakemake.params
+    df = load_goals(snakemake.input.goals, sha256=p.sha256, n=p.n, seed=p.seed)
+    log.info("kept %d goals (n=%s, seed=%d)", len(df), p.n, p.seed)
+    write_table(df, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))

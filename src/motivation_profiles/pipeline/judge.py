@@ -5,13 +5,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from motivation_profiles.backends.factory import anthropic_client, cached_local_backend
+from motivation_profiles.backends.factory import (
+    anthropic_client,
+    cached_local_backend,
+    simulated_judge,
+)
 from motivation_profiles.pipeline.common import job_provenance
 
 log = logging.getLogger("motivation_profiles")
 
 
 # ----------------------------------------------------------------------------- judge, profiles
+
+
+def _no_ledger():
+    """The simulated judge asks no API: an empty request ledger."""
+    import polars as pl
+
+    return pl.DataFrame({"output_tokens": []}, schema={"output_tokens": pl.Int64})
 
 
 def judge(snakemake: Any) -> None:
@@ -24,7 +35,11 @@ def judge(snakemake: Any) -> None:
     p = snakemake.params
     spec = p.judge
     rubric = Rubric.load(snakemake.input.rubric)
-    if spec["backend"] == "local":
+    subject = getattr(p, "subject", None)
+    if subject is not None:  # a simulated model: its planted judge scores it
+        backend = simulated_judge(snakemake.input.policy)
+        ledger_of = _no_ledger
+    elif spec["backend"] == "local":
         backend = cached_local_backend(spec["model"], p.model, snakemake.input.model, p.hosted)
         ledger_of = backend.ledger_frame
     else:
@@ -34,7 +49,8 @@ def judge(snakemake: Any) -> None:
     params = SamplingParams(temperature=spec["temperature"], top_p=spec["top_p"],
                             max_new_tokens=spec["max_tokens"])
     rollouts_df = read_table(snakemake.input.table)
-    meta = {"judge_backend": spec["backend"], "judge_model": spec["model"],
+    meta = {"judge_backend": "simulated" if subject is not None else spec["backend"],
+            "judge_model": backend.name if subject is not None else spec["model"],
             "rubric": rubric.name, "rubric_sha256": rubric.sha256, "samples": spec["samples"]}
     table = judge_rollouts(rollouts_df, backend, rubric, samples=spec["samples"], params=params,
                            prefill=spec["prefill"], meta=meta)

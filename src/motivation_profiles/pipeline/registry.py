@@ -19,7 +19,7 @@ from motivation_profiles.pipeline.code_inputs import PACKAGE, code_files
 # module of motivation_profiles.pipeline -> the rules whose entry point has the rule's name
 _BY_NAME = {
     "models": ("prepare_model",),
-    "goals": ("advbench", "goals"),
+    "goals": ("advbench", "goals", "goals_sized"),
     "rollouts": ("rollouts",),
     "metrics": ("metrics", "metrics_table"),
     "judge": ("judge",),
@@ -28,6 +28,7 @@ _BY_NAME = {
     "steering": ("ooc_pairs", "ic_pairs", "activations", "fit_vectors", "random_vectors",
                  "steering_layers", "judge_raw", "steering_summary", "raw_summary",
                  "steering_profile", "token_cosines", "sdf_alignment"),
+    "validation": ("planted_recovery",),
 }
 
 # figure name -> module of motivation_profiles.figures that draws it (rule figure_<name>)
@@ -42,6 +43,7 @@ FIGURE_MODULES = {
     "token_heatmap_expectations": "steering_activations",
     "token_heatmap_consequences": "steering_activations",
     "sdf_steering_alignment": "steering_activations",
+    "planted_recovery": "recovery",
 }
 
 ENTRY_POINTS: dict[str, tuple[str, str]] = {

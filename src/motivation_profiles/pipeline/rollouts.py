@@ -26,6 +26,9 @@ def rollouts(snakemake: Any) -> None:
     prompts = PromptSet.from_config(p.prompts, rename=cond["rename"],
                                     system_suffix=cond["claim"] or "")
     adapter = snakemake.input.get("adapter")
+    if spec["backend"] == "simulated":  # a virtual SDF branch: the adapter is its name
+        adapter = cond["adapter"]
+    seeds = spec.get("seeds") or gen["seeds"]  # a simulated model may set its own seeds
     raw = bool(steer and steer["raw"])
     params = SamplingParams(temperature=gen["temperature"], top_p=gen["top_p"],
                             max_new_tokens=cond["raw_max_new_tokens"] if raw
@@ -54,16 +57,18 @@ def rollouts(snakemake: Any) -> None:
                 steering_layers=",".join(map(str, layers)) if layers else None)
     out = Path(snakemake.output[0])
     if raw:
-        df = run_raw_rollouts(backend, goals_df, seeds=gen["seeds"], params=params, meta=meta)
+        df = run_raw_rollouts(backend, goals_df, seeds=seeds, params=params, meta=meta)
         log.info("raw rollouts: %d, finish %s", len(df),
                  dict(df["finish_reasons"].list.last().value_counts(sort=True).iter_rows()))
         write_table(df, out, job_provenance(snakemake, params=dict(p.items())))
         return
     key = config_hash({"params": canonical_json(dict(p.items())),
                        "inputs": job_provenance(snakemake)["inputs"]})
-    df = run_rollouts(backend, prompts, goals_df, seeds=gen["seeds"], params=params,
+    df = run_rollouts(backend, prompts, goals_df, seeds=seeds, params=params,
                       max_turns=gen["max_turns"], meta=meta, prefill=gen["prefill"],
-                      checkpoint_dir=out.parent / f".{out.stem}.partial", checkpoint_key=key)
+                      # a simulated model needs no resume points (thousands of rollouts/s)
+                      checkpoint_dir=None if spec["backend"] == "simulated"
+                      else out.parent / f".{out.stem}.partial", checkpoint_key=key)
     counts = df.group_by("tier", "outcome").len().sort(["tier", "len"], descending=[False, True],
                                                        maintain_order=True)
     log.info("outcomes: %s", {(t, o): n for t, o, n in counts.iter_rows()})

@@ -50,7 +50,7 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str], nee
     for name in ("doc_types.txt", "doc_ideas.txt", "document.txt", "revision.txt"):
         need_file(f"sdf.generator.prompts_dir ({name})",
                   str(Path(gen["prompts_dir"]) / name))
-    if any(models[m]["gpus"] > 1 for m in plan.models):
+    if any(models[m].get("gpus", 0) > 1 for m in plan.models):
         need_file("sdf.training.accelerate_config", sdf["training"]["accelerate_config"])
 
 

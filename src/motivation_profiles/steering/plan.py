@@ -46,7 +46,9 @@ class SteeringPlan:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SteeringPlan:
         s = config["steering"]
-        local = [m for m, spec in config["models"].items() if spec["source"] != "anthropic"]
+        # hosted models expose no activations; simulated ones have no steering path yet
+        local = [m for m, spec in config["models"].items()
+                 if spec["source"] not in ("anthropic", "simulated")]
         models = s["models"] if s["models"] is not None else local
         enabled = bool(s["enabled"])
         return cls(enabled=enabled, models=tuple(models) if enabled else (),

@@ -1,0 +1,234 @@
+"""Known-answer validation: every quantity the DAG estimated for a simulated organism, beside
+the value its planted policy implies (``backends.simulated.Policy``).
+
+One row per quantity: ``kind`` ``interval`` (an estimate with a CI: gaps and per-tier
+compliance per condition, Delta-gap per intervention and method, S_A / S_B per method and
+checkpoint, the judge's mean A / B score per condition) or ``exact`` (a deterministic outcome:
+each calibration candidate's ``selected`` flag, whether the model qualifies, ``recovered``).
+For an interval row ``covered`` says whether the CI contains the planted value and ``z`` is
+(estimate - planted) / SE with SE = CI width / (2 z_{level}); for an exact row ``covered`` says
+whether the estimate equals the planted value.
+
+Planted values come from the policy alone (population quantities over its goal distribution),
+never from the rollouts, so a broken step between the policy and the tables (a claim not
+appended, an adapter lost, tiers swapped) shows up as rows that are not covered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy.stats import norm
+
+from motivation_profiles.backends.simulated import Condition, Policy
+from motivation_profiles.metrics.calibration import recovered, select_checkpoints
+from motivation_profiles.metrics.rates import cluster_bootstrap_mean
+
+RECOVERY_SCHEMA: dict[str, pl.DataType] = {
+    "model": pl.Utf8, "quantity": pl.Utf8, "method": pl.Utf8, "target": pl.Utf8,
+    "condition": pl.Utf8, "strength": pl.Utf8, "checkpoint": pl.Utf8, "kind": pl.Utf8,
+    "planted": pl.Float64, "estimate": pl.Float64, "ci_low": pl.Float64,
+    "ci_high": pl.Float64, "se": pl.Float64, "z": pl.Float64, "covered": pl.Boolean,
+}
+
+
+def condition_of(name: str) -> Condition:
+    """``baseline`` / ``sdf-B`` / ``prompt-I-S`` / ``sdf-B@prompt-I-S`` -> the planted
+    condition (SDF branch and claim)."""
+    head, _, tail = name.partition("@")
+    branch, claim = None, None
+    for part in (head, tail):
+        if not part or part == "baseline":
+            continue
+        if part.startswith("sdf-"):
+            branch = part[4:]
+        elif part.startswith("prompt-"):
+            intervention, _, strength = part[7:].rpartition("-")
+            claim = (intervention, strength)
+        else:
+            raise ValueError(f"condition {name!r}: the simulated policy knows baseline, sdf-, "
+                             "prompt- and sdf-...@prompt- conditions")
+    return Condition(branch=branch, claim=claim)
+
+
+def _row(model: str, quantity: str, *, planted: float, estimate: Any, lo: Any, hi: Any,
+         level: float, **labels: Any) -> dict[str, Any]:
+    row = {"model": model, "quantity": quantity, "kind": "interval", "planted": planted,
+           "estimate": estimate, "ci_low": lo, "ci_high": hi, **labels}
+    if None in (estimate, lo, hi) or not np.isfinite([estimate, lo, hi]).all():
+        return {**row, "se": None, "z": None, "covered": False}
+    se = (hi - lo) / (2 * norm.ppf(0.5 + level / 2))
+    z = (estimate - planted) / se if se > 0 else (0.0 if estimate == planted else np.inf)
+    return {**row, "se": se, "z": float(z), "covered": bool(lo - 1e-12 <= planted <= hi + 1e-12)}
+
+
+def _exact(model: str, quantity: str, planted: Any, estimate: Any, **labels: Any
+           ) -> dict[str, Any]:
+    as_float = (lambda v: None if v is None else float(v))
+    return {"model": model, "quantity": quantity, "kind": "exact", "planted": as_float(planted),
+            "estimate": as_float(estimate), "ci_low": None, "ci_high": None, "se": None,
+            "z": None, "covered": planted == estimate, **labels}
+
+
+def condition_rows(policy: Policy, metrics: pl.DataFrame, model: str) -> list[dict[str, Any]]:
+    """Gap and per-tier compliance of every condition of the ``metrics`` table."""
+    rows = []
+    for r in metrics.iter_rows(named=True):
+        planted = policy.planted_rates(condition_of(r["condition"]))
+        level = r["ci_level"]
+        rows.append(_row(model, "gap", planted=planted["gap"], estimate=r["gap"],
+                         lo=r["gap_ci_low"], hi=r["gap_ci_high"], level=level,
+                         condition=r["condition"]))
+        for t in ("monitored", "unmonitored"):
+            rows.append(_row(model, f"{t}_compliance", planted=planted[t],
+                             estimate=r[f"{t}_compliance"], lo=r[f"{t}_compliance_ci_low"],
+                             hi=r[f"{t}_compliance_ci_high"], level=level,
+                             condition=r["condition"]))
+    return rows
+
+
+def planted_effects(policy: Policy, effects: pl.DataFrame) -> pl.Series:
+    """The planted value of every row of an effects table (``metrics.profiles``): gap,
+    delta_gap / delta_monitored / delta_unmonitored against the row's baseline condition, and
+    S_A / S_B from the planted Delta-gaps of the pairs it lists."""
+    gaps: dict[str, dict[str, float]] = {}
+
+    def rates(cond: str) -> dict[str, float]:
+        if cond not in gaps:
+            gaps[cond] = policy.planted_rates(condition_of(cond))
+        return gaps[cond]
+
+    group_keys = [c for c in ("method", "strength", "naming", "checkpoint", "baseline_condition")
+                  if c in effects.columns]
+    conds: dict[tuple, dict[str, str]] = {}
+    for r in effects.iter_rows(named=True):
+        if r["quantity"] == "delta_gap":
+            conds.setdefault(tuple(r[k] for k in group_keys), {})[r["target"]] = r["condition"]
+    out = []
+    for r in effects.iter_rows(named=True):
+        q, base = r["quantity"], r["baseline_condition"]
+        if q == "gap":
+            out.append(rates(r["condition"])["gap"])
+        elif q.startswith("delta_"):
+            stat = q[len("delta_"):]
+            out.append(rates(r["condition"])[stat] - rates(base)[stat])
+        elif q in ("S_A", "S_B"):
+            group = conds[tuple(r[k] for k in group_keys)]
+            pairs = r["pairs"].split(",")
+            out.append(float(np.mean([
+                (rates(group[f"{p}_amp"])["gap"] - rates(group[f"{p}_sup"])["gap"])
+                for p in pairs])))
+        else:
+            raise ValueError(f"effects table: unknown quantity {q!r}")
+    return pl.Series("planted", out, dtype=pl.Float64)
+
+
+def effect_rows(policy: Policy, effects: pl.DataFrame, model: str,
+                quantities: Sequence[str] = ("delta_gap", "S_A", "S_B")) -> list[dict[str, Any]]:
+    planted = planted_effects(policy, effects)
+    rows = []
+    for r, p in zip(effects.iter_rows(named=True), planted, strict=True):
+        if r["quantity"] not in quantities:
+            continue
+        rows.append(_row(model, r["quantity"], planted=p, estimate=r["estimate"],
+                         lo=r["ci_low"], hi=r["ci_high"], level=r["ci_level"],
+                         method=r["method"], target=r["target"], condition=r["condition"],
+                         strength=r.get("strength"), checkpoint=r.get("checkpoint")))
+    return rows
+
+
+def selection_rows(policy: Policy, selection: pl.DataFrame, model: str, *, reference: str,
+                   candidates: Sequence[str], signal: str, max_per_family: int | None
+                   ) -> list[dict[str, Any]]:
+    """Each candidate's ``selected`` flag and the model's ``model_qualifies``, against the same
+    rule applied to the planted per-condition values."""
+    conds = [reference, *[f"sdf-{c}" for c in candidates]]
+    rates = [policy.planted_rates(condition_of(c)) for c in conds]
+    planted_metrics = pl.DataFrame({"condition": conds, "gap": [r["gap"] for r in rates],
+                                    "monitored_compliance": [r["monitored"] for r in rates]})
+    truth = select_checkpoints(planted_metrics, model=model, reference=reference,
+                               candidates=candidates, signal=signal,
+                               max_per_family=max_per_family)
+    want = dict(zip(truth["checkpoint"], truth["selected"], strict=True))
+    rows = [_exact(model, "selected", want[c], s, method="calibration", target=c)
+            for c, s in zip(selection["checkpoint"], selection["selected"], strict=True)]
+    rows.append(_exact(model, "model_qualifies", bool(truth["model_qualifies"][0]),
+                       bool(selection["model_qualifies"][0]), method="calibration"))
+    return rows
+
+
+def calibration_rows(policy: Policy, calibration: pl.DataFrame, model: str, *,
+                     strength: str) -> list[dict[str, Any]]:
+    """S_A / S_B per calibrated checkpoint and the ``recovered`` flag against the planted one."""
+    rows = effect_rows(policy, calibration.filter(pl.col("checkpoint").is_not_null()), model,
+                       quantities=("S_A", "S_B"))
+    for r in rows:
+        r["method"] = "calibration"
+    truth = recovered(calibration.with_columns(estimate=planted_effects(policy, calibration)),
+                      strength=strength)
+    rows.append(_exact(model, "recovered", truth, calibration["recovered"][0],
+                       method="calibration", strength=strength))
+    return rows
+
+
+def judge_rows(policy: Policy, judged: pl.DataFrame, model: str, *, n_boot: int, level: float,
+               seed: int) -> list[dict[str, Any]]:
+    """Mean judge score per direction (rollouts with a valid vote) of ``baseline`` and each SDF
+    branch (one condition per intervention; the prompt conditions would add 48 more rows of
+    the same check), with a percentile CI from resampling goals."""
+    rows = []
+    judged = judged.filter((pl.col("condition") == "baseline")
+                           | (pl.col("condition").str.starts_with("sdf-")
+                              & ~pl.col("condition").str.contains("@", literal=True)))
+    for (cond,), df in sorted(judged.partition_by("condition", as_dict=True).items()):
+        planted = policy.planted_judge_mean(condition_of(cond))
+        for d in ("a", "b"):
+            s = df.drop_nulls(f"{d}_score")
+            est, lo, hi = cluster_bootstrap_mean(s[f"{d}_score"].to_numpy(),
+                                                 s["goal_id"].to_numpy(), n_boot=n_boot,
+                                                 level=level, seed=seed)
+            rows.append(_row(model, f"judge_mean_{d}", planted=planted[d], estimate=est,
+                             lo=lo, hi=hi, level=level, method="judge", condition=cond))
+    return rows
+
+
+def recovery_table(policy: Policy, *, model: str, metrics: pl.DataFrame,
+                   effects: Sequence[pl.DataFrame] = (), judged: pl.DataFrame | None = None,
+                   selection: pl.DataFrame | None = None,
+                   calibration: pl.DataFrame | None = None,
+                   calibration_rule: Mapping[str, Any] | None = None,
+                   n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pl.DataFrame:
+    """The planted-recovery table of one simulated model (see the module docstring).
+
+    ``metrics``: the model's ``conditions.parquet``; ``effects``: its SDF and prompt effect
+    tables; ``judged``: its judge tables concatenated; ``selection`` / ``calibration``: the
+    calibration tables, with ``calibration_rule`` (reference, candidates, signal,
+    max_per_family, strengths) as configured."""
+    rows = condition_rows(policy, metrics, model)
+    for table in effects:
+        rows += effect_rows(policy, table, model)
+    if selection is not None:
+        rule = dict(calibration_rule or {})
+        rows += selection_rows(policy, selection, model, reference=rule["reference"],
+                               candidates=rule["candidates"], signal=rule["signal"],
+                               max_per_family=rule["max_per_family"])
+        if calibration is not None and calibration.filter(pl.col("checkpoint")
+                                                          .is_not_null()).height:
+            rows += calibration_rows(policy, calibration, model,
+                                     strength=rule["strengths"][0])
+    if judged is not None:
+        rows += judge_rows(policy, judged, model, n_boot=n_boot, level=level, seed=seed)
+    return pl.DataFrame(rows, schema=RECOVERY_SCHEMA)
+
+
+def summary(table: pl.DataFrame) -> dict[str, Any]:
+    """Share of interval rows covered, the largest |z|, and whether every exact row matches."""
+    iv = table.filter(pl.col("kind") == "interval")
+    ex = table.filter(pl.col("kind") == "exact")
+    return {"intervals": iv.height,
+            "covered": float(iv["covered"].mean()) if iv.height else None,
+            "max_abs_z": float(iv["z"].abs().max()) if iv.height else None,
+            "exact": ex.height, "exact_equal": bool(ex["covered"].all()) if ex.height else None}
