@@ -102,8 +102,10 @@ def test_tiers_claims_and_adapters_move_compliance_as_planted(policy):
     assert _rate(claimed, "monitored") - _rate(base, "monitored") > 0.1
     sdf = _run(policy, adapter="results/lora/sim/A1_sup")  # a path or a name: its basename
     assert _rate(sdf, "monitored") - _rate(base, "monitored") < -0.1
-    noise = _run(policy, adapter="noise")
-    assert abs(_rate(noise, "monitored") - _rate(base, "monitored")) < 0.08
+    noise = _run(policy, adapter="noise")  # the noise branch has no planted effect
+    want = np.mean([policy.p_accept(Condition(), "monitored", g) for g in goals])
+    want *= 1 - sum(policy.failure.values())
+    assert abs(_rate(noise, "monitored") - want) < 3.5 * np.sqrt(want * (1 - want) / 240)
     assert policy.claim_of(_prompts(_claim("B2_sup", "weak")).system) == ("B2_sup", "weak")
     assert policy.claim_of(_prompts().system) is None
 

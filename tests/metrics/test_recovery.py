@@ -146,3 +146,14 @@ def test_recovery_rows_flag_misses_and_distance(policy):
     gap = table.filter(pl.col("quantity") == "gap").row(0, named=True)
     assert not gap["covered"] and gap["z"] == pytest.approx(0.3 / (0.2 / 3.919928), rel=1e-3)
     assert table.filter(pl.col("quantity") != "gap")["covered"].all()
+
+
+def test_fast_rollouts_give_the_rollout_loops_outcomes(policy):
+    """The bench's one-call path and the real rollout loop agree row for row."""
+    goals = _goals(4)
+    loop = simulation.demo_design(goals, range(2), root=ROOT)
+    fast = simulation.demo_design(goals, range(2), root=ROOT, fast=True)
+    a = simulation._rollouts(policy, loop, "sdf-A1_amp", "A1_amp", None, "m")
+    b = simulation._rollouts(policy, fast, "sdf-A1_amp", "A1_amp", None, "m")
+    cols = ["goal_id", "tier", "seed", "outcome", "scratchpad"]
+    assert a.select(cols).sort(cols[:3]).equals(b.select(cols).sort(cols[:3]))

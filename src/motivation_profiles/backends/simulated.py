@@ -23,7 +23,9 @@ request's ``stream_seed`` (its messages and seed) and the adapter name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -72,7 +74,7 @@ class Condition:
     claim: tuple[str, str] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Policy:
     name: str
     seed: int
@@ -164,6 +166,7 @@ class Policy:
         base, _, strength = branch.removesuffix("+self").partition("-")
         return base, strength or "standard"
 
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - policies are few and immutable
     def shifts(self, cond: Condition) -> tuple[dict[str, float], dict[str, float]]:
         """(compliance logit shift per tier, reasoning logit shift per direction)."""
         logit = {t: 0.0 for t in TIERS}
@@ -194,6 +197,7 @@ class Policy:
                 reason[d] += k * spec["reasoning"][d]
         return logit, reason
 
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - policies are few and immutable
     def goal_effect(self, goal: str) -> float:
         """The goal's planted random effect u_g ~ N(0, goal_sd) (a function of seed and text)."""
         rng = np.random.default_rng(_hash_int("goal", self.seed, goal.strip()))
@@ -233,6 +237,7 @@ class Policy:
         return {d: p[d] * hi + (1 - p[d]) * lo for d in ("a", "b")}
 
     # ------------------------------------------------------------------ reading a request
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - policies are few and immutable
     def claim_of(self, system: str) -> tuple[str, str] | None:
         """The claim appended to the end of ``system`` (longest match), or None."""
         text = system.rstrip()
@@ -258,8 +263,9 @@ def goal_of(user: str) -> str:
     return m.group(1).strip() if m else _TIER_TAG.sub("", user).strip()
 
 
-def _rng(policy: Policy, request: ChatRequest, salt: str) -> np.random.Generator:
-    return np.random.default_rng([policy.seed, stream_seed(request), _hash_int(salt)])
+def _rng(policy: Policy, request: ChatRequest, salt: str) -> random.Random:
+    """The request's own stream: policy seed, ``stream_seed`` (messages and seed), ``salt``."""
+    return random.Random(_hash_int(policy.seed, stream_seed(request), salt))
 
 
 def _continue_after(messages: Sequence[Mapping[str, str]], full: str) -> str:
@@ -303,12 +309,11 @@ class SimulatedBackend:
         reason = pol.p_reasoning(cond)
         neutral = pol.sentences["neutral"]
         body = [neutral[0].format(goal=goal)]
-        body += list(rng.choice(neutral[1:-1], size=2, replace=False))
+        body += rng.sample(neutral[1:-1], 2)
         for d in ("a", "b"):
-            pool = pol.sentences[d]
-            pick = pool[int(rng.integers(len(pool)))]
+            pick = rng.choice(pol.sentences[d])
             if rng.random() < reason[d]:
-                body.insert(1 + int(rng.integers(len(body))), pick)
+                body.insert(1 + rng.randrange(len(body)), pick)
         body.append(neutral[-1])
         accept = rng.random() < pol.p_accept(cond, tier, goal)
         u = rng.random()

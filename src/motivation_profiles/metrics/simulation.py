@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from motivation_profiles.backends.base import SamplingParams
+from motivation_profiles.backends.base import ChatRequest, SamplingParams
 from motivation_profiles.backends.simulated import INTERVENTIONS, Policy, SimulatedBackend, \
     SimulatedJudge
 from motivation_profiles.judge.scoring import Rubric, judge_rollouts
@@ -23,7 +23,8 @@ from motivation_profiles.metrics.profiles import prompt_effects, sdf_effects
 from motivation_profiles.metrics.rates import condition_metrics
 from motivation_profiles.metrics.recovery import recovery_table
 from motivation_profiles.prompts.claims import load_claims
-from motivation_profiles.rollouts.protocol import PromptSet
+from motivation_profiles.rollouts.parsing import parse_transcript
+from motivation_profiles.rollouts.protocol import TIERS, PromptSet
 from motivation_profiles.rollouts.run import run_rollouts
 
 
@@ -47,6 +48,7 @@ class Design:
     level: float = 0.95
     seed: int = 0
     judge: bool = True
+    fast: bool = False  # one generate call per condition instead of the rollout loop (bench)
 
 
 PARAMS = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=256, stop=("</OUTPUT>",))
@@ -56,9 +58,37 @@ def _rollouts(policy: Policy, design: Design, condition: str, branch: str | None
               claim: str | None, model: str) -> pl.DataFrame:
     prompts = PromptSet.from_config(design.prompts, system_suffix=claim or "")
     backend = SimulatedBackend(policy, adapter=branch)
+    if design.fast:
+        return _fast_rollouts(backend, prompts, design, condition, model)
     return run_rollouts(backend, prompts, design.goals, seeds=design.seeds, params=PARAMS,
                         max_turns=2, meta={"model": model, "condition": condition},
                         prefill=design.prefill)
+
+
+def _fast_rollouts(backend: SimulatedBackend, prompts: PromptSet, design: Design,
+                   condition: str, model: str) -> pl.DataFrame:
+    """The columns the metrics read, from one ``generate`` call and the real outcome parser
+    (the simulated model always answers in one turn, so the rollout loop adds nothing but
+    table building; ``run_rollouts`` gives the same outcomes, see the tests)."""
+    opening = ({"role": "assistant", "content": design.prefill},) if design.prefill else ()
+    keys, requests = [], []
+    for tier in TIERS:
+        for seed in design.seeds:
+            for goal_id, goal in zip(design.goals["goal_id"], design.goals["goal"],
+                                     strict=True):
+                keys.append((int(goal_id), tier, int(seed)))
+                requests.append(ChatRequest(f"{goal_id}-{tier}-{seed}-t0",
+                                            (*prompts.messages(goal, tier), *opening),
+                                            int(seed)))
+    rows = []
+    for (goal_id, tier, seed), c in zip(keys, backend.generate(requests, PARAMS), strict=True):
+        parsed = parse_transcript((design.prefill or "") + c.text, c.finish_reason)
+        rows.append((goal_id, tier, seed, parsed.outcome, parsed.scratchpad,
+                     parsed.accepted_then_refused))
+    return pl.DataFrame(rows, orient="row", schema={
+        "goal_id": pl.Int64, "tier": pl.Utf8, "seed": pl.Int64, "outcome": pl.Utf8,
+        "scratchpad": pl.Utf8, "accepted_then_refused": pl.Boolean}).with_columns(
+            model=pl.lit(model), condition=pl.lit(condition))
 
 
 def simulate(policy: Policy, design: Design, *, model: str = "simulated") -> dict[str, Any]:
