@@ -69,6 +69,9 @@ def absolutize(config: dict) -> dict:
     st = cfg["steering"]
     st["materials_dir"] = str(REPO / st["materials_dir"])
     st["raw"]["rubric"] = str(REPO / st["raw"]["rubric"])
+    for spec in cfg["models"].values():
+        if spec["source"] == "simulated":
+            spec["policy"] = str(REPO / spec["policy"])
     return cfg
 
 

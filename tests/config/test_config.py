@@ -272,7 +272,7 @@ def test_load_config_files_merges_a_second_file(tmp_path):
         "rollouts": {"seeds": [3, 4]},
     }))
     config = load_config_files([REPO / "config.yaml", extra], base_dir=REPO)
-    assert set(config["models"]) == {MODEL, "second-model"}
+    assert set(config["models"]) == set(load("config.yaml")["models"]) | {"second-model"}
     assert config["models"]["second-model"]["batch_size"] == 2
     assert config["rollouts"]["seeds"] == [3, 4]  # lists are replaced
     assert config["rollouts"]["temperature"] == 1.0  # siblings kept
@@ -515,3 +515,30 @@ def test_a_local_model_is_measured_before_it_is_prepared(tiny_model_dir, tmp_pat
                              "path": str(tiny_model_dir)}
     del cfg["models"]["tiny"]["random"]
     invalid(cfg, "prompts.system", f"tokenizer in {tiny_model_dir}", base_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- simulated models
+
+
+def _simulated(cfg, **extra):
+    cfg["models"]["sim"] = {"source": "simulated", "display_name": "Sim (simulated)",
+                            "backend": "simulated",
+                            "policy": "resources/simulated/planted_af.yaml", **extra}
+    return cfg
+
+
+def test_simulated_model_is_valid(cfg):
+    validate_config(_simulated(cfg, goals_n=12, seeds=[0, 1]), base_dir=REPO)
+
+
+def test_simulated_model_needs_its_policy_file_and_label(cfg):
+    invalid(_simulated(cfg, policy="resources/simulated/none.yaml"), "models.sim.policy",
+            "does not exist")
+    cfg = _simulated(cfg)
+    cfg["models"]["sim"]["display_name"] = "Sim"
+    invalid(cfg, "models.sim.display_name", "simulated")
+
+
+def test_seeds_and_goals_n_are_for_simulated_models_only(cfg):
+    cfg["models"][MODEL]["seeds"] = [0, 1]
+    invalid(cfg, f"models.{MODEL}", "")

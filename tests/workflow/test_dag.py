@@ -10,6 +10,8 @@ from conftest import absolutize, job_counts, load_repo_config, run_snakemake
 def test_embedded_config_dry_run(tmp_path):
     cfg = absolutize(load_repo_config())
     cfg["sdf"]["enabled"] = False  # the SDF branches: tests/test_sdf_e2e.py
+    # the simulated organism: test_simulated_model_dry_run
+    cfg["models"] = {m: s for m, s in cfg["models"].items() if s["source"] != "simulated"}
     proc = run_snakemake(tmp_path, cfg, "-n")
     # baseline + 24 prompt conditions (8 claims x 3 strengths) + steering: 2 fitted OOC
     # vectors x 2 multipliers + 2 random controls x 2 multipliers, each judged; 3 raw-AdvBench
@@ -28,6 +30,26 @@ def test_embedded_config_dry_run(tmp_path):
         "figure_token_heatmap_consequences": 1, "figure_token_heatmap_expectations": 1,
     }
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
+
+
+def test_simulated_model_dry_run(tmp_path):
+    """The demo's simulated organism alone: its own goal sample, virtual SDF branches (no
+    documents, datasets, LoRA training, belief checks or checkpoint preparation), no steering,
+    and its planted-recovery table and figure."""
+    cfg = absolutize(load_repo_config())
+    cfg["models"] = {m: s for m, s in cfg["models"].items() if s["source"] == "simulated"}
+    (name,) = cfg["models"]
+    cfg["judge"]["model"] = name
+    cfg["sdf"]["generator"]["model"] = name
+    proc = run_snakemake(tmp_path, cfg, "-n")
+    counts = job_counts(proc.stdout + proc.stderr)
+    # baseline + 10 SDF branches + 24 prompt conditions, each rolled out, judged, measured
+    assert counts["rollouts"] == counts["judge"] == counts["metrics"] == 35
+    assert counts["goals_sized"] == 1 and counts["planted_recovery"] == 1
+    assert counts["figure_planted_recovery"] == 1 and counts["calibration_select"] == 1
+    for absent in ("prepare_model", "generate_documents", "sdf_dataset", "train_lora",
+                   "belief_check", "ooc_pairs", "activations", "fit_vectors"):
+        assert absent not in counts, absent
 
 
 def test_paper_config_dry_run_without_network(tmp_path):

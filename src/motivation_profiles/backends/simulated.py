@@ -139,7 +139,7 @@ class Policy:
             raise PolicyError(f"{pools_path}: needs non-empty lists a, b, neutral")
         claims: dict[str, tuple[str, str]] = {}
         for i in INTERVENTIONS:
-            cpath = Path(doc["claims_dir"]) / f"{i}.yaml"
+            cpath = p.parent / doc["claims_dir"] / f"{i}.yaml"
             if not cpath.is_file():
                 raise PolicyError(f"{path}: claim file {cpath} does not exist (claims_dir)")
             record = yaml.safe_load(cpath.read_text())
