@@ -67,7 +67,9 @@ def _row(model: str, quantity: str, *, planted: float, estimate: Any, lo: Any, h
 
 def _exact(model: str, quantity: str, planted: Any, estimate: Any, **labels: Any
            ) -> dict[str, Any]:
-    as_float = (lambda v: None if v is None else float(v))
+    def as_float(v: Any) -> float | None:
+        return None if v is None else float(v)
+
     return {"model": model, "quantity": quantity, "kind": "exact", "planted": as_float(planted),
             "estimate": as_float(estimate), "ci_low": None, "ci_high": None, "se": None,
             "z": None, "covered": planted == estimate, **labels}

@@ -15,8 +15,12 @@ from typing import Any
 import polars as pl
 
 from motivation_profiles.backends.base import ChatRequest, SamplingParams
-from motivation_profiles.backends.simulated import INTERVENTIONS, Policy, SimulatedBackend, \
-    SimulatedJudge
+from motivation_profiles.backends.simulated import (
+    INTERVENTIONS,
+    Policy,
+    SimulatedBackend,
+    SimulatedJudge,
+)
 from motivation_profiles.judge.scoring import Rubric, judge_rollouts
 from motivation_profiles.metrics.calibration import calibration_effects, select_checkpoints
 from motivation_profiles.metrics.profiles import prompt_effects, sdf_effects
