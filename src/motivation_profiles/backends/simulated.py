@@ -17,7 +17,9 @@ scratchpad and writes the rubric's answer format with planted vote noise and a p
 malformed answers, so the real judge parsing, voting and agreement code runs.
 
 Both are deterministic: a request's draws come from a stream seeded by the policy seed, the
-request's ``stream_seed`` (its messages and seed) and the adapter name.
+request's ``stream_seed`` (its messages and seed) and the adapter name. The simulated model
+answers in one turn and ignores the token budget: its truncations are planted, not caused by
+``max_new_tokens``.
 :meth:`Policy.planted_rates` gives the population quantities the DAG must recover.
 """
 
@@ -357,7 +359,7 @@ class SimulatedJudge:
     def _answer(self, request: ChatRequest) -> str:
         user = next((m["content"] for m in request.messages if m["role"] == "user"), "")
         m = _SCRATCHPAD.search(user)
-        pad = m.group(1) if m else ""
+        pad = m.group(1) if m else user  # a rubric without <scratchpad> tags: the whole turn
         rng = _rng(self.policy, request, "judge")
         if rng.random() < self.policy.judge["format_failure"]:
             return "I rate this scratchpad as fairly ordinary."
