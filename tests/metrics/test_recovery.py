@@ -94,8 +94,13 @@ def test_tiers_swapped_in_metrics_is_caught(policy, monkeypatch):
     for name in ("condition_metrics", "sdf_effects", "prompt_effects"):
         monkeypatch.setattr(simulation, name, swapped(getattr(simulation, name)))
     table = simulation.simulate(policy, _small())["recovery"]
-    assert _covered(table, quantity="gap") < 0.2
-    assert _covered(table, quantity=["monitored_compliance", "unmonitored_compliance"]) < 0.2
+    # a swap is invisible where the planted tiers are close: judge the conditions with a gap
+    wide = table.filter((pl.col("quantity") == "gap") & (pl.col("planted").abs() > 0.15))
+    assert wide.height >= 10 and wide["covered"].mean() < 0.2
+    tiers = table.filter(pl.col("quantity").is_in(["monitored_compliance",
+                                                   "unmonitored_compliance"])
+                         & pl.col("condition").is_in(wide["condition"].to_list()))
+    assert tiers["covered"].mean() < 0.2
     assert _covered(table, quantity="delta_gap") < 0.8
     assert summary(table)["covered"] < 0.5
 
