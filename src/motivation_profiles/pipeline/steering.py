@@ -208,6 +208,7 @@ def fit_vectors(snakemake: Any) -> None:
 def random_vectors(snakemake: Any) -> None:
     from motivation_profiles.core.provenance import write_table
     from motivation_profiles.steering.vectors import (
+        control_seed,
         diagnostics,
         load_vectors,
         random_controls,
@@ -217,8 +218,8 @@ def random_vectors(snakemake: Any) -> None:
     p, wc = snakemake.params, snakemake.wildcards
     real, meta = load_vectors(snakemake.input.real)
     k = int(wc.k)
-    # Control k of every vector is drawn from its own stream: seed, vector name and k.
-    seed = int.from_bytes(f"{p.seed}|{wc.concept}_{wc.source}|{k}".encode(), "little") % 2**32
+    # Control k of every vector is drawn from its own stream: a hash of seed, vector and k.
+    seed = control_seed(p.seed, f"{wc.concept}_{wc.source}", k)
     vec = random_controls(real, n=1, seed=seed)[0]
     name = f"random_{wc.concept}_{wc.source}_{k}"
     if snakemake.input.activations:

@@ -24,6 +24,7 @@ float64; vectors are stored as float32 [L, d].
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import warnings
@@ -345,13 +346,25 @@ def select_layers(diagnostics: pl.DataFrame, *, k: int, metric: str = "auroc",
 # ----------------------------------------------------------------------------- controls, I/O
 
 
+def control_seed(seed: int, vector: str, k: int) -> int:
+    """The seed of random control ``k`` of fitted vector ``vector`` (``{concept}_{source}``):
+    the sha256 of the canonical JSON of (``seed``, ``vector``, ``k``), read as a 128-bit
+    integer (numpy's ``SeedSequence`` takes it whole). Every control of every vector gets its
+    own stream; the configured ``seed`` moves them all. (Reading the name's bytes as one
+    integer mod 2**32 kept only its first four bytes, so every control was the same draw.)"""
+    from motivation_profiles.core.hashing import canonical_json
+
+    key = canonical_json(["random_control", int(seed), str(vector), int(k)])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:16], "big")
+
+
 def random_controls(real: np.ndarray, *, n: int, seed: int) -> list[np.ndarray]:
     """``n`` Gaussian random vectors [L, d] float32, each layer rescaled to ||real_l|| (a zero
     layer stays zero). Same seed, same vectors."""
     real = np.asarray(real, dtype=np.float64)
     if real.ndim != 2:
         raise ValueError(f"real vectors must be [L, d], got shape {real.shape}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     norms = np.linalg.norm(real, axis=1, keepdims=True)
     out = []
     for _ in range(n):
@@ -397,5 +410,5 @@ def load_vectors(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
 
 __all__ = ["ESTIMATORS", "SCALES", "METRICS", "DIAGNOSTIC_COLUMNS", "REQUIRED_METADATA",
            "standardize", "unit_direction", "fit_directions", "tpr_at_fpr", "diagnostics",
-           "select_layers", "random_controls", "save_vectors", "load_vectors"]
+           "select_layers", "control_seed", "random_controls", "save_vectors", "load_vectors"]
 
