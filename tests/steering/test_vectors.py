@@ -21,6 +21,7 @@ from motivation_profiles.steering.vectors import (
     load_vectors,
     random_controls,
     save_vectors,
+    vector_norms,
     select_layers,
     standardize,
     tpr_at_fpr,
@@ -64,6 +65,34 @@ def test_logistic_recovers_planted_direction_only_with_back_map():
     assert abs(cosine(w_z, u)) < 0.9
     assert cosine(w_z / sigma, u) > 0.99
     assert cosine(w_z / sigma, v[0]) > 0.9999
+
+
+def test_coef_scale_saves_the_mapped_back_coefficients():
+    pos, neg, u = planted()
+    coef = fit_directions(pos, neg, estimator="logistic", C=0.5, scale="coef", seed=0)[0]
+    unit = fit_directions(pos, neg, estimator="logistic", C=0.5, scale="unit", seed=0)[0]
+    gap = fit_directions(pos, neg, estimator="logistic", C=0.5, scale="gap", seed=0)[0]
+    z, y, sigma = standardize((pos - neg)[:, 0])
+    w = LogisticRegression(C=0.5, fit_intercept=False, max_iter=5000).fit(z, y).coef_[0] / sigma
+    np.testing.assert_allclose(coef, w, rtol=1e-4)           # the activation-scale vector
+    assert cosine(coef, unit) > 0.99999 and cosine(coef, gap) > 0.99999
+    assert np.linalg.norm(unit) == pytest.approx(1.0, rel=1e-5)
+    assert not np.isclose(np.linalg.norm(coef), 1.0)
+    with pytest.raises(ValueError, match="scale"):
+        fit_directions(pos, neg, scale="norm")
+
+
+def test_vector_norms_per_layer():
+    a = np.array([[3.0, 4.0], [0.0, 0.0]])
+    b = np.array([[1.0, 0.0], [0.0, 2.0]])
+    t = vector_norms({"expectations_ooc": (a, {"kind": "fitted", "of": "expectations_ooc",
+                                               "scale": "coef"}),
+                      "random_expectations_ooc_1": (b, {"kind": "random",
+                                                        "of": "expectations_ooc"})})
+    assert t["vector"].to_list() == ["expectations_ooc"] * 2 + ["random_expectations_ooc_1"] * 2
+    assert t["layer"].to_list() == [0, 1, 0, 1]
+    assert t["norm"].to_list() == pytest.approx([5.0, 0.0, 1.0, 2.0])
+    assert t["scale"].to_list()[:2] == ["coef", "coef"] and t["scale"][2] is None
 
 
 def test_ridge_and_mean_diff_recover_it_too():

@@ -388,6 +388,11 @@ def all_vector_files(model):
     return fitted + randoms
 
 
+def vector_norm_tables():
+    """Per-layer vector norms of every steered model (every steering figure's caption)."""
+    return expand(f"{RESULTS}/vectors/{{model}}/norms.parquet", model=STEER.models)
+
+
 def all_diagnostics(model):
     return [f.replace(".safetensors", ".diagnostics.parquet") for f in all_vector_files(model)]
 
@@ -413,7 +418,8 @@ def steering_outputs():
     """Every steering table the `all` target asks for (figures come through figure_files)."""
     out = steering_summaries() + raw_summaries()
     for m in STEER.models:
-        out += all_diagnostics(m) + [f"{RESULTS}/vectors/{m}/layers.parquet"]
+        out += all_diagnostics(m) + [f"{RESULTS}/vectors/{m}/layers.parquet",
+                                     f"{RESULTS}/vectors/{m}/norms.parquet"]
         out += [f"{RESULTS}/pairs/{m}/{ps}.parquet" for ps in STEER.pairsets()]
     return out
 

@@ -126,6 +126,23 @@ rule random_vectors:
         "../scripts/run.py"
 
 
+rule vector_norms:
+    input:
+        vectors=lambda wc: all_vector_files(wc.model),
+        layers=f"{RESULTS}/vectors/{{model}}/layers.parquet",
+        code=code_inputs("vector_norms"),
+    output:
+        f"{RESULTS}/vectors/{{model}}/norms.parquet",
+    log:
+        log_path("vector_norms", "{model}"),
+    benchmark:
+        bench_path("vector_norms", "{model}")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/run.py"
+
+
 rule steering_layers:
     input:
         diagnostics=layer_diagnostics,
@@ -291,6 +308,7 @@ for _name in STEER.figures(SDF.models):
             f"figure_{_name}"
         input:
             tables=steering_figure_inputs(_name),
+            norms=vector_norm_tables(),
             code=code_inputs(f"figure_{_name}"),
         output:
             report(expand(f"{RESULTS}/figures/{_name}.{{ext}}", ext=FIGURE_FORMATS),

@@ -14,8 +14,12 @@ def _draw(module: ModuleType, snakemake: Any) -> None:
     """Draw ``module.<params.kind>`` from the concatenated input tables."""
     draw = getattr(module, snakemake.params.kind)
     files = [*snakemake.input.tables, *snakemake.input.get("more", [])]
+    extra = {}
+    if hasattr(snakemake.input, "norms"):  # steering figures: vector norms for the caption
+        norms = list(snakemake.input.norms)
+        extra["norms"] = read_all(norms) if norms else None
     draw(read_all(files), snakemake.params.display_names, list(snakemake.output),
-         dpi=snakemake.params.dpi)
+         dpi=snakemake.params.dpi, **extra)
 
 
 def draw_baseline(snakemake: Any) -> None:

@@ -26,7 +26,7 @@ _BY_NAME = {
     "sdf": ("generate_documents", "sdf_dataset", "train_lora", "belief_check", "sdf_profile"),
     "profiles": ("prompt_profile", "calibration_select", "calibration", "profiles"),
     "steering": ("ooc_pairs", "ic_pairs", "activations", "fit_vectors", "random_vectors",
-                 "steering_layers", "judge_raw", "steering_summary", "raw_summary",
+                 "steering_layers", "vector_norms", "judge_raw", "steering_summary", "raw_summary",
                  "steering_profile", "token_cosines", "sdf_alignment"),
 }
 

@@ -237,6 +237,28 @@ def random_vectors(snakemake: Any) -> None:
                                                                 params=dict(p.items())))
 
 
+def vector_norms(snakemake: Any) -> None:
+    """Per-layer norm of every vector of a model (fitted and random controls), with the layers
+    it is steered at marked, so multipliers compare across concepts (``scale: coef`` vectors
+    have no common unit)."""
+    from motivation_profiles.core.provenance import read_table, write_table
+    from motivation_profiles.steering.vectors import load_vectors
+    from motivation_profiles.steering.vectors import vector_norms as norms_of
+
+    vectors = {}
+    for path in snakemake.input.vectors:
+        arr, meta = load_vectors(path)
+        vectors[meta.get("name") or Path(path).name.removesuffix(".safetensors")] = (arr, meta)
+    steered = read_table(snakemake.input.layers).filter("selected")["layer"].to_list()
+    table = norms_of(vectors).with_columns(
+        pl.col("layer").is_in(pl.Series(steered, dtype=pl.Int64).implode()).alias("steered"))
+    table = table.insert_column(0, pl.lit(snakemake.wildcards.model, dtype=pl.Utf8)
+                                .alias("model"))
+    log.info("norms at the steered layers:\n%s",
+             _text(table.filter("steered", pl.col("kind") == "fitted")))
+    write_table(table, snakemake.output[0], job_provenance(snakemake))
+
+
 def _layer_table(diag: pl.DataFrame, spec: dict[str, Any]) -> pl.DataFrame:
     """One row per layer: its mean ``spec["metric"]`` on ``spec["split"]`` over the tables in
     ``diag`` (NaN skipped; null where there is none), whether it is selected, and its rank by
