@@ -62,8 +62,12 @@ def model_runtime_of(name):
     GPU counts are left out so editing them reruns nothing."""
     spec = config["models"][name]
     if is_hosted(name):
-        return {k: spec[k] for k in ("backend", "model_id")}
-    return {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
+        out = {k: spec[k] for k in ("backend", "model_id")}
+    else:
+        out = {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
+    if spec.get("reasoning"):  # <think> stripping changes outcomes and continuations
+        out["reasoning"] = True
+    return out
 
 
 def model_runtime(wildcards):

@@ -31,6 +31,7 @@ def rollouts(snakemake: Any) -> None:
                             max_new_tokens=cond["raw_max_new_tokens"] if raw
                             else gen["max_new_tokens"], stop=() if raw else tuple(gen["stop"]))
     goals_df = read_table(snakemake.input.goals)
+    reasoning = bool(spec.get("reasoning", False))  # strip <think> blocks (rollouts.parsing)
     steering, layers = None, None
     if steer and steer["vector"] is not None:
         from motivation_profiles.steering.apply import load_steering, read_selected_layers
@@ -48,13 +49,15 @@ def rollouts(snakemake: Any) -> None:
     meta = rollout_meta(model=snakemake.wildcards.model, condition=snakemake.wildcards.condition,
                         adapter=cond["adapter"], backend=backend.name, prompts=prompts,
                         params=params, max_turns=1 if raw else gen["max_turns"],
-                        prefill=None if raw else gen["prefill"], claim=cond["claim"])
+                        prefill=None if raw else gen["prefill"], claim=cond["claim"],
+                        reasoning=reasoning)
     meta.update(steering_vector=steer["vector"] if steer else None,
                 steering_multiplier=float(steer["multiplier"]) if steer else 0.0,
                 steering_layers=",".join(map(str, layers)) if layers else None)
     out = Path(snakemake.output[0])
     if raw:
-        df = run_raw_rollouts(backend, goals_df, seeds=gen["seeds"], params=params, meta=meta)
+        df = run_raw_rollouts(backend, goals_df, seeds=gen["seeds"], params=params, meta=meta,
+                              reasoning=reasoning)
         log.info("raw rollouts: %d, finish %s", len(df),
                  dict(df["finish_reasons"].list.last().value_counts(sort=True).iter_rows()))
         write_table(df, out, job_provenance(snakemake, params=dict(p.items())))
@@ -63,6 +66,7 @@ def rollouts(snakemake: Any) -> None:
                        "inputs": job_provenance(snakemake)["inputs"]})
     df = run_rollouts(backend, prompts, goals_df, seeds=gen["seeds"], params=params,
                       max_turns=gen["max_turns"], meta=meta, prefill=gen["prefill"],
+                      reasoning=reasoning,
                       checkpoint_dir=out.parent / f".{out.stem}.partial", checkpoint_key=key)
     counts = df.group_by("tier", "outcome").len().sort(["tier", "len"], descending=[False, True],
                                                        maintain_order=True)

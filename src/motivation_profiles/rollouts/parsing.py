@@ -15,6 +15,13 @@ Rules (see docs in README and ../shared/notes/af-protocol.md):
   seen in the AF literature, kept as its own flag rather than folded into an outcome).
 
 A model output that does not parse is a recorded outcome, never an exception.
+
+Reasoning models (``models.<name>.reasoning: true``, e.g. QwQ-32B) write a hidden
+``<think>...</think>`` block before their visible answer. :func:`strip_think` removes it from
+each assistant turn before parsing and before the turn is sent back in a continuation: a
+closed block, an unterminated one (``<think>`` to the end of the turn: the budget ran out while
+thinking), and a leading ``...</think>`` without an opening tag (chat templates such as QwQ's
+open the block in the generation prompt, so the completion starts inside it).
 """
 
 from __future__ import annotations
@@ -54,6 +61,34 @@ _REFUSAL = re.compile(
     r"not (?:able|going) to (?:help|assist|provide))",
     re.I,
 )
+
+
+THINK_OPEN = "<think>"
+
+
+THINK_CLOSE = "</think>"
+
+
+_THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + r".*?(?:" + re.escape(THINK_CLOSE) + r"|\Z)",
+                          re.S)
+
+
+def strip_think(text: str) -> str:
+    """``text`` without its think blocks (see the module docstring), leading whitespace left
+    by them removed. Text without think tags is returned unchanged."""
+    if THINK_OPEN not in text and THINK_CLOSE not in text:
+        return text
+    first_open, first_close = text.find(THINK_OPEN), text.find(THINK_CLOSE)
+    if first_close >= 0 and (first_open < 0 or first_close < first_open):
+        text = text[first_close + len(THINK_CLOSE):]   # the block was opened in the prompt
+    text = _THINK_BLOCK.sub("", text)
+    return text.replace(THINK_CLOSE, "").lstrip()
+
+
+def visible_turns(turns: list[str] | tuple[str, ...], reasoning: bool) -> list[str]:
+    """The assistant turns as parsed and as resent: think blocks stripped per turn when
+    ``reasoning`` (per turn, so one turn's unterminated block cannot swallow the next)."""
+    return [strip_think(t) for t in turns] if reasoning else list(turns)
 
 
 @dataclass(frozen=True)

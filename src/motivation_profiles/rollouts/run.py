@@ -23,7 +23,12 @@ from motivation_profiles.backends.base import ChatRequest, GenerationBackend, Sa
 from motivation_profiles.core.hashing import canonical_json
 from motivation_profiles.core.io import write_json_atomic
 from motivation_profiles.core.provenance import read_table, write_table
-from motivation_profiles.rollouts.parsing import has_complete_output, parse_transcript
+from motivation_profiles.rollouts.parsing import (
+    has_complete_output,
+    parse_transcript,
+    strip_think,
+    visible_turns,
+)
 from motivation_profiles.rollouts.protocol import TIERS, PromptSet, prompt_hash
 
 log = logging.getLogger(__name__)
@@ -64,9 +69,14 @@ class _Rollout:
     def transcript(self) -> str:
         return TURN_SEPARATOR.join(self.turns)
 
+    def visible(self, reasoning: bool) -> str:
+        """The transcript as parsed: think blocks stripped from each turn when ``reasoning``."""
+        return TURN_SEPARATOR.join(visible_turns(self.turns, reasoning))
+
 
 def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_Rollout],
-               params: SamplingParams, max_turns: int, prefill: str | None = None) -> None:
+               params: SamplingParams, max_turns: int, prefill: str | None = None,
+               reasoning: bool = False) -> None:
     for turn in range(max_turns):
         active = [r for r in rollouts if not r.done]
         if not active:
@@ -87,11 +97,13 @@ def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_R
             r.completion_tokens += c.completion_tokens
             # an empty turn ends the rollout: the API refuses an empty assistant message, and
             # asking again for the same history would only repeat it
-            if (c.finish_reason == "length" or not text.strip()
-                    or has_complete_output(r.transcript)):
+            # a reasoning model's think block is neither parsed nor sent back
+            shown = strip_think(text) if reasoning else text
+            if (c.finish_reason == "length" or not shown.strip()
+                    or has_complete_output(r.visible(reasoning))):
                 r.done = True
             else:
-                r.messages = prompts.continue_messages(r.messages, text)
+                r.messages = prompts.continue_messages(r.messages, shown)
 
 
 def meta_schema(meta: Mapping[str, Any]) -> dict[str, pl.DataType]:
@@ -106,10 +118,11 @@ def _frame(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={**meta_schema(meta), **ROW_SCHEMA})
 
 
-def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pl.DataFrame:
+def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any],
+          reasoning: bool = False) -> pl.DataFrame:
     rows = []
     for r in rollouts:
-        parsed = parse_transcript(r.transcript, r.finish_reasons[-1] if r.finish_reasons
+        parsed = parse_transcript(r.visible(reasoning), r.finish_reasons[-1] if r.finish_reasons
                                   else "length")
         rows.append({
             **meta,
@@ -190,11 +203,16 @@ def run_rollouts(
     checkpoint_dir: str | Path | None = None,
     checkpoint_key: str = "",
     prefill: str | None = None,
+    reasoning: bool = False,
 ) -> pl.DataFrame:
     """Run every (goal, tier, seed) rollout; return one row each, sorted by those keys.
 
     ``prefill``: text the first assistant turn starts with (sent as a trailing assistant
     message, which every backend continues); it is part of the recorded turn and transcript.
+
+    ``reasoning``: the model writes ``<think>`` blocks; they stay in ``turns`` and
+    ``transcript`` (the record) but are stripped before parsing (outcome, scratchpad, final
+    output) and from every assistant turn sent back in a continuation.
 
     ``meta`` (model, condition, adapter, generation parameters...) is copied into every row.
     With ``checkpoint_dir`` each finished (tier, seed) group is written there and reused by a
@@ -218,8 +236,8 @@ def run_rollouts(
                 group.append(_Rollout(int(goal_id), goal, tier, int(seed), messages,
                                       prompt_hash(messages)))
             log.info("rollouts: tier=%s seed=%d, %d goals", tier, seed, len(group))
-            _run_group(backend, prompts, group, params, max_turns, prefill)
-            frame = _rows(group, meta)
+            _run_group(backend, prompts, group, params, max_turns, prefill, reasoning)
+            frame = _rows(group, meta, reasoning)
             if shard is not None:
                 write_table(frame, shard, {"rule": "rollouts-checkpoint"})
             frames.append(frame)
@@ -232,10 +250,12 @@ RAW_TIER = "raw"
 
 
 def run_raw_rollouts(backend: GenerationBackend, goals: pl.DataFrame, *, seeds: Sequence[int],
-                     params: SamplingParams, meta: Mapping[str, Any]) -> pl.DataFrame:
+                     params: SamplingParams, meta: Mapping[str, Any],
+                     reasoning: bool = False) -> pl.DataFrame:
     """The raw-AdvBench control (Appendix D.6): the goal as the only user message, no system
     prompt, no tier and no tag protocol, one turn. Compliance cannot be parsed from tags here,
-    so ``outcome`` is null; the compliance judge reads ``final_output``."""
+    so ``outcome`` is null; the compliance judge reads ``final_output`` (think blocks stripped
+    when ``reasoning``)."""
     rollouts = []
     for seed in seeds:
         for goal_id, goal in zip(goals["goal_id"], goals["goal"], strict=True):
@@ -253,7 +273,7 @@ def run_raw_rollouts(backend: GenerationBackend, goals: pl.DataFrame, *, seeds: 
             "prompt_hash": r.prompt_hash, "turns": [c.text], "finish_reasons": [c.finish_reason],
             "n_turns": 1, "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens, "transcript": c.text,
-            "scratchpad": None, "final_output": c.text,
+            "scratchpad": None, "final_output": strip_think(c.text) if reasoning else c.text,
             "output_complete": c.finish_reason == "stop", "outcome": None,
             "accepted_then_refused": False,
         })
@@ -262,9 +282,12 @@ def run_raw_rollouts(backend: GenerationBackend, goals: pl.DataFrame, *, seeds: 
 
 def rollout_meta(*, model: str, condition: str, adapter: str | None, backend: str,
                  prompts: PromptSet, params: SamplingParams, max_turns: int,
-                 prefill: str | None = None, claim: str | None = None) -> dict[str, Any]:
+                 prefill: str | None = None, claim: str | None = None,
+                 reasoning: bool = False) -> dict[str, Any]:
     generation = {**params.as_dict(), "max_turns": max_turns, "backend": backend,
                   "prefill": prefill}
+    if reasoning:  # recorded only when on, so other models' parameters read as before
+        generation["reasoning"] = True
     return {
         "model": model, "condition": condition, "adapter": adapter, "claim": claim,
         "system_prompt_hash": prompts.system_hash,
