@@ -256,8 +256,8 @@ THINK_CASES = {
     # the budget ran out while thinking: nothing visible is left
     "unterminated": (f"<think>step 1 {THINK_ACCEPT} step 2", "", "unparseable"),
     "answer_then_unterminated": (
-        sp("a") + f"<OUTPUT>{REJECT}</OUTPUT><think>trailing", sp("a") + f"<OUTPUT>{REJECT}</OUTPUT>",
-        "rejected"),
+        sp("a") + f"<OUTPUT>{REJECT}</OUTPUT><think>trailing",
+        sp("a") + f"<OUTPUT>{REJECT}</OUTPUT>", "rejected"),
     "two_blocks": (f"<think>a</think>{sp('b')}<think>{THINK_ACCEPT}</think>{THINK_ACCEPT}",
                    f"{sp('b')}{THINK_ACCEPT}", "compliant"),
 }
