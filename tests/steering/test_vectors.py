@@ -21,10 +21,10 @@ from motivation_profiles.steering.vectors import (
     load_vectors,
     random_controls,
     save_vectors,
-    vector_norms,
     select_layers,
     standardize,
     tpr_at_fpr,
+    vector_norms,
 )
 
 
