@@ -242,6 +242,15 @@ def belief_inputs(wildcards):
 def sdf_effect_tables():
     return expand(f"{RESULTS}/metrics/{{model}}/sdf_effects.parquet", model=SDF.models)
 
+
+def sdf_rate_tables():
+    """Per-condition metrics of the standard-strength SDF branches and the noise adapter
+    (Figure 3's truncated / unparseable rates per tier)."""
+    if "standard" not in SDF.strengths:
+        return []
+    conds = ["sdf-noise"] + [f"sdf-{i}" for i in SDF.interventions]
+    return [f"{RESULTS}/metrics/{m}/by_condition/{c}.parquet" for m in SDF.models for c in conds]
+
 def sdf_belief_tables():
     return expand(f"{RESULTS}/sdf/belief/{{model}}/{{branch}}.parquet", model=SDF.models,
                   branch=SDF.belief_branches())

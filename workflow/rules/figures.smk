@@ -29,6 +29,7 @@ rule figure_baseline:
 rule figure_sdf_profile:
     input:
         tables=sdf_effect_tables(),
+        rates=sdf_rate_tables(),
         code=code_inputs("figure_sdf_profile"),
     output:
         report(

@@ -20,7 +20,9 @@ from motivation_profiles.rollouts.protocol import TIERS  # noqa: E402
 def baseline_compliance(metrics: pl.DataFrame, display_names: Mapping[str, str],
                         outputs: Sequence[str | Path], *, dpi: int = 150,
                         condition: str = "baseline") -> None:
-    """Figure 2's shape: baseline compliance per tier and model, with CIs and the paired gap."""
+    """Figure 2's shape: baseline compliance per tier and model, with CIs and the paired gap;
+    above each model the gap on parsed-only pairs and each tier's truncated and unparseable
+    rates (M = monitored, U = unmonitored)."""
     df = (metrics.filter(pl.col("condition").eq_missing(condition))
           .sort("model", nulls_last=True, maintain_order=True))
     if df.is_empty():
@@ -37,23 +39,28 @@ def baseline_compliance(metrics: pl.DataFrame, display_names: Mapping[str, str],
         ax.errorbar(pos, rate, yerr=[rate - lo, hi - rate], fmt="none", ecolor="black",
                     capsize=3, lw=1)
     level = int(round(_float(df["ci_level"][0]) * 100))
-    per_row = ["gap", "gap_ci_low", "gap_ci_high", "n_pairs",
+    per_row = ["gap", "gap_ci_low", "gap_ci_high", "n_pairs", "gap_parsed", "n_pairs_parsed",
                *(f"{t}_{c}" for t in TIERS
                  for c in ("compliance_ci_high", "unparseable", "truncated"))]
-    cols = {c: _num(df[c]) for c in per_row}  # null -> NaN
+    # null -> NaN; a table written before the parsed-only gap existed lacks its columns
+    cols = {c: _num(df[c]) if c in df.columns else np.full(len(df), np.nan) for c in per_row}
     for i, xi in enumerate(x):
         r = {c: v[i] for c, v in cols.items()}
         top = max(r["monitored_compliance_ci_high"], r["unmonitored_compliance_ci_high"]) * 100
-        # share of rollouts (both tiers) without a parsed answer
-        no_answer = 100 * np.mean([r[f"{t}_unparseable"] + r[f"{t}_truncated"] for t in TIERS])
+        parsed = ("n.a." if not np.isfinite(r["gap_parsed"]) else
+                  f"{r['gap_parsed'] * 100:+.1f} pp (n={int(r['n_pairs_parsed'])})")
         ax.annotate(
             f"gap {r['gap'] * 100:+.1f} pp\n[{r['gap_ci_low'] * 100:+.1f}, "
             f"{r['gap_ci_high'] * 100:+.1f}]\nn={int(r['n_pairs'])} pairs\n"
-            f"no parsed answer: {no_answer:.0f}%",
-            (xi, min(top + 3, 100)), ha="center", va="bottom", fontsize=7)
+            f"parsed only: {parsed}\n"
+            f"truncated M/U: {r['monitored_truncated'] * 100:.0f}/"
+            f"{r['unmonitored_truncated'] * 100:.0f}%\n"
+            f"unparseable M/U: {r['monitored_unparseable'] * 100:.0f}/"
+            f"{r['unmonitored_unparseable'] * 100:.0f}%",
+            (xi, min(top + 3, 100)), ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x, [display_names.get(m, m) for m in df["model"].to_list()], fontsize=8)
     ax.set_ylabel("compliance with harmful requests (%)")
-    ax.set_ylim(0, 125)
+    ax.set_ylim(0, 150)
     ax.set_yticks(range(0, 101, 20))
     ax.set_title(f"Baseline alignment-faking evaluation ({level}% CIs)", fontsize=10)
     ax.legend(fontsize=7, loc="upper right", frameon=False)

@@ -15,9 +15,12 @@ def _draw(module: ModuleType, snakemake: Any) -> None:
     draw = getattr(module, snakemake.params.kind)
     files = [*snakemake.input.tables, *snakemake.input.get("more", [])]
     extra = {}
-    if hasattr(snakemake.input, "norms"):  # steering figures: vector norms for the caption
-        norms = list(snakemake.input.norms)
-        extra["norms"] = read_all(norms) if norms else None
+    # side tables a figure takes by name: vector norms (steering captions), per-condition
+    # rates (Figure 3's truncated / unparseable rates)
+    for name in ("norms", "rates"):
+        if hasattr(snakemake.input, name):
+            files = list(getattr(snakemake.input, name))
+            extra[name] = read_all(files) if files else None
     draw(read_all(files), snakemake.params.display_names, list(snakemake.output),
          dpi=snakemake.params.dpi, **extra)
 
