@@ -52,9 +52,8 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str],
         except ClaimError as exc:
             problems.append(f"config key 'prompt_interventions.claims_dir': {exc}")
     if cal["enabled"] and config["sdf"]["enabled"]:
-        from motivation_profiles.sdf.plan import SDFPlan
-
         from motivation_profiles.prompts.plan import DIRECT_DEFAULT, direct_variants
+        from motivation_profiles.sdf.plan import SDFPlan
 
         branches = SDFPlan.from_config(config).branches()
         for c in cal["candidates"] or []:
