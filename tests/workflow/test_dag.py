@@ -49,7 +49,7 @@ def test_paper_config_dry_run_without_network(tmp_path):
         "prompt_profile": 5, "calibration_select": 4, "calibration": 4, "profiles": 1,
         "figure_baseline": 1, "figure_sdf_profile": 1, "figure_profile_plane": 1,
         "figure_prompt_strength_ablation": 1, "figure_prompt_calibration": 1,
-        "figure_judge_scores": 1, "all": 1,
+        "figure_calibration_signal": 1, "figure_judge_scores": 1, "all": 1,
         "ooc_pairs": 6, "ic_pairs": 2, "activations": 8, "fit_vectors": 4,
         "random_vectors": 20, "steering_layers": 1, "vector_norms": 1, "judge_raw": 9,
         "steering_summary": 1,

@@ -315,6 +315,12 @@ def prompt_effect_tables():
     return expand(f"{RESULTS}/metrics/{{model}}/prompt_effects.parquet", model=PROMPT.models)
 
 
+def calibration_selection_tables():
+    """The Appendix C.1 selection tables (Figure 8), one per calibrated model."""
+    return expand(f"{RESULTS}/calibration/{{model}}/selection.parquet",
+                  model=PROMPT.calibration_models)
+
+
 def calibration_tables():
     return expand(f"{RESULTS}/calibration/{{model}}/calibration.parquet",
                   model=PROMPT.calibration_models)

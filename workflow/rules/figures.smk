@@ -169,6 +169,26 @@ rule figure_prompt_calibration:
         "../scripts/run.py"
 
 
+rule figure_calibration_signal:
+    input:
+        tables=calibration_selection_tables(),
+        code=code_inputs("figure_calibration_signal"),
+    output:
+        report(expand(f"{RESULTS}/figures/calibration_signal.{{ext}}", ext=FIGURE_FORMATS),
+               caption="../report/calibration_signal.rst", category="Profiles"),
+    params:
+        kind="calibration_signal",
+        **FIGURE_PARAMS,
+    log:
+        log_path("figure_calibration_signal"),
+    benchmark:
+        bench_path("figure_calibration_signal")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/run.py"
+
+
 rule figure_judge_scores:
     input:
         tables=judge_tables(steer=False),

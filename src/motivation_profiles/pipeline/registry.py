@@ -35,7 +35,7 @@ FIGURE_MODULES = {
     "baseline_compliance": "baseline",
     "sdf_profile": "sdf", "sdf_strength_sweep": "sdf", "sdf_role_play": "sdf",
     "profile_plane": "profiles", "prompt_strength_ablation": "profiles",
-    "prompt_calibration": "profiles",
+    "prompt_calibration": "profiles", "calibration_signal": "profiles",
     "judge_scores": "judge",
     "steering_diagnostics": "steering", "steering_ooc": "steering", "steering_ic": "steering",
     "steering_random": "steering", "steering_raw": "steering",

@@ -150,5 +150,5 @@ class PromptPlan:
         if len(self.strengths) < 2:
             names.remove("prompt_strength_ablation")
         if self.calibration_models:
-            names.append("prompt_calibration")
+            names += ["prompt_calibration", "calibration_signal"]
         return names
