@@ -19,8 +19,8 @@ def _draw(module: ModuleType, snakemake: Any) -> None:
     # rates (Figure 3's truncated / unparseable rates)
     for name in ("norms", "rates"):
         if hasattr(snakemake.input, name):
-            files = list(getattr(snakemake.input, name))
-            extra[name] = read_all(files) if files else None
+            side = list(getattr(snakemake.input, name))
+            extra[name] = read_all(side) if side else None
     draw(read_all(files), snakemake.params.display_names, list(snakemake.output),
          dpi=snakemake.params.dpi, **extra)
 
