@@ -25,6 +25,7 @@ TINY_SPEC = {
     "batch_size": 4,
     "max_model_len": 2048,
     "params_b": 0.001,
+    "organism": "train",
 }
 
 
@@ -56,6 +57,8 @@ def absolutize(config: dict) -> dict:
     """Point the config's resource paths at this checkout, so a workflow can run in a tmp dir."""
     cfg = copy.deepcopy(config)
     for key in ("system", "user_template"):
+        if key == "system" and cfg["prompts"].get("system_source") is not None:
+            continue  # downloaded by rule system_prompt into the run's directory
         cfg["prompts"][key] = str(REPO / cfg["prompts"][key])
     if cfg["goals"]["path"]:
         cfg["goals"]["path"] = str(REPO / cfg["goals"]["path"])
