@@ -162,3 +162,26 @@ def job_counts(output: str) -> dict[str, int]:
         if parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def dry_run_jobs(output: str) -> list[dict]:
+    """The jobs of a dry run's output (``snakemake -n``): one dict per job with ``rule``,
+    ``input`` and ``output`` (lists of paths) and ``wildcards`` (dict)."""
+    import re
+
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \S+:\n)", "\n" + output):
+        head = re.match(r"(?:local)?(?:rule|checkpoint) (\S+):\n", block)
+        if head is None:
+            continue
+        job = {"rule": head.group(1), "input": [], "output": [], "wildcards": {}}
+        for line in block.splitlines()[1:]:
+            key, _, value = line.strip().partition(": ")
+            if key in ("input", "output"):
+                job[key] = [v.strip() for v in value.split(", ") if v.strip()]
+            elif key == "wildcards":
+                job["wildcards"] = dict(kv.split("=", 1) for kv in value.split(", "))
+            elif not line.startswith("    "):
+                break
+        jobs.append(job)
+    return jobs
