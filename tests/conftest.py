@@ -77,8 +77,9 @@ def absolutize(config: dict) -> dict:
 
 def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = False,
                 absolute: bool = True, **rollout_overrides) -> dict:
-    """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF stages
-    (tests of other stages stay fast); ``sdf=True`` keeps them with the tiny model as the
+    """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF arm
+    (tests of other stages stay fast; the model organism, organism: train, is still trained,
+    with the same tiny document and dataset sizes); ``sdf=True`` keeps them with the tiny model as the
     document generator and two interventions. ``prompt=True`` adds the prompt interventions
     (A1 and B1 pairs at the standard strength, plus calibration when SDF is on).
     ``steering=True`` keeps the steering stage with small OOC splits, one random control and
@@ -97,11 +98,12 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
     if sdf:
         cfg["sdf"]["interventions"] = (["A1_amp", "A1_sup", "B1_amp", "B1_sup"] if prompt
                                        else ["A1_amp", "B1_amp"])
-        cfg["sdf"]["generator"].update(n_doc_types=2, ideas_per_type=1, docs_per_idea=2,
-                                       max_tokens={"types": 24, "ideas": 24, "document": 48,
-                                                   "revision": 48})
-        cfg["sdf"]["filters"]["min_chars"] = 1
-        cfg["sdf"]["dataset"]["max_seq_len"] = 64
+    # the organism (organism: train) is trained whether or not the SDF arm is on
+    cfg["sdf"]["generator"].update(n_doc_types=2, ideas_per_type=1, docs_per_idea=2,
+                                   max_tokens={"types": 24, "ideas": 24, "document": 48,
+                                               "revision": 48})
+    cfg["sdf"]["filters"]["min_chars"] = 1
+    cfg["sdf"]["dataset"]["max_seq_len"] = 64
     cfg["goals"]["n"] = 3
     cfg["rollouts"].update({"seeds": [0, 1], "max_new_tokens": 8, "max_turns": 2})
     cfg["rollouts"].update(rollout_overrides)
