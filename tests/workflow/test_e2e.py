@@ -77,10 +77,11 @@ def test_tiny_end_to_end(tmp_path):
         "rollouts": 2, "metrics": 2, "metrics_table": 1, "figure_baseline": 1, "judge": 2,
         "figure_judge_scores": 1, "all": 1}
 
-    # settings that cannot change results (display name) rerun nothing
-    renamed = tiny_config()
-    renamed["models"]["tiny"]["display_name"] = "another name"
-    same = run_snakemake(tmp_path, renamed, "-n")
+    # settings that cannot change results (the size that sizes cluster jobs) rerun nothing;
+    # the GPU count now can: it sets the organism's training processes
+    resized = tiny_config()
+    resized["models"]["tiny"]["params_b"] = 7
+    same = run_snakemake(tmp_path, resized, "-n")
     assert "Nothing to be done" in same.stdout + same.stderr
 
     # a changed organism (the trained one, now given as a released adapter) reruns exactly
