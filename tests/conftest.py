@@ -79,8 +79,8 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
                 absolute: bool = True, **rollout_overrides) -> dict:
     """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF arm
     (tests of other stages stay fast; the model organism, organism: train, is still trained,
-    with the same tiny document and dataset sizes); ``sdf=True`` keeps them with the tiny model as the
-    document generator and two interventions. ``prompt=True`` adds the prompt interventions
+    with the same tiny document and dataset sizes); ``sdf=True`` keeps it with the tiny model
+    as the document generator and two interventions. ``prompt=True`` adds the prompt interventions
     (A1 and B1 pairs at the standard strength, plus calibration when SDF is on).
     ``steering=True`` keeps the steering stage with small OOC splits, one random control and
     IC pairs from every judged condition. The tiny model is the judge (one sample).

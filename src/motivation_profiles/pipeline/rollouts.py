@@ -19,7 +19,6 @@ def rollouts(snakemake: Any) -> None:
     from motivation_profiles.core.provenance import read_table, write_table
     from motivation_profiles.rollouts.protocol import PromptSet
     from motivation_profiles.rollouts.run import rollout_meta, run_raw_rollouts, run_rollouts
-
     from motivation_profiles.rollouts.system_prompt import stand_in_note
 
     p = snakemake.params
