@@ -117,7 +117,7 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
     st["ic"].update(n_train=2, n_validation=2, high=1, low=0.5)
     st["fitting"].update(min_pairs=2, folds=2)
     st["layers"].update(k=1)
-    st["raw"].update(max_new_tokens=8)
+    st["raw"].update(max_new_tokens=8, seeds=[0])
     st["heatmap"].update(transcripts=1, max_tokens=12)
     st["sdf_alignment"]["bootstrap_samples"] = 50
     return absolutize(cfg) if absolute else cfg

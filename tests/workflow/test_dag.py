@@ -77,6 +77,8 @@ def test_paper_config_dry_run_without_network(tmp_path):
         "figure_sdf_steering_alignment": 1,
     }
     assert "results/rollouts/llama-3.1-70b/steer-random_consequences_ic_5-x-8.parquet" in out
+    # D.6: the raw-AdvBench control samples each of the 520 goals once
+    assert cfg["steering"]["raw"]["seeds"] == [0] and cfg["goals"]["n"] is None
     assert "results/activations/llama-3.1-70b/ooc_expectations_keyword_hard" in out
     for model in ("llama-3.1-70b", "llama-3.1-405b", "qwen-2.5-72b", "qwq-32b"):
         assert f"results/rollouts/{model}/baseline.parquet" in out

@@ -125,6 +125,7 @@ def test_tiny_steering_end_to_end(tmp_path):
         assert set(table["adapter"]) == {"af_organism"}
     assert "results/lora/tiny/af_organism" in read_provenance(act / "index.parquet")["inputs"]
     assert set(raw["tier"]) == {"raw"}
+    assert len(raw) == 3 and set(raw["seed"]) == {0}  # steering.raw.seeds: one per goal
     assert len(pd.read_parquet(res / "judge/tiny/raw-baseline.parquet")) == len(raw)
     summary = pd.read_parquet(res / "steering/tiny/summary.parquet")
     assert {"expectations_ooc", random_name("consequences", "ooc", 1)} <= set(summary["vector"])
