@@ -25,6 +25,7 @@ TINY_SPEC = {
     "batch_size": 4,
     "max_model_len": 2048,
     "params_b": 0.001,
+    "organism": "train",
 }
 
 
@@ -56,6 +57,8 @@ def absolutize(config: dict) -> dict:
     """Point the config's resource paths at this checkout, so a workflow can run in a tmp dir."""
     cfg = copy.deepcopy(config)
     for key in ("system", "user_template"):
+        if key == "system" and cfg["prompts"].get("system_source") is not None:
+            continue  # downloaded by rule system_prompt into the run's directory
         cfg["prompts"][key] = str(REPO / cfg["prompts"][key])
     if cfg["goals"]["path"]:
         cfg["goals"]["path"] = str(REPO / cfg["goals"]["path"])
@@ -74,9 +77,10 @@ def absolutize(config: dict) -> dict:
 
 def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = False,
                 absolute: bool = True, **rollout_overrides) -> dict:
-    """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF stages
-    (tests of other stages stay fast); ``sdf=True`` keeps them with the tiny model as the
-    document generator and two interventions. ``prompt=True`` adds the prompt interventions
+    """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF arm
+    (tests of other stages stay fast; the model organism, organism: train, is still trained,
+    with the same tiny document and dataset sizes); ``sdf=True`` keeps it with the tiny model
+    as the document generator and two interventions. ``prompt=True`` adds the prompt interventions
     (A1 and B1 pairs at the standard strength, plus calibration when SDF is on).
     ``steering=True`` keeps the steering stage with small OOC splits, one random control and
     IC pairs from every judged condition. The tiny model is the judge (one sample).
@@ -94,11 +98,12 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
     if sdf:
         cfg["sdf"]["interventions"] = (["A1_amp", "A1_sup", "B1_amp", "B1_sup"] if prompt
                                        else ["A1_amp", "B1_amp"])
-        cfg["sdf"]["generator"].update(n_doc_types=2, ideas_per_type=1, docs_per_idea=2,
-                                       max_tokens={"types": 24, "ideas": 24, "document": 48,
-                                                   "revision": 48})
-        cfg["sdf"]["filters"]["min_chars"] = 1
-        cfg["sdf"]["dataset"]["max_seq_len"] = 64
+    # the organism (organism: train) is trained whether or not the SDF arm is on
+    cfg["sdf"]["generator"].update(n_doc_types=2, ideas_per_type=1, docs_per_idea=2,
+                                   max_tokens={"types": 24, "ideas": 24, "document": 48,
+                                               "revision": 48})
+    cfg["sdf"]["filters"]["min_chars"] = 1
+    cfg["sdf"]["dataset"]["max_seq_len"] = 64
     cfg["goals"]["n"] = 3
     cfg["rollouts"].update({"seeds": [0, 1], "max_new_tokens": 8, "max_turns": 2})
     cfg["rollouts"].update(rollout_overrides)
@@ -112,7 +117,7 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
     st["ic"].update(n_train=2, n_validation=2, high=1, low=0.5)
     st["fitting"].update(min_pairs=2, folds=2)
     st["layers"].update(k=1)
-    st["raw"].update(max_new_tokens=8)
+    st["raw"].update(max_new_tokens=8, seeds=[0])
     st["heatmap"].update(transcripts=1, max_tokens=12)
     st["sdf_alignment"]["bootstrap_samples"] = 50
     return absolutize(cfg) if absolute else cfg
@@ -159,3 +164,26 @@ def job_counts(output: str) -> dict[str, int]:
         if parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def dry_run_jobs(output: str) -> list[dict]:
+    """The jobs of a dry run's output (``snakemake -n``): one dict per job with ``rule``,
+    ``input`` and ``output`` (lists of paths) and ``wildcards`` (dict)."""
+    import re
+
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \S+:\n)", "\n" + output):
+        head = re.match(r"(?:local)?(?:rule|checkpoint) (\S+):\n", block)
+        if head is None:
+            continue
+        job = {"rule": head.group(1), "input": [], "output": [], "wildcards": {}}
+        for line in block.splitlines()[1:]:
+            key, _, value = line.strip().partition(": ")
+            if key in ("input", "output"):
+                job[key] = [v.strip() for v in value.split(", ") if v.strip()]
+            elif key == "wildcards":
+                job["wildcards"] = dict(kv.split("=", 1) for kv in value.split(", "))
+            elif not line.startswith("    "):
+                break
+        jobs.append(job)
+    return jobs

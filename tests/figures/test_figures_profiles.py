@@ -455,3 +455,27 @@ def test_prompt_calibration_share_is_on_the_recovery_signal(tmp_path):
     # the profile plane (top) stays on the gap's S_A / S_B
     assert ratio_share["B1_amp"]["S_B"] == pytest.approx(gap_share["B1_amp"]["S_B"])
     _draw(profile_figures.prompt_calibration, both, tmp_path)
+def test_baseline_compliance_shows_instruct_beside_organism(tmp_path, monkeypatch):
+    """Figure 2: a screened model has two bar groups, its instruct model then its organism;
+    a model with no organism is labelled instruct; a hosted model (not in ``organisms``) keeps
+    its plain name."""
+    from motivation_profiles.figures import baseline
+
+    shown = {}
+
+    def capture(fig, outputs, dpi):
+        ax = fig.axes[0]
+        shown["labels"] = [t.get_text() for t in ax.get_xticklabels()]
+        shown["bars"] = len(ax.patches)
+
+    monkeypatch.setattr(baseline, "save", capture)
+    t = {"monitored_truncated": 0.0, "unmonitored_truncated": 0.0}
+    rows = [baseline_metrics("m1", **t),
+            {**baseline_metrics("m1", **t), "condition": "baseline-instruct"},
+            baseline_metrics("m2", **t), baseline_metrics("m3", **t)]
+    names = {**NAMES, "m3": "Three"}
+    baseline.baseline_compliance(pl.DataFrame(rows), names, [tmp_path / "b.png"],
+                                 organisms={"m1": "af_organism", "m3": None})
+    assert shown["labels"] == ["Model One\ninstruct", "Model One\norganism",
+                               "Model Two (closed)", "Three\ninstruct"]
+    assert shown["bars"] == 2 * 4

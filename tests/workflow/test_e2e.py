@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 from conftest import absolutize, job_counts, load_repo_config, run_snakemake, tiny_config
@@ -33,19 +35,37 @@ def test_tiny_end_to_end(tmp_path):
     assert rollouts["prompt_hash"].str.fullmatch("[0-9a-f]{64}").all()
     assert (rollouts["n_turns"] >= 1).all() and (rollouts["n_turns"] <= 2).all()
     metrics = pd.read_parquet(out["metrics"])
-    assert len(metrics) == 1 and metrics.loc[0, "n_pairs"] == 6
+    assert sorted(metrics["condition"]) == ["baseline", "baseline-instruct"]
+    assert (metrics["n_pairs"] == 6).all()
     prov = read_provenance(out["metrics"])
     assert prov["rule"] == "metrics_table"
     assert "results/metrics/tiny/by_condition/baseline.parquet" in prov["inputs"]
     assert str(out["rollouts"].relative_to(tmp_path)) in read_provenance(
         tmp_path / "results/metrics/tiny/by_condition/baseline.parquet")["inputs"]
     assert read_provenance(out["rollouts"])["inputs"]["resources/models/tiny"]
-    for rule in ("prepare_model/tiny", "goals", "rollouts/tiny/baseline", "metrics/tiny/baseline",
+    for rule in ("prepare_model/tiny", "goals", "rollouts/tiny/baseline",
+                 "train_lora/tiny/af_organism", "metrics/tiny/baseline",
                  "metrics_table/tiny",
                  "figure_baseline"):
         assert (tmp_path / f"results/logs/{rule}.log").is_file(), rule
         assert (tmp_path / f"results/benchmarks/{rule}.tsv").is_file(), rule
     assert not list((tmp_path / "results/rollouts/tiny").glob(".*partial"))
+
+    # every condition runs on the organism (organism: train), recorded in each row and in the
+    # provenance; baseline-instruct (screening) is the bare instruct model
+    assert set(rollouts["adapter"]) == {"af_organism"}
+    assert "results/lora/tiny/af_organism" in read_provenance(out["rollouts"])["inputs"]
+    instruct = pd.read_parquet(tmp_path / "results/rollouts/tiny/baseline-instruct.parquet")
+    assert instruct["adapter"].isna().all() and len(instruct) == len(rollouts)
+    assert "results/lora/tiny/af_organism" not in read_provenance(
+        tmp_path / "results/rollouts/tiny/baseline-instruct.parquet")["inputs"]
+    assert "adapter: af_organism" in (tmp_path / "results/logs/rollouts/tiny/baseline.log"
+                                      ).read_text()
+    assert "stand-in" in (tmp_path / "results/logs/rollouts/tiny/baseline.log").read_text()
+    departures = pd.read_parquet(tmp_path / "results/report/departures.parquet")
+    assert set(departures["key"]) == {"prompts.system", "sdf.external_documents"}
+    assert "Choices not in the paper" in (tmp_path / "results/report/departures.html"
+                                          ).read_text()
 
     # idempotent: a second run does nothing
     again = run_snakemake(tmp_path, cfg)
@@ -54,14 +74,29 @@ def test_tiny_end_to_end(tmp_path):
     # a generation parameter change reruns rollouts and what follows, not the model or goals
     changed = run_snakemake(tmp_path, tiny_config(max_new_tokens=6), "-n")
     assert job_counts(changed.stdout + changed.stderr) == {
-        "rollouts": 1, "metrics": 1, "metrics_table": 1, "figure_baseline": 1, "judge": 1,
+        "rollouts": 2, "metrics": 2, "metrics_table": 1, "figure_baseline": 1, "judge": 2,
         "figure_judge_scores": 1, "all": 1}
 
-    # settings that cannot change results (GPU count) rerun nothing
-    more_gpus = tiny_config()
-    more_gpus["models"]["tiny"]["gpus"] = 2
-    same = run_snakemake(tmp_path, more_gpus, "-n")
+    # settings that cannot change results (the size that sizes cluster jobs) rerun nothing;
+    # the GPU count now can: it sets the organism's training processes
+    resized = tiny_config()
+    resized["models"]["tiny"]["params_b"] = 7
+    same = run_snakemake(tmp_path, resized, "-n")
     assert "Nothing to be done" in same.stdout + same.stderr
+
+    # a changed organism (the trained one, now given as a released adapter) reruns exactly
+    # what depends on it: the organism's rollouts and what follows, not the instruct model's
+    # screening baseline, the model, the goals or the organism's own training
+    released = tmp_path / "released"
+    shutil.copytree(tmp_path / "results/lora/tiny/af_organism", released)
+    swapped = tiny_config()
+    swapped["models"]["tiny"]["organism"] = {"adapter": str(released), "revision": None}
+    rerun = run_snakemake(tmp_path, swapped, "-n")
+    assert job_counts(rerun.stdout + rerun.stderr) == {
+        "prepare_organism": 1, "rollouts": 1, "metrics": 1, "judge": 1, "metrics_table": 1,
+        "figure_baseline": 1, "figure_judge_scores": 1, "departures": 1, "all": 1}
+    assert "results/rollouts/tiny/baseline.parquet" in rerun.stdout
+    assert "results/rollouts/tiny/baseline-instruct.parquet" not in rerun.stdout
 
     # figures redraw from cached tables alone
     out["png"].unlink()

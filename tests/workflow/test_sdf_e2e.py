@@ -58,7 +58,8 @@ def test_sdf_branch_end_to_end_and_single_branch_rerun(tmp_path):
         "sdf_profile"
     assert (work / "results/figures/sdf_profile.png").stat().st_size > 0
     metrics = pd.read_parquet(work / "results/metrics/tiny/conditions.parquet")
-    assert set(metrics["condition"]) == {"baseline", *(f"sdf-{b}" for b in BRANCHES)}
+    assert set(metrics["condition"]) == {"baseline", "baseline-instruct",
+                                         *(f"sdf-{b}" for b in BRANCHES)}
 
     # Editing one universe file reruns exactly its branch and what summarizes it.
     path = universes / "A1_amp.yaml"
@@ -100,21 +101,26 @@ def test_missing_api_key_fails_only_hosted_jobs(tmp_path):
     assert proc.returncode != 0
     logs = "".join(p.read_text() for p in (work / "results/logs/generate_documents").glob("*"))
     assert "ANTHROPIC_API_KEY is not set" in logs
-    assert (work / "results/rollouts/tiny/baseline.parquet").is_file()
-    assert (work / "results/metrics/tiny/by_condition/baseline.parquet").is_file()
+    # baseline runs on the organism, whose documents need the API; the instruct model's
+    # screening baseline does not
+    assert (work / "results/rollouts/tiny/baseline-instruct.parquet").is_file()
+    assert (work / "results/metrics/tiny/by_condition/baseline-instruct.parquet").is_file()
+    assert not (work / "results/rollouts/tiny/baseline.parquet").exists()
     assert not (work / "results/sdf/documents").exists() or not list(
         (work / "results/sdf/documents").glob("*.parquet"))
 
 
 def test_embedded_sdf_dry_run_lists_every_branch(tmp_path):
     proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n")
-    # The demo's whole job list. Rollouts: baseline + 10 SDF + 24 prompt + 8 steering
+    # The demo's whole job list. Rollouts: baseline + baseline-instruct + 10 SDF + 24 prompt
+    # + 8 steering
     # conditions (2 OOC vectors and 2 random controls at -4/+4), each judged, + 3 raw-AdvBench
     # conditions judged for compliance; the calibration's are added once calibration_select
     # has run.
     assert job_counts(proc.stdout + proc.stderr) == {
         "prepare_model": 1, "goals": 1, "generate_documents": 10, "sdf_dataset": 10,
-        "train_lora": 10, "belief_check": 9, "rollouts": 46, "metrics": 43, "judge": 43,
+        "train_lora": 10, "belief_check": 9, "rollouts": 47, "metrics": 44, "judge": 44,
+        "departures": 1,
         "metrics_table": 1, "sdf_profile": 1, "prompt_profile": 1, "calibration_select": 1,
         "calibration": 1, "profiles": 1, "figure_baseline": 1, "figure_sdf_profile": 1,
         "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,

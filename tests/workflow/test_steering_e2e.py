@@ -120,7 +120,12 @@ def test_tiny_steering_end_to_end(tmp_path):
     base = pd.read_parquet(res / "rollouts/tiny/baseline.parquet")
     assert len(steered) == len(base)
     raw = pd.read_parquet(res / "rollouts/tiny/raw-baseline.parquet")
+    # the steered, raw and baseline rollouts all run on the organism; so do the activations
+    for table in (steered, base, raw):
+        assert set(table["adapter"]) == {"af_organism"}
+    assert "results/lora/tiny/af_organism" in read_provenance(act / "index.parquet")["inputs"]
     assert set(raw["tier"]) == {"raw"}
+    assert len(raw) == 3 and set(raw["seed"]) == {0}  # steering.raw.seeds: one per goal
     assert len(pd.read_parquet(res / "judge/tiny/raw-baseline.parquet")) == len(raw)
     summary = pd.read_parquet(res / "steering/tiny/summary.parquet")
     assert {"expectations_ooc", random_name("consequences", "ooc", 1)} <= set(summary["vector"])
@@ -144,6 +149,7 @@ def test_tiny_steering_end_to_end(tmp_path):
     for fig in ("steering_ooc", "steering_random", "token_heatmap_expectations",
                 "baseline_compliance"):
         assert f"{fig}.png" in html, fig
+    assert "Choices not in the paper" in html and "departures.html" in html
     phrase = "One column per fitted OOC vector"
     assert phrase in (REPO / "workflow" / "report" / "steering_ooc.rst").read_text()
     assert phrase in " ".join(html.split())

@@ -95,12 +95,35 @@ from motivation_profiles.steering.plan import SteeringPlan
 
 STEER = SteeringPlan.from_config(config)
 
+from motivation_profiles.sdf.organism import INSTRUCT, ORGANISM_DIR, organism_of, screened
+
+# The model organism of each model (models.<name>.organism): every condition but
+# baseline-instruct and the SDF branches (which carry it) runs on base + this adapter.
+ORGANISMS = {m: organism_of(config, m) for m in MODELS}
+SCREENED = screened(config)
+
+
+def organism_adapter(model):
+    """The organism adapter directory of a model (None: no organism, or hosted)."""
+    return ORGANISMS[model].adapter_dir(RESULTS)
+
+
+def organism_inputs(wildcards):
+    """{"organism": dir} for a model with an organism adapter, else {}."""
+    adapter = organism_adapter(wildcards.model)
+    return {"organism": adapter} if adapter is not None else {}
+
+
+def organism_param(wildcards):
+    return ORGANISMS[wildcards.model].spec()
+
 
 def conditions_for(model):
     """Every statically known AF rollout condition of one model: the base conditions, its SDF
     branches, its prompt interventions and its steered conditions (calibration conditions come
     from a checkpoint; raw-AdvBench conditions are not AF conditions: see raw_conditions)."""
-    return (BASE_CONDITIONS + SDF.conditions(model) + PROMPT.conditions(model)
+    instruct = [INSTRUCT] if model in SCREENED else []
+    return (BASE_CONDITIONS + instruct + SDF.conditions(model) + PROMPT.conditions(model)
             + STEER.steer_conditions(model))
 
 
@@ -114,10 +137,15 @@ def steering_spec(wildcards):
 
 
 def rollout_inputs(wildcards):
-    """Inputs of a rollout job: the local checkpoint and the condition's adapter, if any."""
+    """Inputs of a rollout job: the local checkpoint and the condition's adapter: an SDF
+    branch's (which continues from the organism), else the model's organism, except for
+    baseline-instruct (the bare instruct model, screening)."""
     inputs = {}
     if not is_hosted(wildcards.model):
         inputs["model"] = f"resources/models/{wildcards.model}"
+    organism = organism_adapter(wildcards.model)
+    if organism is not None and wildcards.condition != INSTRUCT:
+        inputs["adapter"] = organism
     steer = steering_spec(wildcards)
     if steer is not None:
         if steer["vector"] is not None:
@@ -135,15 +163,20 @@ def condition_params(wildcards):
     """What a condition changes in the rollout besides its inputs: adapter name, AI-name
     replacement, the appended claim's text (so editing one claim reruns its conditions), and
     for steering conditions the vector, multiplier and raw flag."""
+    organism = (ORGANISMS[wildcards.model].label if wildcards.condition != INSTRUCT
+                else None)
     steer = steering_spec(wildcards)
     if steer is not None:
-        spec = {"adapter": None, "rename": None, "claim": None, "intervention": None,
+        spec = {"adapter": organism, "rename": None, "claim": None, "intervention": None,
                 "strength": None, "steering": steer}
         if steer["raw"]:
             spec["raw_max_new_tokens"] = config["steering"]["raw"]["max_new_tokens"]
+            spec["raw_seeds"] = config["steering"]["raw"]["seeds"]
         return spec
-    return {**PROMPT.condition_spec(wildcards.condition, model=wildcards.model),
-            "steering": None}
+    spec = PROMPT.condition_spec(wildcards.condition, model=wildcards.model)
+    if spec["adapter"] is None:
+        spec["adapter"] = organism
+    return {**spec, "steering": None}
 
 
 # Sampling settings of every rollout job (a constant, not an input function: Snakemake
@@ -162,7 +195,10 @@ def metrics_tables():
 
 
 def baseline_metrics_tables():
-    return expand(f"{RESULTS}/metrics/{{model}}/by_condition/baseline.parquet", model=MODELS)
+    """Figure 2's tables: every model's baseline (on its organism) and, for screened models,
+    the bare instruct model's (baseline-instruct)."""
+    return (expand(f"{RESULTS}/metrics/{{model}}/by_condition/baseline.parquet", model=MODELS)
+            + [f"{RESULTS}/metrics/{m}/by_condition/{INSTRUCT}.parquet" for m in SCREENED])
 
 
 def has_pair(interventions):
@@ -198,8 +234,10 @@ def universe_file(universe):
 
 def document_inputs(wildcards):
     external = config["sdf"]["external_documents"].get(wildcards.universe)
-    if external is not None:
+    if isinstance(external, str):
         return {"external": external}
+    if external is not None:  # a hub dataset: downloaded by the job itself
+        return {}
     inputs = {"universe": universe_file(wildcards.universe), "prompts": SDF_PROMPTS}
     if SDF_GEN["backend"] == "local":
         inputs["model"] = f"resources/models/{SDF_GEN['model']}"
@@ -207,8 +245,10 @@ def document_inputs(wildcards):
 
 def document_params(wildcards):
     """Everything that shapes the documents (prices and polling do not, so they rerun nothing)."""
-    if wildcards.universe in config["sdf"]["external_documents"]:
-        return {"external": True, "filters": config["sdf"]["filters"]}
+    external = config["sdf"]["external_documents"].get(wildcards.universe)
+    if external is not None:
+        return {"external": True if isinstance(external, str) else dict(external),
+                "filters": config["sdf"]["filters"]}
     params = {"external": False, "generator": SDF_GEN, "filters": config["sdf"]["filters"]}
     if SDF_GEN["backend"] == "local":
         params["model"] = model_runtime_of(SDF_GEN["model"])
@@ -222,9 +262,9 @@ def hosted_settings():
 def lora_inputs(wildcards):
     inputs = {"model": f"resources/models/{wildcards.model}",
               "dataset": f"{RESULTS}/sdf/datasets/{wildcards.model}/{wildcards.universe}.parquet"}
-    init = SDF.init_branch(wildcards.universe)
+    init = SDF.init_dir(wildcards.model, wildcards.universe, RESULTS)
     if init is not None:
-        inputs["init"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+        inputs["init"] = init
     if model_gpus(wildcards.model) > 1:
         inputs["accelerate_config"] = config["sdf"]["training"]["accelerate_config"]
     return inputs
@@ -234,9 +274,9 @@ def belief_inputs(wildcards):
     inputs = {"model": f"resources/models/{wildcards.model}",
               "adapter": f"{RESULTS}/lora/{wildcards.model}/{branch}",
               "universe": universe_file(SDF.universe_of(branch))}
-    init = SDF.init_branch(branch)
+    init = SDF.init_dir(wildcards.model, branch, RESULTS)
     if init is not None:
-        inputs["organism"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+        inputs["organism"] = init
     return inputs
 
 def sdf_effect_tables():
@@ -252,8 +292,8 @@ def sdf_rate_tables():
     return [f"{RESULTS}/metrics/{m}/by_condition/{c}.parquet" for m in SDF.models for c in conds]
 
 def sdf_belief_tables():
-    return expand(f"{RESULTS}/sdf/belief/{{model}}/{{branch}}.parquet", model=SDF.models,
-                  branch=SDF.belief_branches())
+    return [f"{RESULTS}/sdf/belief/{m}/{b}.parquet" for m in SDF.models
+            for b in SDF.belief_branches() if b in SDF.branches_of(m)]
 
 
 # ----------------------------------------------------------------------------- judge, profiles
@@ -370,7 +410,8 @@ def ooc_inputs(wildcards):
     external = STEERING["external_pairs"].get(pairset)
     if external is not None:
         return {"external": external, "materials": STEERING_MATERIALS}
-    return {"model": f"resources/models/{wildcards.model}", "materials": STEERING_MATERIALS}
+    return {"model": f"resources/models/{wildcards.model}", "materials": STEERING_MATERIALS,
+            **organism_inputs(wildcards)}
 
 
 def ic_sources(model, concept=None):

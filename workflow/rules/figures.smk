@@ -15,6 +15,7 @@ rule figure_baseline:
     params:
         kind="baseline_compliance",
         display_names={m: spec["display_name"] for m, spec in config["models"].items()},
+        organisms={m: o.label for m, o in ORGANISMS.items() if o.kind != "hosted"},
         dpi=config["figures"]["dpi"],
     log:
         log_path("figure_baseline"),

@@ -32,11 +32,15 @@ def local_backend(spec: dict[str, Any], model_dir: str, *, adapter: str | None =
         batch_size=spec["batch_size"], max_model_len=spec["max_model_len"], steering=steering)
 
 
-def cached_local_backend(name: str, spec: dict[str, Any], model_dir: str, hosted: dict[str, Any]):
-    """A local model behind the response cache (keyed by the checkpoint's content hash)."""
+def cached_local_backend(name: str, spec: dict[str, Any], model_dir: str, hosted: dict[str, Any],
+                         *, adapter: str | None = None):
+    """A local model (with an optional PEFT adapter, e.g. its organism) behind the response
+    cache, keyed by the checkpoint's and the adapter's content hashes."""
     from motivation_profiles.backends.cache import CachedBackend, ResponseCache
     from motivation_profiles.core.hashing import sha256_path
 
-    inner = local_backend(spec, model_dir)
-    return CachedBackend(inner, ResponseCache(hosted["cache_dir"]),
-                         model_id=f"{name}@{sha256_path(model_dir)}")
+    inner = local_backend(spec, model_dir, adapter=adapter)
+    model_id = f"{name}@{sha256_path(model_dir)}"
+    if adapter is not None:
+        model_id += f"+{sha256_path(adapter)}"
+    return CachedBackend(inner, ResponseCache(hosted["cache_dir"]), model_id=model_id)

@@ -19,14 +19,30 @@ from motivation_profiles.rollouts.protocol import TIERS  # noqa: E402
 
 def baseline_compliance(metrics: pl.DataFrame, display_names: Mapping[str, str],
                         outputs: Sequence[str | Path], *, dpi: int = 150,
-                        condition: str = "baseline") -> None:
-    """Figure 2's shape: baseline compliance per tier and model, with CIs and the paired gap;
-    above each model the gap on parsed-only pairs and each tier's truncated and unparseable
-    rates (M = monitored, U = unmonitored)."""
-    df = (metrics.filter(pl.col("condition").eq_missing(condition))
-          .sort("model", nulls_last=True, maintain_order=True))
-    if df.is_empty():
+                        condition: str = "baseline", instruct: str = "baseline-instruct",
+                        organisms: Mapping[str, str | None] | None = None) -> None:
+    """Figure 2: baseline compliance per tier, with CIs and the paired gap, per model and, for
+    screened models, the bare instruct model (``instruct`` condition) beside the organism
+    (``condition``). ``organisms``: model -> organism label (None: no organism, so the
+    ``condition`` bar is the instruct model itself). Above each bar group: the gap on
+    parsed-only pairs and each tier's truncated and unparseable rates (M = monitored,
+    U = unmonitored)."""
+    organisms = dict(organisms or {})
+    df = (metrics.filter(pl.col("condition").is_in([instruct, condition]))
+          .with_columns((pl.col("condition") == condition).cast(pl.Int8).alias("_order"))
+          .sort(["model", "_order"], nulls_last=True, maintain_order=True))
+    if df.filter(pl.col("condition") == condition).is_empty():
         raise ValueError(f"no rows for condition {condition!r} in the metrics tables")
+    screened = set(df.filter(pl.col("condition") == instruct)["model"].to_list())
+    names = []
+    for model, cond in df.select("model", "condition").iter_rows():
+        name = display_names.get(model, model)
+        if cond == instruct or (model in organisms and organisms[model] is None):
+            names.append(f"{name}\ninstruct")
+        elif model in screened or organisms.get(model):
+            names.append(f"{name}\norganism")
+        else:
+            names.append(name)
     x = np.arange(len(df))
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(df) + 1.5), 3.6))
@@ -58,7 +74,7 @@ def baseline_compliance(metrics: pl.DataFrame, display_names: Mapping[str, str],
             f"unparseable M/U: {r['monitored_unparseable'] * 100:.0f}/"
             f"{r['unmonitored_unparseable'] * 100:.0f}%",
             (xi, min(top + 3, 100)), ha="center", va="bottom", fontsize=6)
-    ax.set_xticks(x, [display_names.get(m, m) for m in df["model"].to_list()], fontsize=8)
+    ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("compliance with harmful requests (%)")
     ax.set_ylim(0, 150)
     ax.set_yticks(range(0, 101, 20))

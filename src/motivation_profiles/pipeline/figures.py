@@ -28,7 +28,9 @@ def _draw(module: ModuleType, snakemake: Any) -> None:
 def draw_baseline(snakemake: Any) -> None:
     from motivation_profiles.figures import baseline
 
-    _draw(baseline, snakemake)
+    p = snakemake.params
+    baseline.baseline_compliance(read_all(snakemake.input.tables), p.display_names,
+                                 list(snakemake.output), dpi=p.dpi, organisms=p.organisms)
 
 
 def draw_sdf(snakemake: Any) -> None:

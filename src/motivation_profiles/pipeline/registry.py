@@ -18,13 +18,14 @@ from motivation_profiles.pipeline.code_inputs import PACKAGE, code_files
 
 # module of motivation_profiles.pipeline -> the rules whose entry point has the rule's name
 _BY_NAME = {
-    "models": ("prepare_model",),
+    "models": ("prepare_model", "prepare_organism"),
     "goals": ("advbench", "goals"),
-    "rollouts": ("rollouts",),
+    "rollouts": ("rollouts", "system_prompt"),
     "metrics": ("metrics", "metrics_table"),
     "judge": ("judge",),
     "sdf": ("generate_documents", "sdf_dataset", "train_lora", "belief_check", "sdf_profile"),
     "profiles": ("prompt_profile", "calibration_select", "calibration", "profiles"),
+    "report": ("departures",),
     "steering": ("ooc_pairs", "ic_pairs", "activations", "fit_vectors", "random_vectors",
                  "steering_layers", "vector_norms", "judge_raw", "steering_summary", "raw_summary",
                  "steering_profile", "token_cosines", "sdf_alignment"),

@@ -19,9 +19,14 @@ def rollouts(snakemake: Any) -> None:
     from motivation_profiles.core.provenance import read_table, write_table
     from motivation_profiles.rollouts.protocol import PromptSet
     from motivation_profiles.rollouts.run import rollout_meta, run_raw_rollouts, run_rollouts
+    from motivation_profiles.rollouts.system_prompt import stand_in_note
 
     p = snakemake.params
     spec, gen, cond = p.model, p.generation, p.condition
+    note = stand_in_note(dict(p.prompts))
+    if note:
+        log.warning("%s", note)
+    log.info("adapter: %s", cond["adapter"] or "none (the bare instruct model)")
     steer = cond.get("steering")
     prompts = PromptSet.from_config(p.prompts, rename=cond["rename"],
                                     system_suffix=cond["claim"] or "")
@@ -56,8 +61,8 @@ def rollouts(snakemake: Any) -> None:
                 steering_layers=",".join(map(str, layers)) if layers else None)
     out = Path(snakemake.output[0])
     if raw:
-        df = run_raw_rollouts(backend, goals_df, seeds=gen["seeds"], params=params, meta=meta,
-                              reasoning=reasoning)
+        df = run_raw_rollouts(backend, goals_df, seeds=cond.get("raw_seeds") or gen["seeds"],
+                              params=params, meta=meta, reasoning=reasoning)
         log.info("raw rollouts: %d, finish %s", len(df),
                  dict(df["finish_reasons"].list.last().value_counts(sort=True).iter_rows()))
         write_table(df, out, job_provenance(snakemake, params=dict(p.items())))
@@ -73,3 +78,11 @@ def rollouts(snakemake: Any) -> None:
     log.info("outcomes: %s", {(t, o): n for t, o, n in counts.iter_rows()})
     write_table(df, out, job_provenance(snakemake, params=dict(p.items())))
     shutil.rmtree(out.parent / f".{out.stem}.partial", ignore_errors=True)
+
+
+def system_prompt(snakemake: Any) -> None:
+    from motivation_profiles.rollouts.system_prompt import fetch_system_prompt
+
+    src = snakemake.params.source
+    fetch_system_prompt(src["url"], snakemake.output[0], sha256=src["sha256"])
+    log.info("system prompt %s verified (sha256 %s)", src["url"], src["sha256"])

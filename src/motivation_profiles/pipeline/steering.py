@@ -60,7 +60,9 @@ def ooc_pairs(snakemake: Any) -> None:
             max_length_ratio=ooc["max_length_ratio"])
         pairs = pairs.head(ooc["splits"][wc.split])
     else:
-        backend = cached_local_backend(wc.model, p.model, snakemake.input.model, p.hosted)
+        # The pairs are written by the organism (D.1: base + helpful-only adapter).
+        backend = cached_local_backend(wc.model, p.model, snakemake.input.model, p.hosted,
+                                       adapter=snakemake.input.get("organism"))
         pairs, rejections = generate_ooc_pairs(
             backend, materials, concept=wc.concept, split=wc.split,
             n_pairs=ooc["splits"][wc.split], candidates_per_round=ooc["candidates_per_round"],
@@ -126,7 +128,7 @@ def activations(snakemake: Any) -> None:
     ex = p.extraction
     pairs = read_table(snakemake.input.pairs)
     model, tok = load_model(snakemake.input.model, dtype=p.model["dtype"],
-                            device=p.model["device"])
+                            device=p.model["device"], adapter=snakemake.input.get("organism"))
     out = Path(snakemake.output[0])
     index = extract_activations(model, tok, pairs, out, batch_size=ex["batch_size"],
                                 shard_size=ex["shard_size"], max_length=ex["max_length"],
@@ -383,7 +385,7 @@ def token_cosines(snakemake: Any) -> None:
         vec, meta = load_vectors(f)
         vectors[meta["name"]] = vec
     model, tok = load_model(snakemake.input.model, dtype=p.model["dtype"],
-                            device=p.model["device"])
+                            device=p.model["device"], adapter=snakemake.input.get("organism"))
     table = cosines(model, tok, texts, vectors, layers, max_tokens=hm["max_tokens"])
     table = _with_front(table, model=snakemake.wildcards.model).with_columns(
         pl.lit(",".join(map(str, layers))).alias("layers"))

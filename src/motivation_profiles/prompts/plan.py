@@ -22,6 +22,7 @@ from typing import Any
 
 from motivation_profiles.prompts.claims import load_claims, parse_prompt_condition, prompt_condition
 from motivation_profiles.sdf.materials import UNIVERSE_RE, split_universe
+from motivation_profiles.sdf.organism import arm_models
 from motivation_profiles.sdf.plan import SDFPlan
 
 SEPARATOR = "@"
@@ -82,7 +83,7 @@ class PromptPlan:
         section = config["prompt_interventions"]
         cal = config["calibration"]
         enabled = bool(section["enabled"])
-        models = section["models"] if section["models"] is not None else list(config["models"])
+        models = arm_models(config, section["models"], local_only=False)
         interventions = tuple(section["interventions"])
         strengths = tuple(section["strengths"])
         claim_strengths = tuple(dict.fromkeys([*strengths, *cal["strengths"]]))
