@@ -23,6 +23,7 @@ include: "workflow/rules/judge.smk"
 include: "workflow/rules/profiles.smk"
 include: "workflow/rules/steering.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/browser.smk"
 
 
 rule all:
@@ -35,6 +36,7 @@ rule all:
         profile_outputs(),
         steering_outputs(),
         figure_files(),
+        f"{RESULTS}/browser",
 
 
 rule figures:
