@@ -70,8 +70,9 @@ def _tables(condition: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     return rollouts, pl.DataFrame(judged, schema=jschema)
 
 
-@pytest.fixture
-def condition_sources(tmp_path) -> list[ConditionSource]:
+@pytest.fixture(name="condition_sources")
+def condition_sources_fixture(tmp_path) -> list[ConditionSource]:
+    """Two conditions (baseline, prompt-A1_amp-standard) of model "m", written as tables."""
     out = []
     for condition in ("baseline", "prompt-A1_amp-standard"):
         rollouts, judged = _tables(condition)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser_tables import QUOTE_A, condition_sources  # noqa: F401  (a fixture)
+from browser_tables import QUOTE_A, condition_sources_fixture  # noqa: F401  (a fixture)
 
 from motivation_profiles.browser.site import write_site
 

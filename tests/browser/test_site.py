@@ -6,7 +6,7 @@ import json
 
 import polars as pl
 import pytest
-from browser_tables import condition_sources  # noqa: F401  (a fixture)
+from browser_tables import condition_sources_fixture  # noqa: F401  (a fixture)
 
 from motivation_profiles.browser.site import condition_rows, script_json, write_site
 from motivation_profiles.core.provenance import read_table

@@ -55,7 +55,7 @@ def test_tiny_end_to_end(tmp_path):
     changed = run_snakemake(tmp_path, tiny_config(max_new_tokens=6), "-n")
     assert job_counts(changed.stdout + changed.stderr) == {
         "rollouts": 1, "metrics": 1, "metrics_table": 1, "figure_baseline": 1, "judge": 1,
-        "figure_judge_scores": 1, "all": 1}
+        "figure_judge_scores": 1, "browser": 1, "all": 1}
 
     # settings that cannot change results (GPU count) rerun nothing
     more_gpus = tiny_config()
