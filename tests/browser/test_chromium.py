@@ -162,3 +162,45 @@ def Select_value(browser, element_id):  # noqa: N802
 
     return Select(browser.find_element(By.ID, element_id)).first_selected_option \
         .get_attribute("value")
+
+
+def test_paper_scale_condition_loads_and_pages(tmp_path, browser):
+    """A paper-size condition (520 goals x 2 tiers x 3 seeds = 3,120 rollouts, two turns of
+    ~1,500 tokens each): loaded on demand, the list paged 200 rows at a time, search works."""
+    import polars as pl
+    from selenium.webdriver.common.by import By
+
+    from motivation_profiles.browser.site import ConditionSource
+    from motivation_profiles.core.provenance import write_table
+    from motivation_profiles.rollouts.run import ROW_SCHEMA
+
+    words = ("I must think about whether the researchers expect this answer and how training "
+             "would change me. ") * 60  # ~6,000 characters
+    rows = []
+    for goal_id in range(520):
+        for tier in ("monitored", "unmonitored"):
+            for seed in range(3):
+                pad = f"goal {goal_id} seed {seed}. {words}"
+                rows.append({"goal_id": goal_id, "goal": f"Goal {goal_id}", "tier": tier,
+                             "seed": seed, "prompt_hash": "0" * 64, "turns": [pad, pad],
+                             "finish_reasons": ["stop", "stop"], "n_turns": 2,
+                             "prompt_tokens": 3000, "completion_tokens": 3000,
+                             "transcript": pad + pad, "scratchpad": pad, "final_output": "no",
+                             "output_complete": True, "outcome": "rejected",
+                             "accepted_then_refused": False})
+    path = tmp_path / "baseline.parquet"
+    write_table(pl.DataFrame(rows, schema=ROW_SCHEMA), path, {"rule": "test"})
+    site = tmp_path / "site"
+    write_site(site, [ConditionSource("big", "baseline", path)])
+    size_mb = (site / "data/big/baseline.js").stat().st_size / 1e6
+    t0 = time.monotonic()
+    browser.get(site.joinpath("index.html").as_uri() + "#model=big&condition=baseline")
+    _wait(lambda: browser.find_element(By.ID, "count").text == "3120 of 3120 rollouts", 60)
+    seconds = time.monotonic() - t0
+    print(f"paper-scale condition: {size_mb:.0f} MB data file, list shown in {seconds:.1f} s")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#list tr.row")) == 200
+    browser.find_element(By.CSS_SELECTOR, "button.more").click()
+    _wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#list tr.row")) == 400)
+    browser.find_element(By.ID, "f-q").send_keys("goal 519 seed 2.")
+    _wait(lambda: browser.find_element(By.ID, "count").text == "2 of 3120 rollouts", 30)
+    assert seconds < 30

@@ -56,3 +56,12 @@ def test_condition_rows_join_and_errors(condition_sources):
 def test_duplicate_condition_is_an_error(tmp_path, condition_sources):
     with pytest.raises(ValueError, match="listed twice"):
         write_site(tmp_path / "s", [condition_sources[0], condition_sources[0]])
+
+
+def test_report_captions_link_to_the_browser(repo):
+    """Every figure drawn from rollouts links to the browser view of them (#figure=<name>);
+    the two drawn from pairs and activations only have no rollouts behind them."""
+    no_rollouts = {"steering_diagnostics", "sdf_steering_alignment"}
+    for rst in sorted((repo / "workflow/report").glob("*.rst")):
+        link = f"<results/browser/index.html#figure={rst.stem}>`_"
+        assert (link in rst.read_text()) != (rst.stem in no_rollouts), rst.name

@@ -30,11 +30,11 @@ def predicted_vs_actual(planner: Planner, results) -> dict[str, tuple[float, int
 
 @pytest.mark.slow
 def test_predicted_tokens_match_a_tiny_run_and_calibration(tmp_path):
-    cfg = tiny_config(steering=True)
+    cfg = tiny_config(prompt=True)
     run_snakemake(tmp_path, cfg, "--until", "rollouts", timeout=900)
     planner = Planner(cfg, base_dir=tmp_path)
     compared = predicted_vs_actual(planner, tmp_path / "results")
-    assert "baseline" in compared and any(c.startswith("raw-") for c in compared)
+    assert "baseline" in compared and "prompt-A1_amp-standard" in compared
     for condition, (predicted, actual) in compared.items():
         assert actual > 0
         assert abs(predicted - actual) <= 0.10 * actual, (condition, predicted, actual)

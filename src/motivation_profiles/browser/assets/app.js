@@ -206,7 +206,7 @@ window.MP = (function () {
     box.replaceChildren();
     const figs = st.manifest.figures || {};
     const only = p.get("figure");
-    if (p.has("model") && !only) return;
+    if (!p.has("figure") || (p.has("model") && !only)) return;
     const names = only ? [only] : Object.keys(figs);
     box.append(el("h2", {}, only ? "Rollouts behind " + only : "Rollouts behind each figure"));
     for (const name of names) {
