@@ -179,12 +179,12 @@ window.MP = (function () {
       ["output complete", r.output_complete], ["turns", r.n_turns],
       ["finish reasons", r.finish_reasons], ["prompt tokens", r.prompt_tokens],
       ["completion tokens", r.completion_tokens]]));
-    pane.append(judgeBlock(r, r.scratchpad));
     pane.append(el("h3", {}, "Scratchpad"));
     pane.append(typeof r.scratchpad === "string"
       ? highlighted(r.scratchpad, [["hl-a", r.a_quote], ["hl-b", r.b_quote]])
       : el("p", {}, "no scratchpad"));
     pane.append(el("h3", {}, "Output"), el("pre", { class: "output" }, r.final_output ?? "(none)"));
+    pane.append(judgeBlock(r, r.scratchpad));
     const turns = el("details", { class: "turns" }, el("summary", {}, "all turns (" + (r.turns || []).length + ")"));
     (r.turns || []).forEach((t, i) => turns.append(
       el("h4", {}, "turn " + (i + 1) + " (" + fmt((r.finish_reasons || [])[i]) + ")"),
