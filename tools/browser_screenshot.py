@@ -1,6 +1,6 @@
 """Screenshot one view of a transcript browser site with headless Chromium (selenium).
 
-    python tools/browser_screenshot.py SITE_DIR OUT.png ["#model=M&condition=C&row=G:T:S&compare=C2"]
+    python tools/browser_screenshot.py SITE_DIR OUT.png ["#model=M&condition=C&row=G:T:S"]
 
 Opens ``SITE_DIR/index.html`` over file:// at the given view (default: the first model and
 condition with its first rollout opened), waits for the view to render and saves a full-width
