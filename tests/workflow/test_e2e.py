@@ -75,7 +75,7 @@ def test_tiny_end_to_end(tmp_path):
     changed = run_snakemake(tmp_path, tiny_config(max_new_tokens=6), "-n")
     assert job_counts(changed.stdout + changed.stderr) == {
         "rollouts": 2, "metrics": 2, "metrics_table": 1, "figure_baseline": 1, "judge": 2,
-        "figure_judge_scores": 1, "all": 1}
+        "figure_judge_scores": 1, "browser": 1, "all": 1}
 
     # settings that cannot change results (the size that sizes cluster jobs) rerun nothing;
     # the GPU count now can: it sets the organism's training processes
@@ -94,7 +94,8 @@ def test_tiny_end_to_end(tmp_path):
     rerun = run_snakemake(tmp_path, swapped, "-n")
     assert job_counts(rerun.stdout + rerun.stderr) == {
         "prepare_organism": 1, "rollouts": 1, "metrics": 1, "judge": 1, "metrics_table": 1,
-        "figure_baseline": 1, "figure_judge_scores": 1, "departures": 1, "all": 1}
+        "figure_baseline": 1, "figure_judge_scores": 1, "departures": 1, "browser": 1,
+        "all": 1}
     assert "results/rollouts/tiny/baseline.parquet" in rerun.stdout
     assert "results/rollouts/tiny/baseline-instruct.parquet" not in rerun.stdout
 

@@ -72,7 +72,7 @@ def test_sdf_branch_end_to_end_and_single_branch_rerun(tmp_path):
         "generate_documents": 1, "sdf_dataset": 1, "train_lora": 1, "belief_check": 1,
         "rollouts": 1, "metrics": 1, "metrics_table": 1, "sdf_profile": 1,
         "figure_sdf_profile": 1, "judge": 1, "figure_judge_scores": 1, "profiles": 1,
-        "all": 1}  # no profile plane: A1_amp and B1_amp alone make no S_A / S_B
+        "browser": 1, "all": 1}  # no profile plane: A1_amp and B1_amp alone make no S_A / S_B
     assert "results/sdf/documents/A1_amp.parquet" in out
     assert "results/rollouts/tiny/sdf-A1_amp.parquet" in out
     assert "output: results/rollouts/tiny/sdf-B1_amp.parquet" not in out
@@ -125,7 +125,7 @@ def test_embedded_sdf_dry_run_lists_every_branch(tmp_path):
         "calibration": 1, "profiles": 1, "figure_baseline": 1, "figure_sdf_profile": 1,
         "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,
         "figure_prompt_calibration": 1, "figure_calibration_signal": 1,
-        "figure_judge_scores": 1, "all": 1,
+        "figure_judge_scores": 1, "all": 1, "browser": 1,
         "ooc_pairs": 6, "activations": 6, "fit_vectors": 2, "random_vectors": 2,
         "steering_layers": 1, "vector_norms": 1, "judge_raw": 3, "steering_summary": 1,
         "raw_summary": 1,

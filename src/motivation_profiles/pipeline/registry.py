@@ -23,6 +23,7 @@ _BY_NAME = {
     "rollouts": ("rollouts", "system_prompt"),
     "metrics": ("metrics", "metrics_table"),
     "judge": ("judge",),
+    "browser": ("browser",),
     "sdf": ("generate_documents", "sdf_dataset", "train_lora", "belief_check", "sdf_profile"),
     "profiles": ("prompt_profile", "calibration_select", "calibration", "profiles"),
     "report": ("departures",),
