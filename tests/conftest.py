@@ -47,6 +47,19 @@ def tiny_model(tiny_model_dir):
     return load_model(tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_dag(tmp_path_factory):
+    """One run of the tiny baseline DAG (``tiny_config()``), shared by the end-to-end tests that
+    read its outputs or dry-run against it (tests/workflow/test_e2e.py). A test that changes
+    the working directory puts it back as it found it."""
+    from types import SimpleNamespace
+
+    work = tmp_path_factory.mktemp("tiny_dag")
+    cfg = tiny_config()
+    proc = run_snakemake(work, cfg)
+    return SimpleNamespace(work=work, config=cfg, proc=proc)
+
+
 def load_repo_config(name: str = "config.yaml") -> dict:
     with open(REPO / name) as fh:
         return yaml.safe_load(fh)
@@ -110,6 +123,7 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
                      candidates_per_round=6, max_rounds=2,
                      max_tokens={"dialogue": 24, "sentence": 12})
     st["ic"].update(n_train=2, n_validation=2, high=1, low=0.5)
+    st["random"].update(multipliers=[-4, 4])  # both signs, whatever the demo's budget
     st["fitting"].update(min_pairs=2, folds=2)
     st["layers"].update(k=1)
     st["raw"].update(max_new_tokens=8)

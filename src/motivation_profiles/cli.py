@@ -1,5 +1,5 @@
-"""Command line: `motivation-profiles provenance FILE`, `motivation-profiles validate CONFIG`
-and `motivation-profiles cache verify CACHE_DIR [--fix]`."""
+"""Command line: `motivation-profiles provenance FILE`, `motivation-profiles validate CONFIG`,
+`motivation-profiles cache verify CACHE_DIR [--fix]` and `motivation-profiles summary [RESULTS]`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,25 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("cache_dir")
     cv.add_argument("--fix", action="store_true",
                     help="move unusable records to CACHE_DIR/quarantine (recomputed on demand)")
+    s = sub.add_parser("summary", help="print where the figures and report are and the headline "
+                       "numbers per model, from the metrics tables (no model is loaded)")
+    s.add_argument("results", nargs="?", default="results", help="results folder (default: "
+                   "results)")
+    s.add_argument("--report", default=None, help="the Snakemake report's path (default: "
+                   "RESULTS/report.html)")
     args = parser.parse_args(argv)
+
+    if args.command == "summary":
+        from polars.exceptions import PolarsError
+
+        from motivation_profiles.metrics.summary import summary
+
+        try:
+            print(summary(args.results, args.report))
+        except (OSError, KeyError, ValueError, PolarsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
 
     if args.command == "cache":
         return _cache_verify(args.cache_dir, args.fix)

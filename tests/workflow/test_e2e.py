@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from conftest import absolutize, job_counts, load_repo_config, run_snakemake, tiny_config
@@ -20,9 +22,8 @@ def _outputs(workdir, model):
     }
 
 
-def test_tiny_end_to_end(tmp_path):
-    cfg = tiny_config()
-    run_snakemake(tmp_path, cfg)
+def test_tiny_end_to_end(tiny_dag):
+    tmp_path = tiny_dag.work
     out = _outputs(tmp_path, "tiny")
     for name, path in out.items():
         assert path.is_file() and path.stat().st_size > 0, name
@@ -47,6 +48,30 @@ def test_tiny_end_to_end(tmp_path):
         assert (tmp_path / f"results/benchmarks/{rule}.tsv").is_file(), rule
     assert not list((tmp_path / "results/rollouts/tiny").glob(".*partial"))
 
+
+# Jobs that read and write tables only: none may pay for importing a model library.
+TABLE_AND_FIGURE_LOGS = ("goals", "metrics/tiny/baseline", "metrics_table/tiny",
+                         "figure_baseline", "figure_judge_scores")
+
+
+def test_table_and_figure_jobs_load_no_model_library(tiny_dag):
+    logs = tiny_dag.work / "results/logs"
+
+    def loaded(rule: str) -> str:
+        text = (logs / f"{rule}.log").read_text()
+        found = re.findall(r"model libraries loaded: (.*)$", text, flags=re.MULTILINE)
+        assert found, f"{rule}: no 'model libraries loaded' line in its log"
+        return found[-1]
+
+    for rule in TABLE_AND_FIGURE_LOGS:
+        assert loaded(rule) == "none", rule
+    # the line reports what a model job did load, so the check above can fail
+    assert "torch" in loaded("rollouts/tiny/baseline")
+
+
+def test_tiny_reruns_only_what_changed(tiny_dag):
+    tmp_path, cfg = tiny_dag.work, tiny_dag.config
+    out = _outputs(tmp_path, "tiny")
     # idempotent: a second run does nothing
     again = run_snakemake(tmp_path, cfg)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -74,11 +99,15 @@ def test_tiny_end_to_end(tmp_path):
 def test_embedded_model_end_to_end(tmp_path):
     cfg = absolutize(load_repo_config())
     cfg["goals"]["n"] = 2
-    cfg["sdf"]["interventions"] = ["A1_amp", "B1_amp"]  # the full set: `make demo`
+    # What only the embedded model can show: the GGUF conversion, its documents, a LoRA on
+    # it, scratchpads it writes and a judge that reads them, through every stage once. The
+    # grids (more interventions, calibration, steering) run on the tiny model
+    # (test_sdf_e2e.py, test_prompt_e2e.py, test_steering_e2e.py) and in `make demo`.
+    cfg["sdf"]["interventions"] = ["A1_amp"]
     cfg["rollouts"].update({"max_new_tokens": 16, "max_turns": 2})
-    cfg["prompt_interventions"].update(interventions=["A1_amp", "A1_sup", "B1_amp", "B1_sup"],
+    cfg["prompt_interventions"].update(interventions=["A1_amp", "A1_sup"],
                                        strengths=["standard"])
-    cfg["calibration"]["candidates"] = ["A1_amp", "B1_amp"]
+    cfg["calibration"]["enabled"] = False
     cfg["judge"]["max_tokens"] = 8
     # Steering on the embedded model (real OOC generation) is `make demo`'s; its DAG runs here
     # on the tiny model (tests/test_steering_e2e.py), which keeps CI within its time budget.
@@ -96,5 +125,5 @@ def test_embedded_model_end_to_end(tmp_path):
     judged = pd.read_parquet(tmp_path / "results/judge/smollm2-135m/baseline.parquet")
     assert len(judged) == 4 and (judged["status"] != "no_scratchpad").all()
     assert (tmp_path / "results/metrics/profiles.parquet").is_file()
-    for name in ("profile_plane", "prompt_calibration", "judge_scores"):
+    for name in ("profile_plane", "sdf_profile", "judge_scores"):
         assert (tmp_path / f"results/figures/{name}.png").is_file(), name
