@@ -158,6 +158,43 @@ def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 600,
     return proc
 
 
+def analysis_rules() -> set[str]:
+    """Rules that run in workflow/envs/analysis.yaml (tables and figures: no torch there).
+    The steering figure rules, defined in a loop, are matched by the ``figure_`` prefix."""
+    import re
+
+    text = "\n".join(p.read_text() for p in sorted((REPO / "workflow/rules").glob("*.smk")))
+    pattern = r"^\s*(?:rule|checkpoint) (\w+):(.*?)(?=^\s*(?:rule|checkpoint)\b|\Z)"
+    return {m.group(1) for m in re.finditer(pattern, text, re.S | re.M)
+            if "envs/analysis.yaml" in m.group(2)}
+
+
+def model_libraries_in_logs(results: Path) -> dict[str, str]:
+    """Job log (path under results/logs, without .log) -> the model libraries the job had
+    loaded when it finished, from the line every entry point logs
+    (motivation_profiles.pipeline.common.run)."""
+    import re
+
+    out = {}
+    for path in sorted((results / "logs").rglob("*.log")):
+        found = re.findall(r"model libraries loaded: (.*)$", path.read_text(), flags=re.M)
+        if found:
+            out[str(path.relative_to(results / "logs").with_suffix(""))] = found[-1]
+    return out
+
+
+def assert_table_jobs_load_no_model_library(results: Path) -> int:
+    """Every job of a table or figure rule (analysis env) loaded neither torch nor
+    transformers; returns how many such jobs were checked."""
+    analysis = analysis_rules()
+    loaded = model_libraries_in_logs(results)
+    checked = {log: libs for log, libs in loaded.items()
+               if log.split("/")[0] in analysis or log.startswith("figure_")}
+    heavy = {log: libs for log, libs in checked.items() if libs != "none"}
+    assert not heavy, f"table/figure jobs loaded model libraries: {heavy}"
+    return len(checked)
+
+
 def job_counts(output: str) -> dict[str, int]:
     """Parse Snakemake's 'Job stats' table from a run's output."""
     counts: dict[str, int] = {}

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import re
-
 import pandas as pd
 import pytest
-from conftest import absolutize, job_counts, load_repo_config, run_snakemake, tiny_config
+from conftest import (
+    absolutize,
+    assert_table_jobs_load_no_model_library,
+    job_counts,
+    load_repo_config,
+    model_libraries_in_logs,
+    run_snakemake,
+    tiny_config,
+)
 
 from motivation_profiles.core.provenance import read_provenance
 
@@ -49,24 +55,12 @@ def test_tiny_end_to_end(tiny_dag):
     assert not list((tmp_path / "results/rollouts/tiny").glob(".*partial"))
 
 
-# Jobs that read and write tables only: none may pay for importing a model library.
-TABLE_AND_FIGURE_LOGS = ("goals", "metrics/tiny/baseline", "metrics_table/tiny",
-                         "figure_baseline", "figure_judge_scores")
-
-
 def test_table_and_figure_jobs_load_no_model_library(tiny_dag):
-    logs = tiny_dag.work / "results/logs"
-
-    def loaded(rule: str) -> str:
-        text = (logs / f"{rule}.log").read_text()
-        found = re.findall(r"model libraries loaded: (.*)$", text, flags=re.MULTILINE)
-        assert found, f"{rule}: no 'model libraries loaded' line in its log"
-        return found[-1]
-
-    for rule in TABLE_AND_FIGURE_LOGS:
-        assert loaded(rule) == "none", rule
+    results = tiny_dag.work / "results"
+    # goals, metrics, metrics_table, figure_baseline, figure_judge_scores
+    assert assert_table_jobs_load_no_model_library(results) == 5
     # the line reports what a model job did load, so the check above can fail
-    assert "torch" in loaded("rollouts/tiny/baseline")
+    assert "torch" in model_libraries_in_logs(results)["rollouts/tiny/baseline"]
 
 
 def test_tiny_reruns_only_what_changed(tiny_dag):
