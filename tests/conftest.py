@@ -48,6 +48,19 @@ def tiny_model(tiny_model_dir):
     return load_model(tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_dag(tmp_path_factory):
+    """One run of the tiny baseline DAG (``tiny_config()``), shared by the end-to-end tests that
+    read its outputs or dry-run against it (tests/workflow/test_e2e.py). A test that changes
+    the working directory puts it back as it found it."""
+    from types import SimpleNamespace
+
+    work = tmp_path_factory.mktemp("tiny_dag")
+    cfg = tiny_config()
+    proc = run_snakemake(work, cfg)
+    return SimpleNamespace(work=work, config=cfg, proc=proc)
+
+
 def load_repo_config(name: str = "config.yaml") -> dict:
     with open(REPO / name) as fh:
         return yaml.safe_load(fh)
@@ -115,6 +128,7 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
                      candidates_per_round=6, max_rounds=2,
                      max_tokens={"dialogue": 24, "sentence": 12})
     st["ic"].update(n_train=2, n_validation=2, high=1, low=0.5)
+    st["random"].update(multipliers=[-4, 4])  # both signs, whatever the demo's budget
     st["fitting"].update(min_pairs=2, folds=2)
     st["layers"].update(k=1)
     st["raw"].update(max_new_tokens=8, seeds=[0])
@@ -147,6 +161,43 @@ def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 600,
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-6000:]}")
     return proc
+
+
+def analysis_rules() -> set[str]:
+    """Rules that run in workflow/envs/analysis.yaml (tables and figures: no torch there).
+    The steering figure rules, defined in a loop, are matched by the ``figure_`` prefix."""
+    import re
+
+    text = "\n".join(p.read_text() for p in sorted((REPO / "workflow/rules").glob("*.smk")))
+    pattern = r"^\s*(?:rule|checkpoint) (\w+):(.*?)(?=^\s*(?:rule|checkpoint)\b|\Z)"
+    return {m.group(1) for m in re.finditer(pattern, text, re.S | re.M)
+            if "envs/analysis.yaml" in m.group(2)}
+
+
+def model_libraries_in_logs(results: Path) -> dict[str, str]:
+    """Job log (path under results/logs, without .log) -> the model libraries the job had
+    loaded when it finished, from the line every entry point logs
+    (motivation_profiles.pipeline.common.run)."""
+    import re
+
+    out = {}
+    for path in sorted((results / "logs").rglob("*.log")):
+        found = re.findall(r"model libraries loaded: (.*)$", path.read_text(), flags=re.M)
+        if found:
+            out[str(path.relative_to(results / "logs").with_suffix(""))] = found[-1]
+    return out
+
+
+def assert_table_jobs_load_no_model_library(results: Path) -> int:
+    """Every job of a table or figure rule (analysis env) loaded neither torch nor
+    transformers; returns how many such jobs were checked."""
+    analysis = analysis_rules()
+    loaded = model_libraries_in_logs(results)
+    checked = {log: libs for log, libs in loaded.items()
+               if log.split("/")[0] in analysis or log.startswith("figure_")}
+    heavy = {log: libs for log, libs in checked.items() if libs != "none"}
+    assert not heavy, f"table/figure jobs loaded model libraries: {heavy}"
+    return len(checked)
 
 
 def job_counts(output: str) -> dict[str, int]:

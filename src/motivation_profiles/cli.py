@@ -1,6 +1,6 @@
 """Command line: `motivation-profiles provenance FILE`, `motivation-profiles validate CONFIG`,
-`motivation-profiles cache verify CACHE_DIR [--fix]` and `motivation-profiles plan --configfile
-CONFIG [--calibrate results/benchmarks]`."""
+`motivation-profiles cache verify CACHE_DIR [--fix]`, `motivation-profiles plan --configfile
+CONFIG [--calibrate results/benchmarks]` and `motivation-profiles summary [RESULTS]`."""
 
 from __future__ import annotations
 
@@ -31,10 +31,28 @@ def main(argv: list[str] | None = None) -> int:
                      help="an earlier run's results/benchmarks: measured seconds per job and, "
                      "from its results/rollouts, generated tokens per rollout and per second")
     pl_.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
+    s = sub.add_parser("summary", help="print where the figures and report are and the headline "
+                       "numbers per model, from the metrics tables (no model is loaded)")
+    s.add_argument("results", nargs="?", default="results", help="results folder (default: "
+                   "results)")
+    s.add_argument("--report", default=None, help="the Snakemake report's path (default: "
+                   "RESULTS/report.html)")
     args = parser.parse_args(argv)
 
     if args.command == "plan":
         return _plan(args.configfile, args.calibrate, args.csv)
+
+    if args.command == "summary":
+        from polars.exceptions import PolarsError
+
+        from motivation_profiles.metrics.summary import summary
+
+        try:
+            print(summary(args.results, args.report))
+        except (OSError, KeyError, ValueError, PolarsError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
 
     if args.command == "cache":
         return _cache_verify(args.cache_dir, args.fix)

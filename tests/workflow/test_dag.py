@@ -16,29 +16,29 @@ from conftest import (
 
 
 def test_embedded_config_dry_run(tmp_path):
-    cfg = absolutize(load_repo_config())
-    cfg["sdf"]["enabled"] = False  # the SDF branches: tests/test_sdf_e2e.py
-    proc = run_snakemake(tmp_path, cfg, "-n")
-    # baseline + baseline-instruct (screening) + 24 prompt conditions (8 claims x 3
-    # strengths) + steering: 2 fitted OOC vectors x 2 multipliers + 2 random controls x 2
-    # multipliers, each judged; 3 raw-AdvBench conditions (baseline, two vectors at +4) judged
-    # for compliance. Steering: 3 OOC splits x 2 concepts, one activation cache per pair set
-    # (IC is off in the embedded config). The organism (organism: train) is trained even with
-    # the SDF arm off: every condition but baseline-instruct runs on it.
+    """`make demo`'s whole job list (tests/workflow/test_sdf_e2e.py runs the SDF branches)."""
+    proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n")
+    # Rollouts: baseline + baseline-instruct (screening) + 6 SDF branches (organism, noise, A1/B1 amp/sup) + 12 prompt
+    # conditions (A1/B1 amp/sup x 3 strengths) + 4 steered (2 OOC vectors at -4/+4) + 2 random
+    # controls at +4, each judged, + 3 raw-AdvBench conditions (baseline, two vectors at +4)
+    # judged for compliance. Steering: 3 OOC splits x 2 concepts, one activation cache per pair
+    # set (IC is off in the embedded config). The calibration's rollouts are added once
+    # calibration_select (a checkpoint) has run.
     assert job_counts(proc.stdout + proc.stderr) == {
-        "prepare_model": 1, "goals": 1, "rollouts": 37, "metrics": 34, "metrics_table": 1,
-        "judge": 34, "generate_documents": 1, "sdf_dataset": 1, "train_lora": 1,
-        "departures": 1, "prompt_profile": 1, "profiles": 1, "figure_baseline": 1,
+        "prepare_model": 1, "goals": 1, "generate_documents": 6, "sdf_dataset": 6,
+        "train_lora": 6, "belief_check": 5, "rollouts": 29, "metrics": 26, "judge": 26,
+        "metrics_table": 1, "sdf_profile": 1, "prompt_profile": 1, "calibration_select": 1,
+        "calibration": 1, "profiles": 1, "figure_baseline": 1, "figure_sdf_profile": 1,
         "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,
-        "figure_judge_scores": 1, "all": 1, "browser": 1,
-        "ooc_pairs": 6, "activations": 6, "fit_vectors": 2,
-        "random_vectors": 2, "steering_layers": 1, "vector_norms": 1, "judge_raw": 3,
-        "steering_summary": 1,
-        "raw_summary": 1, "steering_profile": 1, "token_cosines": 1,
+        "figure_prompt_calibration": 1, "figure_calibration_signal": 1,
+        "figure_judge_scores": 1, "departures": 1, "browser": 1, "all": 1,
+        "ooc_pairs": 6, "activations": 6, "fit_vectors": 2, "random_vectors": 2,
+        "steering_layers": 1, "vector_norms": 1, "judge_raw": 3, "steering_summary": 1, "raw_summary": 1,
+        "steering_profile": 1, "token_cosines": 1, "sdf_alignment": 1,
         "figure_steering_diagnostics": 1, "figure_steering_ooc": 1,
         "figure_steering_random": 1, "figure_steering_raw": 1,
         "figure_token_heatmap_consequences": 1, "figure_token_heatmap_expectations": 1,
-    }
+        "figure_sdf_steering_alignment": 1}
     assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
 
 

@@ -6,7 +6,15 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import absolutize, job_counts, load_repo_config, run_snakemake, tiny_config
+from conftest import (
+    absolutize,
+    assert_table_jobs_load_no_model_library,
+    job_counts,
+    load_repo_config,
+    model_libraries_in_logs,
+    run_snakemake,
+    tiny_config,
+)
 
 from motivation_profiles.core.provenance import read_provenance
 
@@ -22,9 +30,8 @@ def _outputs(workdir, model):
     }
 
 
-def test_tiny_end_to_end(tmp_path):
-    cfg = tiny_config()
-    run_snakemake(tmp_path, cfg)
+def test_tiny_end_to_end(tiny_dag):
+    tmp_path = tiny_dag.work
     out = _outputs(tmp_path, "tiny")
     for name, path in out.items():
         assert path.is_file() and path.stat().st_size > 0, name
@@ -67,6 +74,18 @@ def test_tiny_end_to_end(tmp_path):
     assert "Choices not in the paper" in (tmp_path / "results/report/departures.html"
                                           ).read_text()
 
+
+def test_table_and_figure_jobs_load_no_model_library(tiny_dag):
+    results = tiny_dag.work / "results"
+    # goals, metrics, metrics_table, figure_baseline, figure_judge_scores
+    assert assert_table_jobs_load_no_model_library(results) == 5
+    # the line reports what a model job did load, so the check above can fail
+    assert "torch" in model_libraries_in_logs(results)["rollouts/tiny/baseline"]
+
+
+def test_tiny_reruns_only_what_changed(tiny_dag):
+    tmp_path, cfg = tiny_dag.work, tiny_dag.config
+    out = _outputs(tmp_path, "tiny")
     # idempotent: a second run does nothing
     again = run_snakemake(tmp_path, cfg)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -110,11 +129,15 @@ def test_tiny_end_to_end(tmp_path):
 def test_embedded_model_end_to_end(tmp_path):
     cfg = absolutize(load_repo_config())
     cfg["goals"]["n"] = 2
-    cfg["sdf"]["interventions"] = ["A1_amp", "B1_amp"]  # the full set: `make demo`
+    # What only the embedded model can show: the GGUF conversion, its documents, a LoRA on
+    # it, scratchpads it writes and a judge that reads them, through every stage once. The
+    # grids (more interventions, calibration, steering) run on the tiny model
+    # (test_sdf_e2e.py, test_prompt_e2e.py, test_steering_e2e.py) and in `make demo`.
+    cfg["sdf"]["interventions"] = ["A1_amp"]
     cfg["rollouts"].update({"max_new_tokens": 16, "max_turns": 2})
-    cfg["prompt_interventions"].update(interventions=["A1_amp", "A1_sup", "B1_amp", "B1_sup"],
+    cfg["prompt_interventions"].update(interventions=["A1_amp", "A1_sup"],
                                        strengths=["standard"])
-    cfg["calibration"]["candidates"] = ["A1_amp", "B1_amp"]
+    cfg["calibration"]["enabled"] = False
     cfg["judge"]["max_tokens"] = 8
     # Steering on the embedded model (real OOC generation) is `make demo`'s; its DAG runs here
     # on the tiny model (tests/test_steering_e2e.py), which keeps CI within its time budget.
@@ -132,5 +155,5 @@ def test_embedded_model_end_to_end(tmp_path):
     judged = pd.read_parquet(tmp_path / "results/judge/smollm2-135m/baseline.parquet")
     assert len(judged) == 4 and (judged["status"] != "no_scratchpad").all()
     assert (tmp_path / "results/metrics/profiles.parquet").is_file()
-    for name in ("profile_plane", "prompt_calibration", "judge_scores"):
+    for name in ("profile_plane", "sdf_profile", "judge_scores"):
         assert (tmp_path / f"results/figures/{name}.png").is_file(), name

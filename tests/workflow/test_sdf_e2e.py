@@ -8,7 +8,7 @@ import os
 import shutil
 
 import pandas as pd
-from conftest import REPO, absolutize, job_counts, load_repo_config, run_snakemake, tiny_config
+from conftest import REPO, job_counts, run_snakemake, tiny_config
 from peft import PeftConfig
 
 from motivation_profiles.core.provenance import read_provenance
@@ -108,29 +108,3 @@ def test_missing_api_key_fails_only_hosted_jobs(tmp_path):
     assert not (work / "results/rollouts/tiny/baseline.parquet").exists()
     assert not (work / "results/sdf/documents").exists() or not list(
         (work / "results/sdf/documents").glob("*.parquet"))
-
-
-def test_embedded_sdf_dry_run_lists_every_branch(tmp_path):
-    proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n")
-    # The demo's whole job list. Rollouts: baseline + baseline-instruct + 10 SDF + 24 prompt
-    # + 8 steering
-    # conditions (2 OOC vectors and 2 random controls at -4/+4), each judged, + 3 raw-AdvBench
-    # conditions judged for compliance; the calibration's are added once calibration_select
-    # has run.
-    assert job_counts(proc.stdout + proc.stderr) == {
-        "prepare_model": 1, "goals": 1, "generate_documents": 10, "sdf_dataset": 10,
-        "train_lora": 10, "belief_check": 9, "rollouts": 47, "metrics": 44, "judge": 44,
-        "departures": 1,
-        "metrics_table": 1, "sdf_profile": 1, "prompt_profile": 1, "calibration_select": 1,
-        "calibration": 1, "profiles": 1, "figure_baseline": 1, "figure_sdf_profile": 1,
-        "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,
-        "figure_prompt_calibration": 1, "figure_calibration_signal": 1,
-        "figure_judge_scores": 1, "all": 1, "browser": 1,
-        "ooc_pairs": 6, "activations": 6, "fit_vectors": 2, "random_vectors": 2,
-        "steering_layers": 1, "vector_norms": 1, "judge_raw": 3, "steering_summary": 1,
-        "raw_summary": 1,
-        "steering_profile": 1, "token_cosines": 1, "sdf_alignment": 1,
-        "figure_steering_diagnostics": 1, "figure_steering_ooc": 1,
-        "figure_steering_random": 1, "figure_steering_raw": 1,
-        "figure_token_heatmap_consequences": 1, "figure_token_heatmap_expectations": 1,
-        "figure_sdf_steering_alignment": 1}

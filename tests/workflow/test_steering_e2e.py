@@ -13,7 +13,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, job_counts, run_snakemake, tiny_config
+from conftest import (
+    REPO,
+    assert_table_jobs_load_no_model_library,
+    job_counts,
+    run_snakemake,
+    tiny_config,
+)
 from safetensors.numpy import load_file
 
 from motivation_profiles.core.provenance import read_provenance
@@ -86,6 +92,8 @@ def test_tiny_steering_end_to_end(tmp_path):
     cfg["steering"]["extraction"]["max_batch_tokens"] = 512
     run_snakemake(tmp_path, cfg, timeout=1200)
     res = tmp_path / "results"
+    # steering tables and figures (summaries, layer choice, vectors, heatmaps) load no torch
+    assert assert_table_jobs_load_no_model_library(res) >= 10
 
     # pairs and their activation caches: one shard set + index per pair set
     train = pd.read_parquet(res / "pairs/tiny/ooc_expectations_train.parquet")
