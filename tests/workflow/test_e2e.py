@@ -77,8 +77,9 @@ def test_tiny_end_to_end(tiny_dag):
 
 def test_table_and_figure_jobs_load_no_model_library(tiny_dag):
     results = tiny_dag.work / "results"
-    # goals, metrics, metrics_table, figure_baseline, figure_judge_scores
-    assert assert_table_jobs_load_no_model_library(results) == 5
+    # goals, metrics x 2 (baseline, baseline-instruct), metrics_table, departures, browser,
+    # figure_baseline, figure_judge_scores
+    assert assert_table_jobs_load_no_model_library(results) == 8
     # the line reports what a model job did load, so the check above can fail
     assert "torch" in model_libraries_in_logs(results)["rollouts/tiny/baseline"]
 
