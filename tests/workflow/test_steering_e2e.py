@@ -118,6 +118,16 @@ def test_tiny_steering_end_to_end(tmp_path):
                                rtol=1e-5)
     layers = pd.read_parquet(res / "vectors/tiny/layers.parquet")
     assert int(layers["selected"].sum()) == 1                       # steering.layers.k = 1
+    # every vector's per-layer norm, the steered layers marked (the figures' caption line)
+    norms = pd.read_parquet(res / "vectors/tiny/norms.parquet")
+    fitted = norms[norms["vector"] == "expectations_ooc"].sort_values("layer")
+    np.testing.assert_allclose(fitted["norm"], np.linalg.norm(vec, axis=1), rtol=1e-5)
+    assert list(fitted["steered"]) == list(layers.sort_values("layer")["selected"])
+    assert set(norms["kind"]) == {"fitted", "random"}
+    # the controls of the two concepts are independent draws, not one vector rescaled
+    other = load_file(str(res / "vectors/tiny/random/consequences_ooc_1.safetensors"))["vectors"]
+    cos = (rnd * other).sum(axis=1) / (np.linalg.norm(rnd, axis=1) * np.linalg.norm(other, axis=1))
+    assert np.abs(cos).max() < 0.9
 
     # steered rollouts carry what steered them; the raw control has no AF framing
     steered = pd.read_parquet(res / "rollouts/tiny/steer-expectations_ooc-x+4.parquet")
