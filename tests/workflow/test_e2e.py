@@ -9,6 +9,7 @@ import pytest
 from conftest import (
     absolutize,
     assert_table_jobs_load_no_model_library,
+    dry_run_jobs,
     job_counts,
     load_repo_config,
     model_libraries_in_logs,
@@ -116,8 +117,9 @@ def test_tiny_reruns_only_what_changed(tiny_dag):
         "prepare_organism": 1, "rollouts": 1, "metrics": 1, "judge": 1, "metrics_table": 1,
         "figure_baseline": 1, "figure_judge_scores": 1, "departures": 1, "browser": 1,
         "all": 1}
-    assert "results/rollouts/tiny/baseline.parquet" in rerun.stdout
-    assert "results/rollouts/tiny/baseline-instruct.parquet" not in rerun.stdout
+    rerun_outputs = [o for job in dry_run_jobs(rerun.stdout) for o in job["output"]]
+    assert "results/rollouts/tiny/baseline.parquet" in rerun_outputs
+    assert "results/rollouts/tiny/baseline-instruct.parquet" not in rerun_outputs
 
     # figures redraw from cached tables alone
     out["png"].unlink()
