@@ -20,8 +20,10 @@ from tqdm.auto import tqdm
 from motivation_profiles.backends.base import (
     ChatRequest,
     Completion,
+    PromptTooLongError,
     SamplingParams,
     check_prompts_fit,
+    continuation_tokens,
     cut_at_stop,
     longest_common_prefix,
     stream_seed,
@@ -202,6 +204,85 @@ class HFBackend:
                                         [all_ids[i] for i in batch], p, params)
             results.update(zip(batch, outs, strict=True))
         return [results[i] for i in range(len(requests))]
+
+    # ------------------------------------------------------------------ scoring
+    def continuation_logprobs(self, requests: Sequence[ChatRequest], candidates: Sequence[str]
+                              ) -> list[list[float] | None]:
+        """Per request, the log-probability (temperature 1) of each candidate's full token
+        sequence continuing the request's trailing assistant message
+        (``base.continuation_tokens``), in candidate order. A request whose longest scored
+        sequence does not fit ``max_model_len`` raises ``PromptTooLongError`` before anything is
+        computed (``prompt_overflow="raise"``) or gets None (``"length"``). Steered like
+        ``generate``; the shared prompt prefix's KV cache is reused the same way."""
+        out: list[list[float] | None] = [None] * len(requests)
+        rows: list[tuple[int, int, int, list[int]]] = []  # request, candidate, context, ids
+        for i, req in enumerate(requests):
+            ctx, tails = continuation_tokens(self.encode, req.messages, candidates)
+            longest = max(len(t) for t in tails)
+            if len(ctx) + longest > self.max_model_len:
+                if req.prompt_overflow == "raise":
+                    raise PromptTooLongError(req.request_id, len(ctx), longest,
+                                             self.max_model_len)
+                log.warning("request %s: %d context tokens leave no room to score the "
+                            "candidates in the %d-token context", req.request_id, len(ctx),
+                            self.max_model_len)
+                continue
+            out[i] = [0.0] * len(candidates)
+            rows.extend((i, j, len(ctx), ctx + t) for j, t in enumerate(tails))
+        if not rows:
+            return out
+        seqs = [r[3] for r in rows]
+        # the logit that scores a row's first candidate token must be computed, not cached
+        cap = min(r[2] for r in rows) - 1
+        p = self._choose_prefix(seqs)
+        if p > cap:
+            p = cap if cap >= self.min_prefix_tokens and self.reuse_prefix else 0
+        order = sorted(range(len(rows)), key=lambda r: (-len(seqs[r]), r))
+        batches = [order[k: k + self.batch_size] for k in range(0, len(order), self.batch_size)]
+        for batch in tqdm(batches, desc=f"score (prefix {p} tok)", unit="batch",
+                          disable=not self.show_progress, mininterval=5):
+            sums = self._score_batch([seqs[r] for r in batch], [rows[r][2] for r in batch], p)
+            for r, value in zip(batch, sums, strict=True):
+                i, j = rows[r][0], rows[r][1]
+                out[i][j] = value
+        return out
+
+    def _score_batch(self, seqs: Sequence[Sequence[int]], contexts: Sequence[int], p: int
+                     ) -> list[float]:
+        """Sum of the log-probs of ``seq[context:]`` given ``seq[:context]``, per row; the
+        first ``p`` tokens (shared by every row) come from the prefix KV cache."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None else pad
+        suffixes = [list(s[p:]) for s in seqs]
+        width = max(len(s) for s in suffixes)
+        input_ids = [[pad] * (width - len(s)) + s for s in suffixes]
+        mask = [[1] * p + [0] * (width - len(s)) + [1] * len(s) for s in suffixes]
+        device = self.model.device
+        mask_t = torch.tensor(mask, device=device)
+        positions = (mask_t.cumsum(-1) - 1).clamp(min=0)[:, p:]
+        # left padding puts every scored token in the last `keep` columns
+        keep = max(len(s) - c for s, c in zip(seqs, contexts, strict=True)) + 1
+        kwargs: dict[str, Any] = {"input_ids": torch.tensor(input_ids, device=device),
+                                  "attention_mask": mask_t, "position_ids": positions,
+                                  "logits_to_keep": keep, "use_cache": bool(p)}
+        if p:
+            cache = copy.deepcopy(self._prefix_cache(list(seqs[0][:p])))
+            cache.batch_repeat_interleave(len(seqs))
+            kwargs["past_key_values"] = cache
+        with torch.inference_mode(), self._steered():
+            logits = self.model(**kwargs).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        sums = []
+        for row, (seq, ctx) in enumerate(zip(seqs, contexts, strict=True)):
+            n = len(seq)
+            # token j sits in column width-(n-j) and is scored by the logit one column to
+            # its left: kept index keep-1-(n-j)
+            idx = [keep - 1 - (n - j) for j in range(ctx, n)]
+            toks = torch.tensor([seq[j] for j in range(ctx, n)], device=logp.device)
+            sums.append(float(logp[row, idx, toks].sum()))
+        return sums
 
     def _generate_batch(self, reqs: Sequence[ChatRequest], ids: Sequence[Sequence[int]],
                         p: int, params: SamplingParams) -> list[Completion]:
