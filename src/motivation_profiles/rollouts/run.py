@@ -133,6 +133,16 @@ def _turn_messages(r: _Rollout, turn: int) -> list[dict[str, str]]:
     return [dict(m) for m in r.messages[: 2 + 2 * turn]]
 
 
+def _locate(turns: Sequence[str], pos: int) -> tuple[int, int]:
+    """The turn holding position ``pos`` of the joined transcript, and the position in it."""
+    offset = 0
+    for i, text in enumerate(turns):
+        if pos <= offset + len(text):
+            return i, pos - offset
+        offset += len(text) + len(TURN_SEPARATOR)
+    raise ValueError(f"position {pos} is past the transcript's end")
+
+
 def _score_free(backend: Any, rollouts: Sequence[_Rollout]) -> None:
     """``p_accept`` of every rollout whose transcript opens a final ``<OUTPUT>``."""
     requests, owners = [], []
@@ -140,12 +150,8 @@ def _score_free(backend: Any, rollouts: Sequence[_Rollout]) -> None:
         pos = output_opening(r.transcript)
         if pos is None:
             continue
-        offset = 0
-        for i, text in enumerate(r.turns):   # the turn holding the opening
-            if pos <= offset + len(text):
-                break
-            offset += len(text) + len(TURN_SEPARATOR)
-        local = pos - offset
+        i, local = _locate(r.turns, pos)
+        text = r.turns[i]
         while local < len(text) and text[local].isspace():   # the model's own layout
             local += 1
         msgs = (*_turn_messages(r, i), {"role": "assistant", "content": text[:local]})
