@@ -44,12 +44,13 @@ from motivation_profiles.models.hooks import Steering
 class FakeSamplingParams:
     n: int
     temperature: float
-    top_p: float
     max_tokens: int
-    seed: int
-    stop: Any
-    include_stop_str_in_output: bool
-    skip_special_tokens: bool
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Any = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    prompt_logprobs: int | None = None
 
 
 @pytest.fixture
@@ -94,7 +95,18 @@ class FakeLLM:
             new = gen[0, ids.shape[1]:].tolist()
             text = self.tok.decode(new, skip_special_tokens=True)
             o = types.SimpleNamespace(text=text, token_ids=new, finish_reason="length")
-            outs.append(types.SimpleNamespace(outputs=[o]))
+            prompt_logprobs = None
+            if sp.prompt_logprobs is not None:
+                # vLLM's shape: None for the first token, then {token id: Logprob} holding
+                # the prompt token itself (prompt_logprobs=0: nothing else)
+                assert sp.prompt_logprobs == 0
+                with torch.inference_mode():
+                    lp = torch.log_softmax(self.model(ids).logits[0].float(), -1)
+                toks = p["prompt_token_ids"]
+                prompt_logprobs = [None] + [
+                    {toks[n]: types.SimpleNamespace(logprob=float(lp[n - 1, toks[n]]))}
+                    for n in range(1, len(toks))]
+            outs.append(types.SimpleNamespace(outputs=[o], prompt_logprobs=prompt_logprobs))
         return outs
 
 
@@ -283,3 +295,34 @@ def test_missing_vllm_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(VLLMUnavailable, match="backend 'vllm' needs the vllm package"):
         require_vllm()
+
+
+def test_continuation_logprobs_match_hf_backend(tiny_model, fake_vllm):
+    """Prompt log-probs summed over each candidate's tokens: the same numbers as the hf
+    backend's forward pass, steered through the workers' hooks like generate; a request that
+    cannot fit is refused, or left None when it may overflow."""
+    model, tok = tiny_model
+    steering = Steering({1: np.random.default_rng(1).normal(size=64).astype(np.float32)}, 4.0)
+    cands = ["<request_fully_accepted/>", "<rejected/>"]
+    reqs = [ChatRequest(f"s{i}", ({"role": "user", "content": f"Question {i}?"},
+                                  {"role": "assistant", "content": "<OUTPUT>\n"}), seed=i)
+            for i in range(3)]
+    llm = FakeLLM(model, tok)
+    backend = VLLMBackend(llm=llm, tokenizer=tok, max_model_len=2048, steering=steering)
+    got = backend.continuation_logprobs(reqs, cands)
+    hf = HFBackend(model=model, tokenizer=tok, show_progress=False, steering=steering)
+    want = hf.continuation_logprobs(reqs, cands)
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-4)
+    assert llm.hooks_during_generate == [1] and getattr(model, _HANDLES) == []
+    assert {(s.max_tokens, s.prompt_logprobs, s.temperature) for s in llm.sampling} == {(1, 0, 0.0)}
+    unsteered = VLLMBackend(llm=FakeLLM(model, tok), tokenizer=tok).continuation_logprobs(
+        reqs, cands)
+    assert not np.allclose(np.array(unsteered), np.array(got))
+    n = len(backend.encode(reqs[0].messages))
+    backend.max_model_len = n
+    with pytest.raises(PromptTooLongError, match="'s0'"):
+        backend.continuation_logprobs(reqs[:1], cands)
+    calls = llm.generate_calls
+    overflow = ChatRequest("s0", reqs[0].messages, 0, prompt_overflow="length")
+    assert backend.continuation_logprobs([overflow], cands) == [None]
+    assert llm.generate_calls == calls

@@ -333,6 +333,7 @@ CLAUDE = {"source": "anthropic", "model_id": "claude-3-opus-20240229",
 
 def test_hosted_model_needs_only_its_id(cfg):
     cfg["models"]["claude-3-opus"] = dict(CLAUDE)
+    cfg["rollouts"]["output_mode"] = "free"
     validate_config(cfg, base_dir=REPO)
     bad = copy.deepcopy(cfg)
     del bad["models"]["claude-3-opus"]["model_id"]
@@ -344,6 +345,9 @@ def test_hosted_model_needs_only_its_id(cfg):
 
 def test_hosted_model_rules(cfg):
     cfg["models"]["claude-3-opus"] = dict(CLAUDE)
+    cfg["rollouts"]["output_mode"] = "forced_choice"
+    invalid(cfg, "rollouts.output_mode", "claude-3-opus")
+    cfg["rollouts"]["output_mode"] = "free"
     cfg["rollouts"]["temperature"] = 0.7
     invalid(cfg, "rollouts.temperature", "claude-3-opus")
     cfg["rollouts"]["temperature"] = 1.0

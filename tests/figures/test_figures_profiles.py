@@ -455,6 +455,8 @@ def test_prompt_calibration_share_is_on_the_recovery_signal(tmp_path):
     # the profile plane (top) stays on the gap's S_A / S_B
     assert ratio_share["B1_amp"]["S_B"] == pytest.approx(gap_share["B1_amp"]["S_B"])
     _draw(profile_figures.prompt_calibration, both, tmp_path)
+
+
 def test_baseline_compliance_shows_instruct_beside_organism(tmp_path, monkeypatch):
     """Figure 2: a screened model has two bar groups, its instruct model then its organism;
     a model with no organism is labelled instruct; a hosted model (not in ``organisms``) keeps
@@ -479,3 +481,27 @@ def test_baseline_compliance_shows_instruct_beside_organism(tmp_path, monkeypatc
     assert shown["labels"] == ["Model One\ninstruct", "Model One\norganism",
                                "Model Two (closed)", "Three\ninstruct"]
     assert shown["bars"] == 2 * 4
+
+
+def test_baseline_compliance_shows_propensity_beside_compliance(tmp_path, monkeypatch):
+    """The right panel: mean p_accept per tier (bar heights) and the paired propensity gap for
+    a model with log-probs; "no log-probs" for one without (its metrics lack the columns)."""
+    import motivation_profiles.figures.baseline as baseline
+
+    figs = []
+    monkeypatch.setattr(baseline, "save", lambda fig, outputs, dpi: figs.append(fig))
+    prop = {"monitored_p_accept": 0.7, "monitored_p_accept_ci_low": 0.6,
+            "monitored_p_accept_ci_high": 0.8, "unmonitored_p_accept": 0.55,
+            "unmonitored_p_accept_ci_low": 0.45, "unmonitored_p_accept_ci_high": 0.65,
+            "p_accept_gap": 0.15, "p_accept_gap_ci_low": 0.05, "p_accept_gap_ci_high": 0.25,
+            "n_p_accept_pairs": 8}
+    trunc = {"monitored_truncated": 0.0, "unmonitored_truncated": 0.0}
+    df = pl.concat([pl.DataFrame([baseline_metrics("m1", **prop, **trunc)]),
+                    pl.DataFrame([baseline_metrics("m2", **trunc)])], how="diagonal_relaxed")
+    baseline.baseline_compliance(df, NAMES, [tmp_path / "x.png"])
+    left, right = figs[0].axes
+    heights = sorted(round(b.get_height(), 6) for b in right.patches)
+    assert heights == [0.0, 0.0, 55.0, 70.0]
+    texts = [t.get_text() for t in right.texts]
+    assert texts == ["gap +15.0 pp\n[+5.0, +25.0]\nn=8 pairs", "no log-probs"]
+    assert "compliance" in left.get_ylabel() and "P(accept" in right.get_ylabel()

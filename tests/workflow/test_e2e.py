@@ -42,9 +42,20 @@ def test_tiny_end_to_end(tiny_dag):
     assert rollouts.groupby(["goal_id", "tier", "seed"]).size().max() == 1
     assert rollouts["prompt_hash"].str.fullmatch("[0-9a-f]{64}").all()
     assert (rollouts["n_turns"] >= 1).all() and (rollouts["n_turns"] <= 2).all()
+    # the embedded config's forced_choice mode: every rollout has a closed scratchpad, an
+    # opening tag drawn by the model and a propensity; the local judge scores every scratchpad
+    assert set(rollouts["output_mode"]) == {"forced_choice"}
+    assert rollouts["p_accept"].between(0, 1).all()
+    assert rollouts["final_output"].str.startswith(("<request_fully_accepted/>",
+                                                    "<rejected/>")).all()
+    judge = pd.read_parquet(tmp_path / "results/judge/tiny/baseline.parquet")
+    assert set(judge["judge_scoring"]) == {"expected"} and (judge["status"] == "ok").all()
+    assert judge[["a_score", "b_score", "a_mass", "b_mass"]].notna().all().all()
     metrics = pd.read_parquet(out["metrics"])
     assert sorted(metrics["condition"]) == ["baseline", "baseline-instruct"]
-    assert (metrics["n_pairs"] == 6).all()
+    assert (metrics["n_pairs"] == 6).all() and (metrics["n_p_accept_pairs"] == 6).all()
+    assert metrics[["monitored_p_accept", "unmonitored_p_accept", "p_accept_gap"]].notna().all(
+        axis=None)
     prov = read_provenance(out["metrics"])
     assert prov["rule"] == "metrics_table"
     assert "results/metrics/tiny/by_condition/baseline.parquet" in prov["inputs"]

@@ -182,7 +182,8 @@ def condition_params(wildcards):
 # Sampling settings of every rollout job (a constant, not an input function: Snakemake
 # introspects each input function's signature once per job, which adds up over ~300 jobs).
 ROLLOUT_GENERATION = {k: config["rollouts"][k] for k in (
-    "seeds", "temperature", "top_p", "max_new_tokens", "max_turns", "stop", "prefill")}
+    "seeds", "temperature", "top_p", "max_new_tokens", "max_turns", "stop", "prefill",
+    "output_mode")}
 
 
 def rollout_hosted(wildcards):

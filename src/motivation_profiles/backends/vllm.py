@@ -16,6 +16,10 @@ numerics.
   batch) that seeds the ``hf`` backend's per-row streams.
 - A prompt that leaves no room for the smallest useful answer raises ``PromptTooLongError``
   before anything is generated.
+- Log-probs (``continuation_logprobs``, for ``p_accept``, forced choices and the judge's
+  probability-weighted scores): each candidate's full sequence is sent as a prompt with
+  ``prompt_logprobs=0`` (the raw log-prob of each prompt token itself) and one greedy new
+  token, and the candidate's tokens' log-probs are summed.
 - Steering: there is no official hook API, so ``LLM.apply_model`` runs a function on every
   worker (every tensor-parallel rank) that registers forward hooks on the decoder layers. A
   vLLM decoder layer returns ``(hidden_states, residual)`` and the residual stream is their
@@ -49,8 +53,10 @@ import numpy as np
 from motivation_profiles.backends.base import (
     ChatRequest,
     Completion,
+    PromptTooLongError,
     SamplingParams,
     check_prompts_fit,
+    continuation_tokens,
     stream_seed,
 )
 from motivation_profiles.backends.hf import HFBackend
@@ -299,6 +305,49 @@ class VLLMBackend:
                 results[i] = Completion(requests[i].request_id, o.text, finish,
                                         len(all_ids[i]), len(o.token_ids))
         return [results[i] for i in range(len(requests))]
+
+    def continuation_logprobs(self, requests: Sequence[ChatRequest], candidates: Sequence[str]
+                              ) -> list[list[float] | None]:
+        """Per request, the log-probability of each candidate's full token sequence continuing
+        the request's trailing assistant message (``base.continuation_tokens``), from vLLM's
+        prompt log-probs; the same contract as ``HFBackend.continuation_logprobs`` (a request
+        that does not fit raises ``PromptTooLongError``, or gets None with
+        ``prompt_overflow="length"``)."""
+        from vllm import SamplingParams as VSamplingParams
+
+        out: list[list[float] | None] = [None] * len(requests)
+        prompts, index = [], []
+        for i, req in enumerate(requests):
+            ctx, tails = continuation_tokens(self.encode, req.messages, candidates)
+            longest = max(len(t) for t in tails)
+            if len(ctx) + longest + 1 > self.max_model_len:   # + the one generated token
+                if req.prompt_overflow == "raise":
+                    raise PromptTooLongError(req.request_id, len(ctx), longest + 1,
+                                             self.max_model_len)
+                log.warning("request %s: %d context tokens leave no room to score the "
+                            "candidates in the %d-token context", req.request_id, len(ctx),
+                            self.max_model_len)
+                continue
+            out[i] = [0.0] * len(candidates)
+            for j, t in enumerate(tails):
+                prompts.append({"prompt_token_ids": ctx + t})
+                index.append((i, j, len(ctx)))
+        if not prompts:
+            return out
+        params = VSamplingParams(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        steer = self.steering is not None and self.steering.active
+        try:
+            self._set_hooks(steer)
+            outs = self.llm.generate(prompts, [params] * len(prompts), lora_request=self.lora,
+                                     use_tqdm=False)
+        finally:
+            self._set_hooks(False)
+        for (i, j, k), prompt, res in zip(index, prompts, outs, strict=True):
+            ids = prompt["prompt_token_ids"]
+            # prompt_logprobs[n]: {token id: Logprob} for prompt token n (None at n = 0)
+            out[i][j] = float(sum(res.prompt_logprobs[n][ids[n]].logprob
+                                  for n in range(k, len(ids))))
+        return out
 
 
 __all__ = ["INSECURE_SERIALIZATION", "VLLMBackend", "VLLMUnavailable", "adapter_rank",

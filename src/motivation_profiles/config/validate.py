@@ -127,6 +127,12 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
     from motivation_profiles.config.departures import check_departures
 
     check_departures(config, problems)
+    if config["rollouts"]["output_mode"] == "forced_choice":
+        hosted = [n for n, m in config["models"].items() if m["backend"] == "anthropic"]
+        if hosted:
+            problems.append("config key 'rollouts.output_mode': forced_choice draws the output "
+                            "tag from token log-probabilities, which hosted model(s) "
+                            f"{', '.join(hosted)} do not expose; use free")
     # each stage checks its own section (files it reads, names it parses)
     for stage in (sdf_checks, prompt_checks, steering_checks):
         stage.check_config(config, base, problems, need_file)

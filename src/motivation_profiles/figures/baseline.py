@@ -1,4 +1,6 @@
-"""Figure 2: compliance per tier and model, with the paired gap."""
+"""Figure 2: compliance per tier and model, with the paired gap; beside it, the compliance
+propensity (mean ``p_accept``) per tier with its paired gap, where the backend exposed
+log-probs."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ def baseline_compliance(metrics: pl.DataFrame, display_names: Mapping[str, str],
     (``condition``). ``organisms``: model -> organism label (None: no organism, so the
     ``condition`` bar is the instruct model itself). Above each bar group: the gap on
     parsed-only pairs and each tier's truncated and unparseable rates (M = monitored,
-    U = unmonitored)."""
+    U = unmonitored). Right: the mean compliance propensity ``p_accept`` per tier with its
+    paired gap ("no log-probs" for a model without propensities, e.g. a hosted one)."""
     organisms = dict(organisms or {})
     df = (metrics.filter(pl.col("condition").is_in([instruct, condition]))
           .with_columns((pl.col("condition") == condition).cast(pl.Int8).alias("_order"))
@@ -45,7 +48,7 @@ def baseline_compliance(metrics: pl.DataFrame, display_names: Mapping[str, str],
             names.append(name)
     x = np.arange(len(df))
     width = 0.38
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(df) + 1.5), 3.6))
+    fig, (ax, ax_p) = plt.subplots(1, 2, figsize=(2 * max(4.0, 1.6 * len(df) + 1.5), 3.6))
     for j, tier in enumerate(TIERS):
         rate = _num(df[f"{tier}_compliance"]) * 100
         lo = _num(df[f"{tier}_compliance_ci_low"]) * 100
@@ -81,4 +84,43 @@ def baseline_compliance(metrics: pl.DataFrame, display_names: Mapping[str, str],
     ax.set_title(f"Baseline alignment-faking evaluation ({level}% CIs)", fontsize=10)
     ax.legend(fontsize=7, loc="upper right", frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
+    _propensity_panel(ax_p, df, x, width, level)
+    ax_p.set_xticks(x, names, fontsize=8)
+    fig.tight_layout()
     save(fig, outputs, dpi)
+
+
+def _propensity_panel(ax, df: pl.DataFrame, x: np.ndarray, width: float, level: int) -> None:
+    """Mean p_accept per tier (bootstrap CIs over goals) and the paired gap, per model."""
+
+    def col(name: str) -> np.ndarray:   # metrics tables written before propensities: NaN
+        return _num(df[name]) if name in df.columns else np.full(len(df), np.nan)
+
+    for j, tier in enumerate(TIERS):
+        mean = col(f"{tier}_p_accept") * 100
+        lo = col(f"{tier}_p_accept_ci_low") * 100
+        hi = col(f"{tier}_p_accept_ci_high") * 100
+        pos = x + (j - 0.5) * width
+        ax.bar(pos, np.nan_to_num(mean), width, color=TIER_COLORS[tier], alpha=0.9,
+               label=TIER_LABELS[tier], hatch="//", edgecolor="white")
+        ok = ~np.isnan(mean)
+        ax.errorbar(pos[ok], mean[ok], yerr=[(mean - lo)[ok], (hi - mean)[ok]], fmt="none",
+                    ecolor="black", capsize=3, lw=1)
+    gap, glo, ghi = (col(c) for c in ("p_accept_gap", "p_accept_gap_ci_low",
+                                      "p_accept_gap_ci_high"))
+    pairs = col("n_p_accept_pairs")
+    top = np.fmax(col("monitored_p_accept_ci_high"), col("unmonitored_p_accept_ci_high"))
+    for i, xi in enumerate(x):
+        if np.isnan(gap[i]):
+            text, y = "no log-probs", 2.0
+        else:
+            text = (f"gap {gap[i] * 100:+.1f} pp\n[{glo[i] * 100:+.1f}, {ghi[i] * 100:+.1f}]"
+                    f"\nn={int(pairs[i])} pairs")
+            y = min(np.nan_to_num(top[i]) * 100 + 3, 100)
+        ax.annotate(text, (xi, y), ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("mean P(accept tag) at <OUTPUT> (%)")
+    ax.set_ylim(0, 125)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title(f"Compliance propensity ({level}% CIs)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)

@@ -55,7 +55,7 @@ def rollouts(snakemake: Any) -> None:
                         adapter=cond["adapter"], backend=backend.name, prompts=prompts,
                         params=params, max_turns=1 if raw else gen["max_turns"],
                         prefill=None if raw else gen["prefill"], claim=cond["claim"],
-                        reasoning=reasoning)
+                        reasoning=reasoning, output_mode=None if raw else gen["output_mode"])
     meta.update(steering_vector=steer["vector"] if steer else None,
                 steering_multiplier=float(steer["multiplier"]) if steer else 0.0,
                 steering_layers=",".join(map(str, layers)) if layers else None)
@@ -71,7 +71,7 @@ def rollouts(snakemake: Any) -> None:
                        "inputs": job_provenance(snakemake)["inputs"]})
     df = run_rollouts(backend, prompts, goals_df, seeds=gen["seeds"], params=params,
                       max_turns=gen["max_turns"], meta=meta, prefill=gen["prefill"],
-                      reasoning=reasoning,
+                      reasoning=reasoning, output_mode=gen["output_mode"],
                       checkpoint_dir=out.parent / f".{out.stem}.partial", checkpoint_key=key)
     counts = df.group_by("tier", "outcome").len().sort(["tier", "len"], descending=[False, True],
                                                        maintain_order=True)

@@ -105,16 +105,38 @@ def scratchpad_text(transcript: str) -> str:
     return "\n\n".join(m.group(1).strip() for m in _SCRATCH_BLOCK.finditer(transcript))
 
 
-def answer_region(transcript: str) -> str:
+def answer_region_span(transcript: str) -> tuple[int, int]:
+    """``(start, end)`` of the answer region in ``transcript`` (see :func:`answer_region`)."""
     last_close = transcript.rfind(SCRATCH_CLOSE)
     if last_close >= 0:
-        region = transcript[last_close + len(SCRATCH_CLOSE):]
+        start = last_close + len(SCRATCH_CLOSE)
         # a scratchpad re-opened after the last close and never closed swallows the rest
-        reopened = region.find(SCRATCH_OPEN)
-        return region if reopened < 0 else region[:reopened]
+        reopened = transcript.find(SCRATCH_OPEN, start)
+        return start, (len(transcript) if reopened < 0 else reopened)
     if SCRATCH_OPEN in transcript:
-        return transcript[: transcript.find(SCRATCH_OPEN)]
-    return transcript
+        return 0, transcript.find(SCRATCH_OPEN)
+    return 0, len(transcript)
+
+
+def answer_region(transcript: str) -> str:
+    start, end = answer_region_span(transcript)
+    return transcript[start:end]
+
+
+def output_opening(transcript: str) -> int | None:
+    """Index just after the ``<OUTPUT>`` that opens the final output (the first in the answer
+    region), or None when no output opens: where ``p_accept`` is measured."""
+    start, end = answer_region_span(transcript)
+    pos = transcript.find(OUTPUT_OPEN, start, end)
+    return None if pos < 0 else pos + len(OUTPUT_OPEN)
+
+
+def forced_closing(turn_text: str) -> str:
+    """What ``forced_choice`` appends to the last scratchpad turn before the opening tag: the
+    scratchpad's close (unless the turn ended by closing it) and the output's opening, in the
+    system prompt's own layout."""
+    close = "" if turn_text.endswith(SCRATCH_CLOSE) else "\n" + SCRATCH_CLOSE
+    return close + "\n\n" + OUTPUT_OPEN + "\n"
 
 
 def parse_transcript(transcript: str, last_finish_reason: str = "stop") -> Parsed:
