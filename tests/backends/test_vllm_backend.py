@@ -167,6 +167,24 @@ def test_hooks_removed_when_generate_raises(tiny_model, fake_vllm):
     assert sum(len(layer._forward_hooks) for layer in model.model.layers) == hooks
 
 
+def test_failed_prefix_cache_reset_is_an_error(tiny_model, fake_vllm):
+    """vLLM's reset_prefix_cache returns False when it could not reset; serving KV computed
+    without the hooks under them would be silently wrong, so that is an error."""
+    model, tok = tiny_model
+
+    class NoReset(FakeLLM):
+        def reset_prefix_cache(self):
+            super().reset_prefix_cache()
+            return False
+
+    llm = NoReset(model, tok)
+    steering = Steering({0: np.ones(64, dtype=np.float32)}, 1.0)
+    backend = VLLMBackend(llm=llm, tokenizer=tok, steering=steering)
+    with pytest.raises(RuntimeError, match="did not reset its prefix cache"):
+        backend.generate(_requests(), SamplingParams(0.0, 1.0, 2))
+    assert llm.generate_calls == 0
+
+
 def test_prompt_without_room_for_an_answer_fails_before_generating(tiny_model, fake_vllm):
     model, tok = tiny_model
     llm = FakeLLM(model, tok)
@@ -285,6 +303,7 @@ def test_adapter_rank_and_vllm_rank(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 12}))
     assert adapter_rank(tmp_path) == 12
     assert max_lora_rank(12) == 16 and max_lora_rank(8) == 8 and max_lora_rank(300) == 320
+    assert max_lora_rank(1) == 1 and max_lora_rank(2) == 8   # vLLM 0.32 accepts rank 1
     with pytest.raises(ValueError, match="largest"):
         max_lora_rank(4096)
     with pytest.raises(ValueError, match="adapter_config.json"):

@@ -245,9 +245,14 @@ def test_cuda_without_gpus(cfg):
     invalid(cfg, f"models.{MODEL}.gpus", "gpus >= 1")
 
 
-def test_vllm_needs_a_gpu(cfg):
+def test_vllm_on_cpu_or_on_gpus(cfg):
+    """The embedded model's documented switch (backend vllm, device cpu: vLLM's CPU build) is a
+    valid config; vllm on a GPU device needs GPUs."""
     cfg["models"][MODEL]["backend"] = "vllm"
-    invalid(cfg, f"models.{MODEL}.backend", "GPUs only")
+    assert cfg["models"][MODEL]["device"] == "cpu"
+    validate_config(cfg, base_dir=REPO)
+    cfg["models"][MODEL]["device"] = "auto"
+    invalid(cfg, f"models.{MODEL}.gpus", "backend vllm on device 'auto' needs gpus >= 1")
     cfg["models"][MODEL].update(device="cuda", gpus=1)
     validate_config(cfg, base_dir=REPO)
     cfg["models"][MODEL]["backend"] = "sglang"

