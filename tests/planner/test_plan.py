@@ -20,9 +20,10 @@ from motivation_profiles.planner.settings import planner_settings, schema_defaul
 def predicted_vs_actual(planner: Planner, results) -> dict[str, tuple[float, int]]:
     """condition -> (predicted generated tokens, completion_tokens summed over its table)."""
     out = {}
+    dag = {(j.model, j.target): j for j in planner.jobs() if j.rule == "rollouts"}
     for path in sorted((results / "rollouts").glob("*/*.parquet")):
         model, condition = path.parent.name, path.stem
-        cost = planner.job_cost(Job("rollouts", model, condition))
+        cost = planner.job_cost(dag[(model, condition)])  # the DAG's job for this table
         out[condition] = (cost.generated_tokens,
                           int(pl.read_parquet(path)["completion_tokens"].sum()))
     return out
@@ -56,6 +57,7 @@ def test_settings_defaults_come_from_the_schema():
         planner_settings({"planner": {"gpu_type": "tpu"}})
 
 
+@pytest.mark.slow  # builds the paper DAG (seconds to tens of seconds on a loaded machine)
 def test_paper_rows_follow_the_formulas(tmp_path):
     cfg = absolutize(load_repo_config("configs/paper.yaml"))
     cfg["hosted"]["cache_dir"] = str(tmp_path / "cache")  # no cache: every request paid
@@ -96,7 +98,8 @@ def test_paper_rows_follow_the_formulas(tmp_path):
 def test_cache_hits_lower_the_dollars(tmp_path):
     cfg = absolutize(load_repo_config("configs/paper.yaml"))
     cfg["hosted"]["cache_dir"] = str(tmp_path / "cache")
-    before = Planner(cfg).table()
+    jobs = [Job("rollouts", "claude-3-opus", "baseline")] * 2  # 2 x 3,120 requests
+    before = Planner(cfg).table(jobs)
     for i in range(1000):
         key = f"{i:064x}"
         f = tmp_path / "cache" / key[:2] / f"{key}.json"
@@ -104,13 +107,14 @@ def test_cache_hits_lower_the_dollars(tmp_path):
         f.write_text(json.dumps({"format": 2, "key": key, "sha256": "0", "record": {
             "text": "x", "stop_reason": "end_turn", "model": "claude-3-opus-20240229",
             "usage": {"input_tokens": 1, "output_tokens": 1}}}))
-    after = Planner(cfg).table()
+    after = Planner(cfg).table(jobs)
     sel = lambda t: t.filter((pl.col("model") == "claude-3-opus")  # noqa: E731
                              & (pl.col("rule") == "rollouts")).row(0, named=True)
     assert sel(after)["api_cached"] == 1000
     assert sel(after)["usd"] < sel(before)["usd"]
 
 
+@pytest.mark.slow  # builds the paper DAG
 def test_cli_prints_the_paper_plan(capsys, tmp_path, repo, monkeypatch):
     monkeypatch.chdir(repo)  # the config's relative paths (prompts, rubric, cache)
     out_csv = tmp_path / "plan.csv"
