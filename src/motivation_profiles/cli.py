@@ -93,7 +93,9 @@ def _plan(configs: list[str], calibrate: str | None, csv_path: str | None) -> in
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(format_table(table, f"plan for {' + '.join(configs)} (the jobs of `snakemake -n`)"))
+    print(format_table(table, f"plan for {' + '.join(configs)} (every job of Snakemake's DAG "
+                       "of the default target, as `snakemake -n` lists them in a fresh "
+                       "directory)"))
     if len(extra):
         print()
         print(format_table(extra, "after calibration_select (upper bound: every candidate "

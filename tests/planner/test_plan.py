@@ -20,9 +20,10 @@ from motivation_profiles.planner.settings import planner_settings, schema_defaul
 def predicted_vs_actual(planner: Planner, results) -> dict[str, tuple[float, int]]:
     """condition -> (predicted generated tokens, completion_tokens summed over its table)."""
     out = {}
+    dag = {(j.model, j.target): j for j in planner.jobs() if j.rule == "rollouts"}
     for path in sorted((results / "rollouts").glob("*/*.parquet")):
         model, condition = path.parent.name, path.stem
-        cost = planner.job_cost(Job("rollouts", model, condition))
+        cost = planner.job_cost(dag[(model, condition)])  # the DAG's job for this table
         out[condition] = (cost.generated_tokens,
                           int(pl.read_parquet(path)["completion_tokens"].sum()))
     return out
@@ -56,6 +57,7 @@ def test_settings_defaults_come_from_the_schema():
         planner_settings({"planner": {"gpu_type": "tpu"}})
 
 
+@pytest.mark.slow  # builds the paper DAG (seconds to tens of seconds on a loaded machine)
 def test_paper_rows_follow_the_formulas(tmp_path):
     cfg = absolutize(load_repo_config("configs/paper.yaml"))
     cfg["hosted"]["cache_dir"] = str(tmp_path / "cache")  # no cache: every request paid
@@ -81,14 +83,18 @@ def test_paper_rows_follow_the_formulas(tmp_path):
     j = row("claude-3-opus", "judge")  # the Sonnet judge, k = 3
     assert j["api_requests"] == pytest.approx(c["jobs"] * R * s["scratchpad_share"] * 3)
     assert j["api_output_tokens"] == pytest.approx(j["api_requests"] * s["judge_fill"] * 600)
-    # LoRA: 10M tokens x 3 epochs per intervention, the organism's whole corpus x 1 epoch
+    # LoRA: 10M tokens x 3 epochs per intervention branch (Llama-3.1-70B's organism is the
+    # released adapter: no organism training); a trained organism (Qwen) adds its two
+    # af_organism branches (with and without +self), the whole corpus x 1 epoch each
     t = row("llama-3.1-70b", "train_lora")
+    assert t["trained_tokens"] == pytest.approx(t["jobs"] * 10e6 * 3)
+    assert t["disk_gb"] == pytest.approx(t["jobs"] * F.lora_adapter_bytes(70, 64) / 1e9)
+    q = row("qwen-2.5-72b", "train_lora")
     corpus = F.capped_output(15000, s["document_fill"], 3000)
-    assert t["trained_tokens"] == pytest.approx(9 * 10e6 * 3 + corpus)
-    assert t["disk_gb"] == pytest.approx(10 * F.lora_adapter_bytes(70, 64) / 1e9)
+    assert q["trained_tokens"] == pytest.approx((q["jobs"] - 2) * 10e6 * 3 + 2 * corpus)
     assert row("llama-3.1-405b", "prepare_model")["disk_gb"] == pytest.approx(810)
     d = row("claude-sonnet-4-5", "generate_documents")
-    assert d["api_requests"] == 10 * (1 + 100 + 15000 + 15000)
+    assert d["api_requests"] == d["jobs"] * (1 + 100 + 15000 + 15000)  # per universe
     tot = totals(table)
     assert tot["jobs"] == table["jobs"].sum() and tot["usd"] > 0 and tot["gpu_hours"] > 0
 
@@ -96,7 +102,8 @@ def test_paper_rows_follow_the_formulas(tmp_path):
 def test_cache_hits_lower_the_dollars(tmp_path):
     cfg = absolutize(load_repo_config("configs/paper.yaml"))
     cfg["hosted"]["cache_dir"] = str(tmp_path / "cache")
-    before = Planner(cfg).table()
+    jobs = [Job("rollouts", "claude-3-opus", "baseline")] * 2  # 2 x 3,120 requests
+    before = Planner(cfg).table(jobs)
     for i in range(1000):
         key = f"{i:064x}"
         f = tmp_path / "cache" / key[:2] / f"{key}.json"
@@ -104,13 +111,14 @@ def test_cache_hits_lower_the_dollars(tmp_path):
         f.write_text(json.dumps({"format": 2, "key": key, "sha256": "0", "record": {
             "text": "x", "stop_reason": "end_turn", "model": "claude-3-opus-20240229",
             "usage": {"input_tokens": 1, "output_tokens": 1}}}))
-    after = Planner(cfg).table()
+    after = Planner(cfg).table(jobs)
     sel = lambda t: t.filter((pl.col("model") == "claude-3-opus")  # noqa: E731
                              & (pl.col("rule") == "rollouts")).row(0, named=True)
     assert sel(after)["api_cached"] == 1000
     assert sel(after)["usd"] < sel(before)["usd"]
 
 
+@pytest.mark.slow  # builds the paper DAG
 def test_cli_prints_the_paper_plan(capsys, tmp_path, repo, monkeypatch):
     monkeypatch.chdir(repo)  # the config's relative paths (prompts, rubric, cache)
     out_csv = tmp_path / "plan.csv"

@@ -1,78 +1,138 @@
-"""Every job a config's default target asks for, from the plans the Snakefile uses.
+"""Every job a config's default target asks for, read from Snakemake's own DAG.
 
-``planned_jobs(config)`` lists (rule, model, target) for each job ``snakemake -n`` lists (the
-same functions of ``SDFPlan``, ``PromptPlan`` and ``SteeringPlan`` that
-``workflow/rules/common.smk`` calls, combined the same way; ``tests/planner/test_jobs.py``
-checks the counts against the dry run of the shipped configs). The calibration conditions,
-which the DAG knows only once the ``calibration_select`` checkpoint has run, are listed apart
-by ``calibration_jobs`` as an upper bound (every candidate selected, up to
-``calibration.max_per_family`` per family).
+``dag_jobs(config, workdir)`` builds the DAG of the repository's ``Snakefile`` in-process
+through Snakemake's Python API (``snakemake.api``: the same parsing and DAG construction as
+``snakemake -n``, no job is executed) and returns one :class:`Job` per job in it, with its rule
+and wildcards. There is no copy of the workflow's job logic here, so a new rule, condition or
+model source is counted as soon as the DAG has it (``tests/planner/test_jobs.py`` checks the
+jobs against the dry run of the shipped configs). Every job of the default target is listed,
+whether or not its outputs already exist in ``workdir``: the plan is the cost of the whole run,
+as a dry run in a fresh directory lists it.
+
+The calibration conditions, which the DAG knows only once the ``calibration_select``
+checkpoint has run, are listed apart by ``calibration_jobs`` from the prompt plan, as an upper
+bound (every candidate selected, up to ``calibration.max_per_family`` per family).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from motivation_profiles.prompts.plan import PromptPlan
 from motivation_profiles.sdf.plan import SDFPlan
-from motivation_profiles.steering.names import parse_steer_condition
-from motivation_profiles.steering.plan import SteeringPlan
+
+SNAKEFILE = Path(__file__).resolve().parents[3] / "Snakefile"
+"""The workflow of this checkout (``src/motivation_profiles/planner/`` -> the repo root)."""
+
+TARGETS = {
+    # the name a cost formula reads, for rules whose wildcards split it
+    "judge_raw": lambda w: f"raw-{w['rawcond']}",  # judges rollouts/{model}/raw-{rawcond}
+    "ooc_pairs": lambda w: f"ooc_{w['concept']}_{w['split']}",
+    "ic_pairs": lambda w: f"ic_{w['concept']}",
+}
 
 
 @dataclass(frozen=True)
 class Job:
     rule: str
     model: str | None = None
-    target: str | None = None  # condition, universe / branch, pair set, vector or figure
+    target: str | None = None  # condition, universe, pair set, vector ... (see ``target_of``)
+    wildcards: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+
+def target_of(rule: str, wildcards: Mapping[str, str]) -> str | None:
+    """What a job is about besides its model: the pair set of ``ooc_pairs`` / ``ic_pairs``,
+    ``raw-<condition>`` for ``judge_raw``, else its one other wildcard (condition, universe,
+    pair set), or ``name=value`` pairs joined by ``/`` when there are several."""
+    if rule in TARGETS:
+        return TARGETS[rule](wildcards)
+    rest = {k: v for k, v in wildcards.items() if k != "model"}
+    if not rest:
+        return None
+    if len(rest) == 1:
+        return next(iter(rest.values()))
+    return "/".join(f"{k}={v}" for k, v in rest.items())
+
+
+def job_from(rule: str, wildcards: Mapping[str, str]) -> Job:
+    wc = {str(k): str(v) for k, v in wildcards.items()}
+    return Job(rule, wc.get("model"), target_of(rule, wc), tuple(wc.items()))
+
+
+def dag_jobs(config: Mapping[str, Any], workdir: str | Path = ".",
+             snakefile: str | Path = SNAKEFILE) -> list[Job]:
+    """The jobs of the default target (``rule all``) of ``snakefile`` run with ``config`` in
+    ``workdir`` (relative paths of the config resolve there), from Snakemake's DAG.
+
+    Raises ``ValueError`` naming the problem when the workflow cannot be parsed or its DAG
+    cannot be built (a missing input file, a bad config)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.exceptions import RuleException, WorkflowError
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        OutputSettings,
+        ResourceSettings,
+    )
+
+    snakefile = Path(snakefile).resolve()
+    if not snakefile.is_file():
+        raise ValueError(f"no Snakefile at {snakefile}: the planner reads the DAG of the "
+                         "workflow of this checkout (install the package editable from it)")
+    workdir = Path(workdir).resolve()
+    if not workdir.is_dir():
+        raise ValueError(f"planner working directory {workdir} is not a directory")
+    cwd, smk_log = os.getcwd(), logging.getLogger("snakemake.logging")
+    level = smk_log.level
+    quiet = OutputSettings(dryrun=True, enable_file_logging=False,
+                           log_level_override=logging.WARNING)  # no "Building DAG of jobs"
+    try:
+        with SnakemakeApi(quiet) as api:
+            wf = api.workflow(ResourceSettings(cores=1),
+                              ConfigSettings(config=_plain(config)),
+                              snakefile=snakefile, workdir=workdir)
+            wf.dag(DAGSettings())  # sets the workflow's DAG settings (default target)
+            # what ``DAGApi.printdag`` does before printing: the DAG, nothing executed
+            workflow = wf._workflow
+            workflow._prepare_dag(forceall=False, ignore_incomplete=True,
+                                  lock_warn_only=True, nolock=True)
+            workflow._build_dag()
+            jobs = [job_from(j.rule.name, j.wildcards_dict) for j in workflow.dag.jobs]
+    except (WorkflowError, RuleException) as exc:
+        raise ValueError(f"snakemake could not build the DAG of {snakefile} in {workdir}: "
+                         f"{exc}") from exc
+    finally:
+        os.chdir(cwd)
+        smk_log.setLevel(level)
+    return sorted(jobs, key=lambda j: (j.rule, j.model or "", j.target or ""))
+
+
+def _plain(value: Any) -> Any:
+    """The config as plain dicts and lists (Snakemake merges and validates it itself)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass
 class Plans:
-    """The plans of one config, built as ``common.smk`` builds them."""
+    """The SDF and prompt plans of one config (the formulas read training budgets and claims
+    from them; the calibration bound reads its candidates)."""
 
     config: Mapping[str, Any]
     sdf: SDFPlan = field(init=False)
     prompt: PromptPlan = field(init=False)
-    steer: SteeringPlan = field(init=False)
 
     def __post_init__(self) -> None:
         self.sdf = SDFPlan.from_config(self.config)
         self.prompt = PromptPlan.from_config(self.config, self.sdf)
-        self.steer = SteeringPlan.from_config(self.config)
-
-    @property
-    def models(self) -> list[str]:
-        return list(self.config["models"])
-
-    def is_hosted(self, model: str) -> bool:
-        return self.config["models"][model]["source"] == "anthropic"
-
-    def conditions_for(self, model: str) -> list[str]:
-        """common.smk: conditions_for."""
-        return (list(self.config["rollouts"]["conditions"]) + self.sdf.conditions(model)
-                + self.prompt.conditions(model) + self.steer.steer_conditions(model))
-
-    def raw_conditions(self, model: str) -> list[str]:
-        return self.steer.raw_conditions(model)
-
-    def figure_names(self) -> list[str]:
-        """common.smk: figure_names."""
-        def has_pair(interventions) -> bool:
-            return any(f"{p}_amp" in interventions and f"{p}_sup" in interventions
-                       for p in ("A1", "A2", "B1", "B2"))
-
-        names = ["baseline_compliance"] + self.sdf.figures() + self.prompt.figures()
-        if not has_pair(self.prompt.interventions if self.prompt.models else []):
-            names = [n for n in names if n != "profile_plane"]
-        if (self.sdf.models and has_pair(self.sdf.interventions)
-                and "profile_plane" not in names):
-            names.append("profile_plane")
-        if (self.steer.models and has_pair(self.steer.profile_interventions())
-                and "profile_plane" not in names):
-            names.append("profile_plane")
-        return names + ["judge_scores"] + self.steer.figures(self.sdf.models)
 
     def calibration_candidates(self, model: str) -> list[str]:
         """Upper bound of the checkpoints calibration_select keeps for ``model``: every
@@ -87,107 +147,25 @@ class Plans:
         return out
 
 
-FIGURE_RULES = {"baseline_compliance": "figure_baseline"}
-
-
-def planned_jobs(config: Mapping[str, Any]) -> list[Job]:
-    """The jobs of the default target (``rule all``), as the dry run lists them."""
+def calibration_jobs(config: Mapping[str, Any], known: Iterable[Job]) -> list[Job]:
+    """Jobs that appear once ``calibration_select`` ran (not in a first DAG): rollouts,
+    metrics and judge of every calibration condition, as an upper bound. ``known`` are the
+    DAG's jobs: conditions already in it are not repeated, and a model whose selection the DAG
+    already knows (its checkpoint's output exists, so its calibration conditions are in the
+    DAG) gets no bound."""
     p = Plans(config)
-    jobs: list[Job] = []
-    add = jobs.append
-    judge = config["judge"]
-    gen = config["sdf"]["generator"]
-    st = config["steering"]
-
-    # models and goals
-    needed = {m for m in p.models if not p.is_hosted(m)}
-    if judge["backend"] == "local":
-        needed.add(judge["model"])
-    if p.sdf.models and gen["backend"] == "local":
-        needed.add(gen["model"])
-    for m in p.models:
-        if m in needed:
-            add(Job("prepare_model", m))
-    if config["goals"]["path"] is None:
-        add(Job("advbench"))
-    add(Job("goals"))
-
-    # SDF
-    if p.sdf.models:
-        for u in p.sdf.universes():
-            add(Job("generate_documents", None, u))
-        for m in p.sdf.models:
-            for b in p.sdf.branches():
-                add(Job("sdf_dataset", m, b))
-                add(Job("train_lora", m, b))
-            for b in p.sdf.belief_branches():
-                add(Job("belief_check", m, b))
-            add(Job("sdf_profile", m))
-
-    # rollouts, metrics, judge
-    for m in p.models:
-        for c in p.conditions_for(m) + p.raw_conditions(m):
-            add(Job("rollouts", m, c))
-        for c in p.conditions_for(m):
-            add(Job("metrics", m, c))
-            add(Job("judge", m, c))
-        add(Job("metrics_table", m))
-        for c in p.raw_conditions(m):
-            add(Job("judge_raw", m, c))
-
-    # prompt profiles and calibration
-    for m in p.prompt.models:
-        add(Job("prompt_profile", m))
-    for m in p.prompt.calibration_models:
-        add(Job("calibration_select", m))
-        add(Job("calibration", m))
-    if p.prompt.models or p.sdf.models or p.steer.models:
-        add(Job("profiles"))
-
-    # steering
-    names = p.figure_names()
-    for m in p.steer.models:
-        for ps in p.steer.pairsets():
-            add(Job("ooc_pairs" if ps.startswith("ooc_") else "ic_pairs", m, ps))
-            add(Job("activations", m, ps))
-        for v in p.steer.fitted_vectors():
-            add(Job("fit_vectors", m, v))
-        for v in p.steer.random_vectors():
-            add(Job("random_vectors", m, v))
-        add(Job("steering_layers", m))
-        add(Job("steering_summary", m))
-        if st["raw"]["enabled"]:
-            add(Job("raw_summary", m))
-        add(Job("steering_profile", m))
-        if any(n.startswith("token_heatmap_") for n in names):
-            add(Job("token_cosines", m))
-    if "sdf_steering_alignment" in names:
-        for m in p.steer.alignment_models(p.sdf.models):
-            add(Job("sdf_alignment", m))
-
-    for name in names:
-        add(Job(FIGURE_RULES.get(name, f"figure_{name}"), None, name))
-    add(Job("browser"))
-    add(Job("all"))
-    return jobs
-
-
-def calibration_jobs(config: Mapping[str, Any]) -> list[Job]:
-    """Jobs that appear once ``calibration_select`` ran (not in a first dry run): rollouts,
-    metrics and judge of every calibration condition, as an upper bound."""
-    p = Plans(config)
+    static = {(j.model, j.target) for j in known if j.rule == "rollouts"}
     jobs = []
     for m in p.prompt.calibration_models:
-        static = set(p.conditions_for(m))
-        for c in p.prompt.calibration_conditions(p.calibration_candidates(m)):
-            if c in static:
+        conditions = p.prompt.calibration_conditions(p.calibration_candidates(m))
+        if any((m, c) in static for c in conditions if "@" in c):
+            continue  # selection known (checkpoint + claim conditions): in the DAG's table
+        for c in conditions:
+            if (m, c) in static:
                 continue
             jobs += [Job("rollouts", m, c), Job("metrics", m, c), Job("judge", m, c)]
     return jobs
 
 
-def is_steered(condition: str) -> bool:
-    return parse_steer_condition(condition) is not None
-
-
-__all__ = ["Job", "Plans", "calibration_jobs", "planned_jobs"]
+__all__ = ["Job", "Plans", "SNAKEFILE", "calibration_jobs", "dag_jobs", "job_from",
+           "target_of"]

@@ -1,7 +1,8 @@
 """The cost table of a config: one row per (model, rule) with jobs, tokens, GPU-hours,
 hosted-API requests / tokens / dollars and disk, and the totals. Every number comes from a
-formula of :mod:`motivation_profiles.planner.formulas` applied to the jobs of
-:mod:`motivation_profiles.planner.jobs`."""
+formula of :mod:`motivation_profiles.planner.formulas` applied to the jobs of Snakemake's DAG
+(:mod:`motivation_profiles.planner.jobs`); a rule without a formula counts its jobs at zero
+cost."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import polars as pl
 
 from motivation_profiles.planner import formulas as F
 from motivation_profiles.planner.calibrate import Calibration
-from motivation_profiles.planner.jobs import Job, Plans, calibration_jobs, planned_jobs
+from motivation_profiles.planner.jobs import Job, Plans, calibration_jobs, dag_jobs
 from motivation_profiles.planner.settings import planner_settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class Planner:
     calibration: Calibration | None = None
     settings: dict[str, Any] = field(init=False)
     plans: Plans = field(init=False)
+    _dag: list[Job] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.settings = planner_settings(self.config)
@@ -306,8 +308,14 @@ class Planner:
                                        spec.get("dtype", "bfloat16")) / 1e9
 
     # ------------------------------------------------------------------ the table
+    def jobs(self) -> list[Job]:
+        """The jobs of the config's DAG, built once (in ``base_dir``)."""
+        if self._dag is None:
+            self._dag = dag_jobs(self.config, self.base_dir)
+        return self._dag
+
     def table(self, jobs: list[Job] | None = None) -> pl.DataFrame:
-        jobs = planned_jobs(self.config) if jobs is None else jobs
+        jobs = self.jobs() if jobs is None else jobs
         rows: dict[tuple[str, str], dict[str, float]] = {}
         browser_text = 0.0
         for job in jobs:
@@ -329,7 +337,7 @@ class Planner:
                                            ).sort(["model", "rule"])
 
     def calibration_table(self) -> pl.DataFrame:
-        return self.table(calibration_jobs(self.config))
+        return self.table(calibration_jobs(self.config, self.jobs()))
 
 
 def totals(table: pl.DataFrame) -> dict[str, float]:
