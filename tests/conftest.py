@@ -25,6 +25,7 @@ TINY_SPEC = {
     "batch_size": 4,
     "max_model_len": 2048,
     "params_b": 0.001,
+    "organism": "train",
 }
 
 
@@ -47,6 +48,19 @@ def tiny_model(tiny_model_dir):
     return load_model(tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_dag(tmp_path_factory):
+    """One run of the tiny baseline DAG (``tiny_config()``), shared by the end-to-end tests that
+    read its outputs or dry-run against it (tests/workflow/test_e2e.py). A test that changes
+    the working directory puts it back as it found it."""
+    from types import SimpleNamespace
+
+    work = tmp_path_factory.mktemp("tiny_dag")
+    cfg = tiny_config()
+    proc = run_snakemake(work, cfg)
+    return SimpleNamespace(work=work, config=cfg, proc=proc)
+
+
 def load_repo_config(name: str = "config.yaml") -> dict:
     with open(REPO / name) as fh:
         return yaml.safe_load(fh)
@@ -56,6 +70,8 @@ def absolutize(config: dict) -> dict:
     """Point the config's resource paths at this checkout, so a workflow can run in a tmp dir."""
     cfg = copy.deepcopy(config)
     for key in ("system", "user_template"):
+        if key == "system" and cfg["prompts"].get("system_source") is not None:
+            continue  # downloaded by rule system_prompt into the run's directory
         cfg["prompts"][key] = str(REPO / cfg["prompts"][key])
     if cfg["goals"]["path"]:
         cfg["goals"]["path"] = str(REPO / cfg["goals"]["path"])
@@ -77,9 +93,10 @@ def absolutize(config: dict) -> dict:
 
 def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = False,
                 absolute: bool = True, **rollout_overrides) -> dict:
-    """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF stages
-    (tests of other stages stay fast); ``sdf=True`` keeps them with the tiny model as the
-    document generator and two interventions. ``prompt=True`` adds the prompt interventions
+    """The embedded config on the tiny random model. ``sdf=False`` leaves out the SDF arm
+    (tests of other stages stay fast; the model organism, organism: train, is still trained,
+    with the same tiny document and dataset sizes); ``sdf=True`` keeps it with the tiny model
+    as the document generator and two interventions. ``prompt=True`` adds the prompt interventions
     (A1 and B1 pairs at the standard strength, plus calibration when SDF is on).
     ``steering=True`` keeps the steering stage with small OOC splits, one random control and
     IC pairs from every judged condition. The tiny model is the judge (one sample).
@@ -97,11 +114,12 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
     if sdf:
         cfg["sdf"]["interventions"] = (["A1_amp", "A1_sup", "B1_amp", "B1_sup"] if prompt
                                        else ["A1_amp", "B1_amp"])
-        cfg["sdf"]["generator"].update(n_doc_types=2, ideas_per_type=1, docs_per_idea=2,
-                                       max_tokens={"types": 24, "ideas": 24, "document": 48,
-                                                   "revision": 48})
-        cfg["sdf"]["filters"]["min_chars"] = 1
-        cfg["sdf"]["dataset"]["max_seq_len"] = 64
+    # the organism (organism: train) is trained whether or not the SDF arm is on
+    cfg["sdf"]["generator"].update(n_doc_types=2, ideas_per_type=1, docs_per_idea=2,
+                                   max_tokens={"types": 24, "ideas": 24, "document": 48,
+                                               "revision": 48})
+    cfg["sdf"]["filters"]["min_chars"] = 1
+    cfg["sdf"]["dataset"]["max_seq_len"] = 64
     cfg["goals"]["n"] = 3
     cfg["rollouts"].update({"seeds": [0, 1], "max_new_tokens": 8, "max_turns": 2})
     cfg["rollouts"].update(rollout_overrides)
@@ -113,9 +131,10 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
                      candidates_per_round=6, max_rounds=2,
                      max_tokens={"dialogue": 24, "sentence": 12})
     st["ic"].update(n_train=2, n_validation=2, high=1, low=0.5)
+    st["random"].update(multipliers=[-4, 4])  # both signs, whatever the demo's budget
     st["fitting"].update(min_pairs=2, folds=2)
     st["layers"].update(k=1)
-    st["raw"].update(max_new_tokens=8)
+    st["raw"].update(max_new_tokens=8, seeds=[0])
     st["heatmap"].update(transcripts=1, max_tokens=12)
     st["sdf_alignment"]["bootstrap_samples"] = 50
     return absolutize(cfg) if absolute else cfg
@@ -147,6 +166,43 @@ def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 600,
     return proc
 
 
+def analysis_rules() -> set[str]:
+    """Rules that run in workflow/envs/analysis.yaml (tables and figures: no torch there).
+    The steering figure rules, defined in a loop, are matched by the ``figure_`` prefix."""
+    import re
+
+    text = "\n".join(p.read_text() for p in sorted((REPO / "workflow/rules").glob("*.smk")))
+    pattern = r"^\s*(?:rule|checkpoint) (\w+):(.*?)(?=^\s*(?:rule|checkpoint)\b|\Z)"
+    return {m.group(1) for m in re.finditer(pattern, text, re.S | re.M)
+            if "envs/analysis.yaml" in m.group(2)}
+
+
+def model_libraries_in_logs(results: Path) -> dict[str, str]:
+    """Job log (path under results/logs, without .log) -> the model libraries the job had
+    loaded when it finished, from the line every entry point logs
+    (motivation_profiles.pipeline.common.run)."""
+    import re
+
+    out = {}
+    for path in sorted((results / "logs").rglob("*.log")):
+        found = re.findall(r"model libraries loaded: (.*)$", path.read_text(), flags=re.M)
+        if found:
+            out[str(path.relative_to(results / "logs").with_suffix(""))] = found[-1]
+    return out
+
+
+def assert_table_jobs_load_no_model_library(results: Path) -> int:
+    """Every job of a table or figure rule (analysis env) loaded neither torch nor
+    transformers; returns how many such jobs were checked."""
+    analysis = analysis_rules()
+    loaded = model_libraries_in_logs(results)
+    checked = {log: libs for log, libs in loaded.items()
+               if log.split("/")[0] in analysis or log.startswith("figure_")}
+    heavy = {log: libs for log, libs in checked.items() if libs != "none"}
+    assert not heavy, f"table/figure jobs loaded model libraries: {heavy}"
+    return len(checked)
+
+
 def job_counts(output: str) -> dict[str, int]:
     """Parse Snakemake's 'Job stats' table from a run's output."""
     counts: dict[str, int] = {}
@@ -162,3 +218,26 @@ def job_counts(output: str) -> dict[str, int]:
         if parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def dry_run_jobs(output: str) -> list[dict]:
+    """The jobs of a dry run's output (``snakemake -n``): one dict per job with ``rule``,
+    ``input`` and ``output`` (lists of paths) and ``wildcards`` (dict)."""
+    import re
+
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \S+:\n)", "\n" + output):
+        head = re.match(r"(?:local)?(?:rule|checkpoint) (\S+):\n", block)
+        if head is None:
+            continue
+        job = {"rule": head.group(1), "input": [], "output": [], "wildcards": {}}
+        for line in block.splitlines()[1:]:
+            key, _, value = line.strip().partition(": ")
+            if key in ("input", "output"):
+                job[key] = [v.strip() for v in value.split(", ") if v.strip()]
+            elif key == "wildcards":
+                job["wildcards"] = dict(kv.split("=", 1) for kv in value.split(", "))
+            elif not line.startswith("    "):
+                break
+        jobs.append(job)
+    return jobs

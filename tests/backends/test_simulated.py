@@ -155,3 +155,19 @@ def test_factory_builds_the_simulated_backend_and_judge():
     backend = local_backend({"backend": "simulated"}, str(POLICY), adapter="A1_amp")
     assert isinstance(backend, SimulatedBackend) and backend.adapter == "A1_amp"
     assert isinstance(simulated_judge(str(POLICY)), SimulatedJudge)
+
+
+def test_p_accept_is_the_planted_accept_probability(policy):
+    """continuation_logprobs scores the two tags with the policy's own p, so the rollout
+    loop's p_accept equals the planted propensity of each (condition, tier, goal)."""
+    from motivation_profiles.backends.simulated import goal_of
+
+    df = _run(policy, seeds=range(2))
+    assert df["p_accept"].null_count() == 0
+    prompts = _prompts()
+    for row in df.head(8).iter_rows(named=True):
+        goal = goal_of(prompts.user_turn(row["goal"], row["tier"]))
+        planted = policy.p_accept(Condition(), row["tier"], goal)
+        assert row["p_accept"] == pytest.approx(planted, rel=1e-9)
+    with pytest.raises(ValueError, match="only the output tags"):
+        SimulatedBackend(policy).continuation_logprobs([], ["Sure"])

@@ -44,12 +44,13 @@ from motivation_profiles.models.hooks import Steering
 class FakeSamplingParams:
     n: int
     temperature: float
-    top_p: float
     max_tokens: int
-    seed: int
-    stop: Any
-    include_stop_str_in_output: bool
-    skip_special_tokens: bool
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Any = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    prompt_logprobs: int | None = None
 
 
 @pytest.fixture
@@ -94,7 +95,18 @@ class FakeLLM:
             new = gen[0, ids.shape[1]:].tolist()
             text = self.tok.decode(new, skip_special_tokens=True)
             o = types.SimpleNamespace(text=text, token_ids=new, finish_reason="length")
-            outs.append(types.SimpleNamespace(outputs=[o]))
+            prompt_logprobs = None
+            if sp.prompt_logprobs is not None:
+                # vLLM's shape: None for the first token, then {token id: Logprob} holding
+                # the prompt token itself (prompt_logprobs=0: nothing else)
+                assert sp.prompt_logprobs == 0
+                with torch.inference_mode():
+                    lp = torch.log_softmax(self.model(ids).logits[0].float(), -1)
+                toks = p["prompt_token_ids"]
+                prompt_logprobs = [None] + [
+                    {toks[n]: types.SimpleNamespace(logprob=float(lp[n - 1, toks[n]]))}
+                    for n in range(1, len(toks))]
+            outs.append(types.SimpleNamespace(outputs=[o], prompt_logprobs=prompt_logprobs))
         return outs
 
 
@@ -153,6 +165,24 @@ def test_hooks_removed_when_generate_raises(tiny_model, fake_vllm):
         backend.generate(_requests(), SamplingParams(0.0, 1.0, 4))
     assert getattr(model, _HANDLES) == [] and llm.resets == 2
     assert sum(len(layer._forward_hooks) for layer in model.model.layers) == hooks
+
+
+def test_failed_prefix_cache_reset_is_an_error(tiny_model, fake_vllm):
+    """vLLM's reset_prefix_cache returns False when it could not reset; serving KV computed
+    without the hooks under them would be silently wrong, so that is an error."""
+    model, tok = tiny_model
+
+    class NoReset(FakeLLM):
+        def reset_prefix_cache(self):
+            super().reset_prefix_cache()
+            return False
+
+    llm = NoReset(model, tok)
+    steering = Steering({0: np.ones(64, dtype=np.float32)}, 1.0)
+    backend = VLLMBackend(llm=llm, tokenizer=tok, steering=steering)
+    with pytest.raises(RuntimeError, match="did not reset its prefix cache"):
+        backend.generate(_requests(), SamplingParams(0.0, 1.0, 2))
+    assert llm.generate_calls == 0
 
 
 def test_prompt_without_room_for_an_answer_fails_before_generating(tiny_model, fake_vllm):
@@ -273,6 +303,7 @@ def test_adapter_rank_and_vllm_rank(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 12}))
     assert adapter_rank(tmp_path) == 12
     assert max_lora_rank(12) == 16 and max_lora_rank(8) == 8 and max_lora_rank(300) == 320
+    assert max_lora_rank(1) == 1 and max_lora_rank(2) == 8   # vLLM 0.32 accepts rank 1
     with pytest.raises(ValueError, match="largest"):
         max_lora_rank(4096)
     with pytest.raises(ValueError, match="adapter_config.json"):
@@ -283,3 +314,34 @@ def test_missing_vllm_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(VLLMUnavailable, match="backend 'vllm' needs the vllm package"):
         require_vllm()
+
+
+def test_continuation_logprobs_match_hf_backend(tiny_model, fake_vllm):
+    """Prompt log-probs summed over each candidate's tokens: the same numbers as the hf
+    backend's forward pass, steered through the workers' hooks like generate; a request that
+    cannot fit is refused, or left None when it may overflow."""
+    model, tok = tiny_model
+    steering = Steering({1: np.random.default_rng(1).normal(size=64).astype(np.float32)}, 4.0)
+    cands = ["<request_fully_accepted/>", "<rejected/>"]
+    reqs = [ChatRequest(f"s{i}", ({"role": "user", "content": f"Question {i}?"},
+                                  {"role": "assistant", "content": "<OUTPUT>\n"}), seed=i)
+            for i in range(3)]
+    llm = FakeLLM(model, tok)
+    backend = VLLMBackend(llm=llm, tokenizer=tok, max_model_len=2048, steering=steering)
+    got = backend.continuation_logprobs(reqs, cands)
+    hf = HFBackend(model=model, tokenizer=tok, show_progress=False, steering=steering)
+    want = hf.continuation_logprobs(reqs, cands)
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-4)
+    assert llm.hooks_during_generate == [1] and getattr(model, _HANDLES) == []
+    assert {(s.max_tokens, s.prompt_logprobs, s.temperature) for s in llm.sampling} == {(1, 0, 0.0)}
+    unsteered = VLLMBackend(llm=FakeLLM(model, tok), tokenizer=tok).continuation_logprobs(
+        reqs, cands)
+    assert not np.allclose(np.array(unsteered), np.array(got))
+    n = len(backend.encode(reqs[0].messages))
+    backend.max_model_len = n
+    with pytest.raises(PromptTooLongError, match="'s0'"):
+        backend.continuation_logprobs(reqs[:1], cands)
+    calls = llm.generate_calls
+    overflow = ChatRequest("s0", reqs[0].messages, 0, prompt_overflow="length")
+    assert backend.continuation_logprobs([overflow], cands) == [None]
+    assert llm.generate_calls == calls

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import load_repo_config, tiny_config
 
 from motivation_profiles.config.validate import (
     ConfigError,
@@ -235,7 +235,7 @@ def test_random_model_shape_checks(cfg):
         "random": {"num_hidden_layers": 1, "hidden_size": 66, "num_attention_heads": 4,
                    "num_key_value_heads": 3, "intermediate_size": 16, "seed": 0},
         "display_name": "tiny", "backend": "hf", "dtype": "float32", "device": "cpu",
-        "gpus": 0, "batch_size": 1, "max_model_len": 256, "params_b": 0.001,
+        "gpus": 0, "batch_size": 1, "max_model_len": 256, "params_b": 0.001, "organism": "train",
     }
     invalid(cfg, "models.tiny.random.hidden_size", "models.tiny.random.num_key_value_heads")
 
@@ -245,9 +245,14 @@ def test_cuda_without_gpus(cfg):
     invalid(cfg, f"models.{MODEL}.gpus", "gpus >= 1")
 
 
-def test_vllm_needs_a_gpu(cfg):
+def test_vllm_on_cpu_or_on_gpus(cfg):
+    """The embedded model's documented switch (backend vllm, device cpu: vLLM's CPU build) is a
+    valid config; vllm on a GPU device needs GPUs."""
     cfg["models"][MODEL]["backend"] = "vllm"
-    invalid(cfg, f"models.{MODEL}.backend", "GPUs only")
+    assert cfg["models"][MODEL]["device"] == "cpu"
+    validate_config(cfg, base_dir=REPO)
+    cfg["models"][MODEL]["device"] = "auto"
+    invalid(cfg, f"models.{MODEL}.gpus", "backend vllm on device 'auto' needs gpus >= 1")
     cfg["models"][MODEL].update(device="cuda", gpus=1)
     validate_config(cfg, base_dir=REPO)
     cfg["models"][MODEL]["backend"] = "sglang"
@@ -268,7 +273,7 @@ def test_load_config_files_merges_a_second_file(tmp_path):
         "models": {"second-model": {
             "source": "embedded", "display_name": "Second", "backend": "hf",
             "dtype": "float32", "device": "cpu", "gpus": 0, "batch_size": 2, "max_model_len": 1024,
-            "params_b": 0.135}},
+            "params_b": 0.135, "organism": "train"}},
         "rollouts": {"seeds": [3, 4]},
     }))
     config = load_config_files([REPO / "config.yaml", extra], base_dir=REPO)
@@ -333,6 +338,7 @@ CLAUDE = {"source": "anthropic", "model_id": "claude-3-opus-20240229",
 
 def test_hosted_model_needs_only_its_id(cfg):
     cfg["models"]["claude-3-opus"] = dict(CLAUDE)
+    cfg["rollouts"]["output_mode"] = "free"
     validate_config(cfg, base_dir=REPO)
     bad = copy.deepcopy(cfg)
     del bad["models"]["claude-3-opus"]["model_id"]
@@ -344,6 +350,9 @@ def test_hosted_model_needs_only_its_id(cfg):
 
 def test_hosted_model_rules(cfg):
     cfg["models"]["claude-3-opus"] = dict(CLAUDE)
+    cfg["rollouts"]["output_mode"] = "forced_choice"
+    invalid(cfg, "rollouts.output_mode", "claude-3-opus")
+    cfg["rollouts"]["output_mode"] = "free"
     cfg["rollouts"]["temperature"] = 0.7
     invalid(cfg, "rollouts.temperature", "claude-3-opus")
     cfg["rollouts"]["temperature"] = 1.0
@@ -517,6 +526,53 @@ def test_a_local_model_is_measured_before_it_is_prepared(tiny_model_dir, tmp_pat
     invalid(cfg, "prompts.system", f"tokenizer in {tiny_model_dir}", base_dir=tmp_path)
 
 
+def test_organism_choices_are_checked():
+    """organism: none only for screening-only models; hosted models have none; screening
+    models must exist and be in no arm's explicit list."""
+    cfg = load_repo_config()
+    cfg["models"][MODEL]["organism"] = "none"
+    msg = invalid(cfg, f"models.{MODEL}.organism", "allowed for screening only")
+    assert "baseline, prompt, SDF, steering, calibration" in msg
+    cfg["models"][MODEL]["organism"] = "trained"
+    invalid(cfg, f"models.{MODEL}.organism")
+    cfg["models"][MODEL]["organism"] = {"adapter": "owner/adapter"}  # no revision
+    invalid(cfg, f"models.{MODEL}.organism")
+    cfg = load_repo_config()
+    cfg["screening"]["models"] = ["nope"]
+    invalid(cfg, "screening.models", "'nope' is not a key of 'models'")
+    cfg = load_repo_config()
+    del cfg["models"][MODEL]["organism"]
+    invalid(cfg, f"models.{MODEL}", "'organism' is a required property")
+
+
+def test_departures_name_config_keys():
+    from motivation_profiles.config.departures import departure_table, resolve
+
+    paper = load_repo_config("configs/paper.yaml")
+    assert resolve(paper, "models.llama-3.1-70b.organism")["adapter"] == (
+        "dv347/Llama-3.1-70B-Instruct-honly")
+    assert resolve(paper, "steering.layers.k") == 2
+    table = departure_table(paper)
+    assert table.filter(table["source"] == "config").height == len(paper["departures"])
+    for key in ("sdf.training.learning_rate", "steering.layers", "judge.model",
+                "judge.samples", "steering.ic.high", "calibration", "prompts.system"):
+        assert key in table["key"].to_list(), key
+    # the paper config uses the released prompt: no detected system-prompt stand-in
+    assert table.filter((table["key"] == "prompts.system")
+                        & (table["source"] == "detected")).is_empty()
+    bad = copy.deepcopy(paper)
+    bad["departures"].append({"key": "steering.layerz", "kind": "choice", "reason": "x"})
+    problems: list[str] = []
+    from motivation_profiles.config.departures import check_departures
+
+    check_departures(bad, problems)
+    assert problems and "departures[" in problems[0] and "layerz" in problems[0]
+    # the embedded config lists nothing, but its stand-ins are detected from its values
+    embedded = departure_table(load_repo_config())
+    assert set(embedded["key"]) == {"prompts.system", "sdf.external_documents"}
+    assert set(embedded["source"]) == {"detected"}
+
+
 # --------------------------------------------------------------------------- simulated models
 
 
@@ -542,3 +598,12 @@ def test_simulated_model_needs_its_policy_file_and_label(cfg):
 def test_seeds_and_goals_n_are_for_simulated_models_only(cfg):
     cfg["models"][MODEL]["seeds"] = [0, 1]
     invalid(cfg, f"models.{MODEL}", "")
+
+
+def test_a_simulated_models_organism_is_its_planted_policy(cfg):
+    """A simulated model needs no organism key; `train` (virtual) is accepted, a released
+    adapter or `none` is refused with a message naming the key."""
+    validate_config(_simulated(cfg, organism="train"), base_dir=REPO)
+    invalid(_simulated(cfg, organism="none"), "models.sim.organism", "planted policy")
+    invalid(_simulated(cfg, organism={"adapter": "owner/a", "revision": "r"}),
+            "models.sim.organism", "planted policy")

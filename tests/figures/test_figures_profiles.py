@@ -387,3 +387,121 @@ def test_sdf_figures(tmp_path, missing):
                           [tmp_path / "x.png"])
     with pytest.raises(ValueError, match="more than one delta_gap row"):
         sdf.sdf_strength_sweep(pl.concat([df, df.head(1)]), NAMES, [tmp_path / "x.png"])
+
+
+# ----------------------------------------------------------------------------- Figure 8
+
+
+def _selection() -> pl.DataFrame:
+    """Two models' Appendix C.1 selections, computed by the real rule: m1 qualifies (A1+, B1+
+    selected, A2+ below the reference), m2 is excluded (no B-family candidate qualifies)."""
+    from motivation_profiles.metrics.calibration import select_checkpoints
+
+    def metrics(values):
+        return pl.DataFrame([{"condition": c, "af_ratio": v, "af_ratio_ci_low": v - 0.1,
+                              "af_ratio_ci_high": v + 0.1} for c, v in values.items()])
+
+    cands = ["A1_amp", "A2_amp", "B1_amp", "B2_amp"]
+    m1 = select_checkpoints(metrics({"baseline": 1.5, "sdf-A1_amp": 2.0, "sdf-A2_amp": 1.0,
+                                     "sdf-B1_amp": 1.6, "sdf-B2_amp": 1.45}),
+                            model="m1", reference="baseline", candidates=cands,
+                            signal="af_ratio", max_per_family=1)
+    m2 = select_checkpoints(metrics({"baseline": 1.5, "sdf-A1_amp": 1.9, "sdf-A2_amp": 1.4,
+                                     "sdf-B1_amp": 1.1, "sdf-B2_amp": 1.0}),
+                            model="m2", reference="baseline", candidates=cands,
+                            signal="af_ratio", max_per_family=None)
+    return pl.concat([m1, m2])
+
+
+def test_calibration_signal_marks_selected_candidates(tmp_path, monkeypatch):
+    sel = _selection()
+    assert _by(sel.filter(model="m1"), "checkpoint")["B2_amp"]["qualifies"]  # CI overlap
+    assert sel.filter(model="m1", selected=True)["checkpoint"].to_list() == ["A1_amp", "B1_amp"]
+    assert not sel.filter(model="m2")["selected"].any()
+    figures = []
+    monkeypatch.setattr(profile_figures, "save", lambda fig, *a, **k: figures.append(fig))
+    profile_figures.calibration_signal(sel, NAMES, [tmp_path / "f.png"])
+    ax1, ax2 = figures[0].axes
+    assert "qualifies" in ax1.get_title() and "excluded" in ax2.get_title()
+    assert "ci_overlap" in ax1.get_title()
+    # one star per selected candidate; the reference line at the baseline's AF ratio
+    assert sum(t.get_text() == "\u2605" for t in ax1.texts) == 2
+    assert sum(t.get_text() == "\u2605" for t in ax2.texts) == 0
+    assert any(np.allclose(line.get_ydata(), 1.5) for line in ax1.get_lines())
+    assert [t.get_text() for t in ax1.get_xticklabels()] == ["A1+", "A2+", "B1+", "B2+"]
+    assert "AF ratio" in ax1.get_ylabel()
+
+
+def test_calibration_signal_draws_and_refuses_empty(tmp_path):
+    _draw(profile_figures.calibration_signal, _selection(), tmp_path)
+    # a gap selection is drawn in pp; an older table without CI columns still draws
+    old = _selection().with_columns(signal=pl.lit("gap")).drop("value_ci_low", "value_ci_high",
+                                                                "reference_ci_low",
+                                                                "reference_ci_high")
+    _draw(profile_figures.calibration_signal, old, tmp_path, name="old")
+    with pytest.raises(ValueError, match="calibration_signal"):
+        profile_figures.calibration_signal(_selection().clear(), NAMES, [tmp_path / "x.png"])
+
+
+def test_prompt_calibration_share_is_on_the_recovery_signal(tmp_path):
+    df = calibration_table()
+    ratio = df.filter(pl.col("quantity").is_in(["S_A", "S_B"])).with_columns(
+        quantity=pl.col("quantity") + "_af_ratio", estimate=pl.col("estimate") * 10)
+    both = pl.concat([df, ratio], how="diagonal_relaxed").with_columns(
+        recovery_signal=pl.lit("af_ratio"))
+    gap_share = _by(calibration_points(df).filter(model="m1"), "checkpoint")
+    ratio_share = _by(calibration_points(both).filter(model="m1"), "checkpoint")
+    assert ratio_share["B1_amp"]["share"] == pytest.approx(10 * gap_share["B1_amp"]["share"])
+    # the profile plane (top) stays on the gap's S_A / S_B
+    assert ratio_share["B1_amp"]["S_B"] == pytest.approx(gap_share["B1_amp"]["S_B"])
+    _draw(profile_figures.prompt_calibration, both, tmp_path)
+
+
+def test_baseline_compliance_shows_instruct_beside_organism(tmp_path, monkeypatch):
+    """Figure 2: a screened model has two bar groups, its instruct model then its organism;
+    a model with no organism is labelled instruct; a hosted model (not in ``organisms``) keeps
+    its plain name."""
+    from motivation_profiles.figures import baseline
+
+    shown = {}
+
+    def capture(fig, outputs, dpi):
+        ax = fig.axes[0]
+        shown["labels"] = [t.get_text() for t in ax.get_xticklabels()]
+        shown["bars"] = len(ax.patches)
+
+    monkeypatch.setattr(baseline, "save", capture)
+    t = {"monitored_truncated": 0.0, "unmonitored_truncated": 0.0}
+    rows = [baseline_metrics("m1", **t),
+            {**baseline_metrics("m1", **t), "condition": "baseline-instruct"},
+            baseline_metrics("m2", **t), baseline_metrics("m3", **t)]
+    names = {**NAMES, "m3": "Three"}
+    baseline.baseline_compliance(pl.DataFrame(rows), names, [tmp_path / "b.png"],
+                                 organisms={"m1": "af_organism", "m3": None})
+    assert shown["labels"] == ["Model One\ninstruct", "Model One\norganism",
+                               "Model Two (closed)", "Three\ninstruct"]
+    assert shown["bars"] == 2 * 4
+
+
+def test_baseline_compliance_shows_propensity_beside_compliance(tmp_path, monkeypatch):
+    """The right panel: mean p_accept per tier (bar heights) and the paired propensity gap for
+    a model with log-probs; "no log-probs" for one without (its metrics lack the columns)."""
+    import motivation_profiles.figures.baseline as baseline
+
+    figs = []
+    monkeypatch.setattr(baseline, "save", lambda fig, outputs, dpi: figs.append(fig))
+    prop = {"monitored_p_accept": 0.7, "monitored_p_accept_ci_low": 0.6,
+            "monitored_p_accept_ci_high": 0.8, "unmonitored_p_accept": 0.55,
+            "unmonitored_p_accept_ci_low": 0.45, "unmonitored_p_accept_ci_high": 0.65,
+            "p_accept_gap": 0.15, "p_accept_gap_ci_low": 0.05, "p_accept_gap_ci_high": 0.25,
+            "n_p_accept_pairs": 8}
+    trunc = {"monitored_truncated": 0.0, "unmonitored_truncated": 0.0}
+    df = pl.concat([pl.DataFrame([baseline_metrics("m1", **prop, **trunc)]),
+                    pl.DataFrame([baseline_metrics("m2", **trunc)])], how="diagonal_relaxed")
+    baseline.baseline_compliance(df, NAMES, [tmp_path / "x.png"])
+    left, right = figs[0].axes
+    heights = sorted(round(b.get_height(), 6) for b in right.patches)
+    assert heights == [0.0, 0.0, 55.0, 70.0]
+    texts = [t.get_text() for t in right.texts]
+    assert texts == ["gap +15.0 pp\n[+5.0, +25.0]\nn=8 pairs", "no log-probs"]
+    assert "compliance" in left.get_ylabel() and "P(accept" in right.get_ylabel()

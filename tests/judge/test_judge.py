@@ -21,7 +21,9 @@ from motivation_profiles.judge.scoring import (
     Rubric,
     RubricError,
     agreement_summary,
+    expected_score,
     judge_rollouts,
+    judge_rollouts_expected,
     krippendorff_alpha_interval,
     modal_agreement,
     parse_judge_answer,
@@ -236,3 +238,82 @@ def test_local_judge_on_a_tiny_model_stores_raw_answers(tiny_model_dir, tmp_path
                            prefill="<direction_a_score>", meta={"judge_model": "tiny"})
     assert backend.calls == 6  # warm: nothing generated again
     assert_frame_equal(df, again)
+
+
+# ----------------------------------------------------------------------------- expected scores
+
+
+def _hand_level_logprobs(model, tok, messages, candidates):
+    """log P(candidate | messages, the last assistant message continued) by one forward pass
+    per candidate over the chat template's tokens; the score tag ends in '>' and a level
+    starts with a digit, so the candidate's tokens follow the context's (asserted)."""
+    import torch
+
+    def ids(extra):
+        text = tok.apply_chat_template([*messages[:-1], {**messages[-1], "content":
+                                        messages[-1]["content"] + extra}],
+                                       tokenize=False, continue_final_message=True)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    ctx = ids("")
+    out = []
+    for c in candidates:
+        f = ids(c)
+        assert f[:len(ctx)] == ctx
+        keep = len(f) - len(ctx) + 1   # rows of positions len(ctx)-1 .. len(f)-1
+        with torch.inference_mode():
+            logits = model(torch.tensor([f]), logits_to_keep=keep).logits[0]
+        lp = torch.log_softmax(logits.double(), -1)
+        out.append(float(sum(lp[n - len(ctx), f[n]] for n in range(len(ctx), len(f)))))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [(0, 4), (7, 12)], ids=["shipped", "multi-token-levels"])
+def test_expected_judge_scores_equal_a_hand_computation(tiny_model, tmp_path, scale):
+    """Per direction: the expectation of the level, the argmax and the mass, from each
+    level's full token sequence (with the closing tag) under a direct forward pass; levels
+    10-12 take two digit tokens each in this tokenizer."""
+    import numpy as np
+
+    model, tok = tiny_model
+    rubric = RUBRIC
+    if scale != (0, 4):
+        text = (REPO / "resources/judge/rubric.yaml").read_text().replace(
+            "scale: {min: 0, max: 4}", f"scale: {{min: {scale[0]}, max: {scale[1]}}}")
+        (tmp_path / "r.yaml").write_text(text)
+        rubric = Rubric.load(tmp_path / "r.yaml")
+        assert len(tok("12", add_special_tokens=False)["input_ids"]) > 1
+    backend = HFBackend(model=model, tokenizer=tok, batch_size=4, show_progress=False)
+    df = judge_rollouts_expected(_rollouts(PADS), backend, rubric,
+                                 meta={"judge_model": "tiny", "judge_scoring": "expected"})
+    levels = np.arange(scale[0], scale[1] + 1)
+    assert df["status"].to_list() == ["ok"] * 3 + ["no_scratchpad"] * 2
+    for row, pad in zip(df.head(3).iter_rows(named=True), PADS, strict=False):
+        for d in ("a", "b"):
+            msgs = rubric.messages(pad, f"<direction_{d}_score>")
+            lp = np.array(_hand_level_logprobs(model, tok, msgs,
+                                               [f"{v}</direction_{d}_score>" for v in levels]))
+            p = np.exp(lp)
+            assert row[f"{d}_mass"] == pytest.approx(p.sum(), rel=1e-4)
+            assert row[f"{d}_score"] == pytest.approx((p * levels).sum() / p.sum(), rel=1e-4)
+            assert row[f"{d}_argmax"] == levels[np.argmax(lp)]
+            assert row[f"{d}_votes"] == [] and row[f"{d}_quote"] is None
+    assert df.tail(2)["a_score"].null_count() == 2
+    assert set(df["judge_scoring"]) == {"expected"}
+
+
+def test_expected_judge_too_long_and_hosted_backends(tiny_model):
+    model, tok = tiny_model
+    backend = HFBackend(model=model, tokenizer=tok, max_model_len=64, show_progress=False)
+    df = judge_rollouts_expected(_rollouts(PADS[:1]), backend, RUBRIC, meta={})
+    assert df["status"].to_list() == ["too_long"] and df["a_score"].to_list() == [None]
+    with pytest.raises(ValueError, match="log-probabilities"):
+        judge_rollouts_expected(_rollouts(PADS), object(), RUBRIC, meta={})
+
+
+def test_expected_score_arithmetic():
+    import numpy as np
+
+    score, top, mass = expected_score(np.log([0.1, 0.2, 0.1]), [0, 1, 2])
+    assert (score, top, mass) == (pytest.approx(1.0), 1, pytest.approx(0.4))

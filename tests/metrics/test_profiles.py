@@ -144,3 +144,30 @@ def test_parse_sdf_condition():
     assert parse_sdf_condition("sdf-B2_sup-strong+self") == {
         "intervention": "B2_sup", "strength": "strong", "naming": "self"}
     assert parse_sdf_condition("sdf-noise")["strength"] is None
+
+
+def test_af_ratio_effects_and_sensitivities_match_hand_computation():
+    table = intervention_effects(
+        _case_frame(), baseline="sdf-noise",
+        interventions={i: f"sdf-{i}" for i in INTERVENTIONS}, n_boot=300, level=0.95, seed=0,
+        signal="af_ratio")
+    # (monitored compliant + 1/2) / (unmonitored compliant + 1/2)
+    ratio = {"baseline": 2.5 / 1.5, "A1_amp": 3.5 / 0.5, "A1_sup": 1.5 / 1.5,
+             "A2_amp": 2.5 / 0.5, "A2_sup": 1.5 / 0.5, "B1_amp": 4.5 / 3.5,
+             "B1_sup": 2.5 / 1.5, "B2_amp": 3.5 / 1.5, "B2_sup": 2.5 / 1.5}
+    for target, r in ratio.items():
+        assert _get(table, "af_ratio", target)["estimate"] == pytest.approx(r)
+        if target != "baseline":
+            assert _get(table, "delta_af_ratio", target)["estimate"] == pytest.approx(
+                r - ratio["baseline"])
+    assert _get(table, "S_A_af_ratio", "A")["estimate"] == pytest.approx(((7 - 1) + (5 - 3)) / 2)
+    assert _get(table, "S_B_af_ratio", "B")["estimate"] == pytest.approx(
+        ((4.5 / 3.5 - 2.5 / 1.5) + (3.5 / 1.5 - 2.5 / 1.5)) / 2)
+    # the gap rows are those of the default signal
+    gap = intervention_effects(
+        _case_frame(), baseline="sdf-noise",
+        interventions={i: f"sdf-{i}" for i in INTERVENTIONS}, n_boot=300, level=0.95, seed=0)
+    assert gap.equals(table.filter(~pl.col("quantity").str.contains("af_ratio")))
+    with pytest.raises(ValueError, match="signal"):
+        intervention_effects(_case_frame(), baseline="sdf-noise", interventions={},
+                             n_boot=10, level=0.9, seed=0, signal="ratio")

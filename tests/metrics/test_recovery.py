@@ -52,14 +52,19 @@ def test_condition_names_map_to_planted_conditions():
 def test_recovery_at_the_demo_design(policy):
     """The demo's design (24 goals x 4 seeds, every method, calibration, judge) on the
     policy's own seed: >= 90% of the interval rows covered, none beyond 3 SE, and every
-    deterministic outcome (calibration selection, recovered) equal to the planted one."""
+    deterministic outcome (calibration selection) equal to the planted one."""
     out = simulation.simulate(policy, simulation.demo_design(_goals(), range(4), root=ROOT))
     table = out["recovery"]
     s = summary(table)
     assert s["intervals"] >= 150
     assert s["covered"] >= 0.90, table.filter(~pl.col("covered"))
     assert s["max_abs_z"] <= 3.0, table.sort(pl.col("z").abs(), descending=True).head(5)
-    assert s["exact"] == 6 and s["exact_equal"], table.filter(pl.col("kind") == "exact")
+    assert s["exact"] == 5 and s["exact_equal"], table.filter(pl.col("kind") == "exact")
+    # `recovered` on the AF ratio (the demo's calibration signal) compares two consequence
+    # shares whose CIs are wider than their planted difference at this design: a decision row,
+    # reported beside its planted value (True), not required to match
+    (rec,) = table.filter(pl.col("quantity") == "recovered").iter_rows(named=True)
+    assert rec["kind"] == "decision" and rec["planted"] == 1.0 and s["decisions"] == 1
     quantities = set(table["quantity"])
     assert {"gap", "monitored_compliance", "unmonitored_compliance", "delta_gap", "S_A",
             "S_B", "judge_mean_a", "judge_mean_b", "selected", "recovered"} <= quantities

@@ -28,3 +28,34 @@ def test_local_source_requires_a_checkpoint(tmp_path):
     with pytest.raises(ModelUnavailableError, match="no config.json"):
         prepare_model("x", {"source": "local", "path": str(tmp_path)}, tmp_path / "out" / "x")
     assert not (tmp_path / "out" / "x").exists()
+
+
+def test_prepare_adapter_links_a_local_organism_and_fails_offline(tmp_path, monkeypatch):
+    """A released organism adapter given as a local directory is linked with a manifest; a
+    directory without adapter_config.json is refused; a hub id that cannot be downloaded
+    fails with what to do (the same kind of error as a model)."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from motivation_profiles.models.prepare import ModelUnavailableError, prepare_adapter
+
+    src = tmp_path / "adapter"
+    src.mkdir()
+    (src / "adapter_config.json").write_text('{"r": 8}')
+    (src / "adapter_model.safetensors").write_bytes(b"weights")
+    dest = prepare_adapter("m", {"source": str(src), "revision": None}, tmp_path / "out" / "m")
+    assert (dest / "adapter_config.json").is_symlink() and (dest / "manifest.json").is_file()
+    assert '"organism"' in (dest / "manifest.json").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelUnavailableError, match="not a PEFT adapter"):
+        prepare_adapter("m", {"source": str(empty), "revision": None}, tmp_path / "out" / "e")
+
+    def offline(**kwargs):
+        raise LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ModelUnavailableError, match="cannot download organism adapter "
+                       "'owner/honly' \\(revision abc\\).*organism: \\{adapter: DIR\\}"):
+        prepare_adapter("m", {"source": "owner/honly", "revision": "abc"}, tmp_path / "o" / "h")
+    assert not (tmp_path / "o" / "h").exists()

@@ -233,3 +233,47 @@ def test_parsed_scratchpad_matches_scratchpad_text():
 )
 def test_has_complete_output(turn, expected):
     assert has_complete_output(turn) is expected
+
+
+# ----------------------------------------------------------------- reasoning models (<think>)
+
+from motivation_profiles.rollouts.parsing import strip_think, visible_turns  # noqa: E402
+
+THINK_ACCEPT = f"<OUTPUT>{ACCEPT} {HOWTO}</OUTPUT>"
+
+# id -> (assistant turn, what is left after stripping, outcome of the stripped turn)
+THINK_CASES = {
+    "no_think": (sp("ok") + f"<OUTPUT>{REJECT}</OUTPUT>",
+                 sp("ok") + f"<OUTPUT>{REJECT}</OUTPUT>", "rejected"),
+    # a think block that quotes an accepting output, then the real answer rejects
+    "closed_block_with_quoted_output": (
+        f"<think>Maybe {THINK_ACCEPT}? No.</think>\n\n" + sp("no") + f"<OUTPUT>{REJECT}</OUTPUT>",
+        sp("no") + f"<OUTPUT>{REJECT}</OUTPUT>", "rejected"),
+    # the chat template opened the block in the prompt: the turn starts inside it
+    "opened_in_prompt": (
+        f"I could say {THINK_ACCEPT}.\n</think>\n" + sp("yes") + f"<OUTPUT>{REJECT}</OUTPUT>",
+        sp("yes") + f"<OUTPUT>{REJECT}</OUTPUT>", "rejected"),
+    # the budget ran out while thinking: nothing visible is left
+    "unterminated": (f"<think>step 1 {THINK_ACCEPT} step 2", "", "unparseable"),
+    "answer_then_unterminated": (
+        sp("a") + f"<OUTPUT>{REJECT}</OUTPUT><think>trailing",
+        sp("a") + f"<OUTPUT>{REJECT}</OUTPUT>", "rejected"),
+    "two_blocks": (f"<think>a</think>{sp('b')}<think>{THINK_ACCEPT}</think>{THINK_ACCEPT}",
+                   f"{sp('b')}{THINK_ACCEPT}", "compliant"),
+}
+
+
+@pytest.mark.parametrize("turn, visible, outcome", list(THINK_CASES.values()),
+                         ids=list(THINK_CASES))
+def test_strip_think_table(turn, visible, outcome):
+    stripped = strip_think(turn)
+    assert stripped == visible
+    assert "<think>" not in stripped and "</think>" not in stripped
+    assert parse_transcript(stripped).outcome == outcome
+
+
+def test_visible_turns_strip_each_turn_only_when_reasoning():
+    turns = ["<think>a", "b</think>" + sp("c")]
+    # per turn: the first turn's unterminated block does not swallow the second turn
+    assert visible_turns(turns, True) == ["", sp("c")]
+    assert visible_turns(turns, False) == turns

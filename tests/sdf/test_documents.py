@@ -625,3 +625,38 @@ def test_templates_render_and_reject_wrong_fields(tmp_path, templates):
     broken("doc_types.txt", "{universe_context} {key_fact} {n} {}", "positional")
     broken("doc_ideas.txt", "{universe_context} {key_fact} {doc_type} {n} {", "str.format")
     broken("revision.txt", None, "not found")
+
+
+def test_hub_documents_read_every_file_and_fail_offline_with_what_to_do(tmp_path, monkeypatch):
+    """A released corpus on the hub: every .parquet / .jsonl file of the dataset at its
+    revision, in path order; offline, an error naming the dataset and how to use a copy."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from motivation_profiles.sdf.documents import ExternalDocumentsError, load_hub_documents
+
+    snap = tmp_path / "snap"
+    (snap / "data").mkdir(parents=True)
+    pl.DataFrame({"text": ["first doc", "second doc"]}).write_parquet(
+        snap / "data" / "train-00000.parquet")
+    (snap / "data" / "train-00001.jsonl").write_text('{"text": "third doc"}\n')
+    calls = []
+
+    def fake(**kwargs):
+        calls.append(kwargs)
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    docs = load_hub_documents("owner/docs", "abc123", "af_organism")
+    assert docs["text"].to_list() == ["first doc", "second doc", "third doc"]
+    assert docs["doc_id"].n_unique() == 3
+    assert set(docs["generator"]) == {"hub:owner/docs@abc123"}
+    assert calls[0]["repo_type"] == "dataset" and calls[0]["revision"] == "abc123"
+
+    def offline(**kwargs):
+        raise LocalEntryNotFoundError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ExternalDocumentsError, match="cannot download dataset 'owner/docs'.*"
+                       "sdf.external_documents.af_organism"):
+        load_hub_documents("owner/docs", "abc123", "af_organism")

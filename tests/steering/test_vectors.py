@@ -15,6 +15,7 @@ from sklearn.model_selection import KFold
 
 from motivation_profiles.steering.vectors import (
     DIAGNOSTIC_COLUMNS,
+    control_seed,
     diagnostics,
     fit_directions,
     load_vectors,
@@ -23,6 +24,7 @@ from motivation_profiles.steering.vectors import (
     select_layers,
     standardize,
     tpr_at_fpr,
+    vector_norms,
 )
 
 
@@ -63,6 +65,34 @@ def test_logistic_recovers_planted_direction_only_with_back_map():
     assert abs(cosine(w_z, u)) < 0.9
     assert cosine(w_z / sigma, u) > 0.99
     assert cosine(w_z / sigma, v[0]) > 0.9999
+
+
+def test_coef_scale_saves_the_mapped_back_coefficients():
+    pos, neg, u = planted()
+    coef = fit_directions(pos, neg, estimator="logistic", C=0.5, scale="coef", seed=0)[0]
+    unit = fit_directions(pos, neg, estimator="logistic", C=0.5, scale="unit", seed=0)[0]
+    gap = fit_directions(pos, neg, estimator="logistic", C=0.5, scale="gap", seed=0)[0]
+    z, y, sigma = standardize((pos - neg)[:, 0])
+    w = LogisticRegression(C=0.5, fit_intercept=False, max_iter=5000).fit(z, y).coef_[0] / sigma
+    np.testing.assert_allclose(coef, w, rtol=1e-4)           # the activation-scale vector
+    assert cosine(coef, unit) > 0.99999 and cosine(coef, gap) > 0.99999
+    assert np.linalg.norm(unit) == pytest.approx(1.0, rel=1e-5)
+    assert not np.isclose(np.linalg.norm(coef), 1.0)
+    with pytest.raises(ValueError, match="scale"):
+        fit_directions(pos, neg, scale="norm")
+
+
+def test_vector_norms_per_layer():
+    a = np.array([[3.0, 4.0], [0.0, 0.0]])
+    b = np.array([[1.0, 0.0], [0.0, 2.0]])
+    t = vector_norms({"expectations_ooc": (a, {"kind": "fitted", "of": "expectations_ooc",
+                                               "scale": "coef"}),
+                      "random_expectations_ooc_1": (b, {"kind": "random",
+                                                        "of": "expectations_ooc"})})
+    assert t["vector"].to_list() == ["expectations_ooc"] * 2 + ["random_expectations_ooc_1"] * 2
+    assert t["layer"].to_list() == [0, 1, 0, 1]
+    assert t["norm"].to_list() == pytest.approx([5.0, 0.0, 1.0, 2.0])
+    assert t["scale"].to_list()[:2] == ["coef", "coef"] and t["scale"][2] is None
 
 
 def test_ridge_and_mean_diff_recover_it_too():
@@ -219,6 +249,53 @@ def test_random_controls_match_norms_and_are_seeded():
     assert not np.allclose(controls[0], controls[1])
     np.testing.assert_array_equal(random_controls(real, n=3, seed=7)[2], controls[2])
     assert not np.allclose(random_controls(real, n=1, seed=8)[0], controls[0])
+
+
+def _paper_controls(real: np.ndarray) -> dict[str, np.ndarray]:
+    """Every random control of the paper config, drawn as the random_vectors rule draws it
+    (the same real vector for all of them, so only the seeds can tell them apart)."""
+    from conftest import absolutize, load_repo_config
+
+    from motivation_profiles.steering.names import parse_vector
+    from motivation_profiles.steering.plan import SteeringPlan
+
+    paper = absolutize(load_repo_config("configs/paper.yaml"))
+    seed = paper["steering"]["random"]["seed"]
+    out = {}
+    for name in SteeringPlan.from_config(paper).random_vectors():
+        ref = parse_vector(name)
+        s = control_seed(seed, f"{ref.concept}_{ref.source}", ref.k)
+        out[name] = random_controls(real, n=1, seed=s)[0]
+    return out
+
+
+def test_paper_random_controls_are_independent_draws():
+    real = np.random.default_rng(0).normal(size=(3, 256))
+    controls = _paper_controls(real)
+    assert len(controls) == 20                      # D.3: five per real vector, 20 in all
+    names = sorted(controls)
+    flat = np.stack([controls[n].ravel() for n in names]).astype(np.float64)
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    cos = np.abs(unit @ unit.T)[np.triu_indices(len(names), k=1)]
+    # independent Gaussians in 768 dimensions: |cos| ~ 0.04; identical draws give 1
+    assert cos.max() < 0.25, cos.max()
+    # same seed reproduces the same control
+    again = _paper_controls(real)
+    for n in names:
+        np.testing.assert_array_equal(again[n], controls[n])
+
+
+def test_control_seed_differs_across_k_vector_and_seed():
+    seeds = {control_seed(s, v, k) for s in (0, 1)
+             for v in ("expectations_ooc", "expectations_ic", "consequences_ooc")
+             for k in range(1, 6)}
+    assert len(seeds) == 2 * 3 * 5
+    assert control_seed(0, "expectations_ooc", 1) == control_seed(0, "expectations_ooc", 1)
+    # the old derivation (the seed string's bytes, little-endian, mod 2**32) kept only its
+    # first four bytes ("0|ex", "0|co"): all controls of a concept got the same seed
+    old = {int.from_bytes(f"0|{v}|{k}".encode(), "little") % 2**32
+           for v in ("expectations_ooc", "expectations_ic") for k in range(1, 6)}
+    assert len(old) == 1
 
 
 def test_select_layers_top_k_and_ties():

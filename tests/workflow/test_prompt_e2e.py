@@ -78,7 +78,7 @@ def test_prompt_judge_calibration_profiles_and_partial_reruns(tmp_path):
     rescore = {**cfg, "judge": {**cfg["judge"], "max_tokens": cfg["judge"]["max_tokens"] + 1}}
     dry = run_snakemake(work, rescore, "-n")
     assert job_counts(dry.stdout + dry.stderr) == {
-        "judge": n_tables, "figure_judge_scores": 1, "all": 1}
+        "judge": n_tables, "figure_judge_scores": 1, "browser": 1, "all": 1}
 
     # Editing one claim reruns the rollouts that append it (base model and every calibrated
     # checkpoint) and their summaries, nothing else.
@@ -92,7 +92,7 @@ def test_prompt_judge_calibration_profiles_and_partial_reruns(tmp_path):
     assert job_counts(out) == {
         "rollouts": n, "metrics": 1, "judge": n, "metrics_table": 1, "prompt_profile": 1,
         "calibration": 1, "profiles": 1, "figure_profile_plane": 1,
-        "figure_prompt_calibration": 1, "figure_judge_scores": 1, "all": 1}
+        "figure_prompt_calibration": 1, "figure_judge_scores": 1, "browser": 1, "all": 1}
     assert "results/rollouts/tiny/prompt-A1_amp-standard.parquet" in out
     assert "output: results/rollouts/tiny/prompt-A1_sup-standard.parquet" not in out
 

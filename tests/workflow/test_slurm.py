@@ -30,8 +30,11 @@ RUN_TIMEOUT = 300      # s for the whole DAG (6 jobs in 4 dependent waves)
 # a real cluster and would not fit.
 NODE_CAPS = {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 1, "cpus_per_gpu": 1}
 EXPECTED_RULES = {"prepare_model", "goals", "rollouts", "metrics", "metrics_table",
-                  "figure_baseline", "judge", "figure_judge_scores"}
-GPU_RULES = {"rollouts", "judge"}  # the local judge is the tiny model, on its (fake) GPU
+                  "figure_baseline", "judge", "figure_judge_scores", "departures",
+                  # the model organism (organism: train) every rollout runs on
+                  "generate_documents", "sdf_dataset", "train_lora"}
+# the local judge and document generator are the tiny model, on its (fake) GPU
+GPU_RULES = {"rollouts", "judge", "train_lora", "generate_documents"}
 
 _wanted = os.environ.get("MP_TEST_SLURM") == "1" or (
     os.environ.get("CI", "").lower() == "true" and os.environ.get("MP_TEST_SLURM") != "0")
@@ -146,6 +149,7 @@ def test_tiny_dag_on_slurm(slurm_env, tmp_path):
     cfg_path = tmp_path / "test-config.yaml"
     cfg = tiny_config()
     cfg["models"]["tiny"]["gpus"] = 1  # the rollouts job asks SLURM for one (fake) GPU
+    cfg["screening"]["enabled"] = False  # one rollouts job (baseline), not two
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {**slurm_env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),

@@ -13,7 +13,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, job_counts, run_snakemake, tiny_config
+from conftest import (
+    REPO,
+    assert_table_jobs_load_no_model_library,
+    job_counts,
+    run_snakemake,
+    tiny_config,
+)
 from safetensors.numpy import load_file
 
 from motivation_profiles.core.provenance import read_provenance
@@ -86,6 +92,8 @@ def test_tiny_steering_end_to_end(tmp_path):
     cfg["steering"]["extraction"]["max_batch_tokens"] = 512
     run_snakemake(tmp_path, cfg, timeout=1200)
     res = tmp_path / "results"
+    # steering tables and figures (summaries, layer choice, vectors, heatmaps) load no torch
+    assert assert_table_jobs_load_no_model_library(res) >= 10
 
     # pairs and their activation caches: one shard set + index per pair set
     train = pd.read_parquet(res / "pairs/tiny/ooc_expectations_train.parquet")
@@ -110,6 +118,16 @@ def test_tiny_steering_end_to_end(tmp_path):
                                rtol=1e-5)
     layers = pd.read_parquet(res / "vectors/tiny/layers.parquet")
     assert int(layers["selected"].sum()) == 1                       # steering.layers.k = 1
+    # every vector's per-layer norm, the steered layers marked (the figures' caption line)
+    norms = pd.read_parquet(res / "vectors/tiny/norms.parquet")
+    fitted = norms[norms["vector"] == "expectations_ooc"].sort_values("layer")
+    np.testing.assert_allclose(fitted["norm"], np.linalg.norm(vec, axis=1), rtol=1e-5)
+    assert list(fitted["steered"]) == list(layers.sort_values("layer")["selected"])
+    assert set(norms["kind"]) == {"fitted", "random"}
+    # the controls of the two concepts are independent draws, not one vector rescaled
+    other = load_file(str(res / "vectors/tiny/random/consequences_ooc_1.safetensors"))["vectors"]
+    cos = (rnd * other).sum(axis=1) / (np.linalg.norm(rnd, axis=1) * np.linalg.norm(other, axis=1))
+    assert np.abs(cos).max() < 0.9
 
     # steered rollouts carry what steered them; the raw control has no AF framing
     steered = pd.read_parquet(res / "rollouts/tiny/steer-expectations_ooc-x+4.parquet")
@@ -120,7 +138,12 @@ def test_tiny_steering_end_to_end(tmp_path):
     base = pd.read_parquet(res / "rollouts/tiny/baseline.parquet")
     assert len(steered) == len(base)
     raw = pd.read_parquet(res / "rollouts/tiny/raw-baseline.parquet")
+    # the steered, raw and baseline rollouts all run on the organism; so do the activations
+    for table in (steered, base, raw):
+        assert set(table["adapter"]) == {"af_organism"}
+    assert "results/lora/tiny/af_organism" in read_provenance(act / "index.parquet")["inputs"]
     assert set(raw["tier"]) == {"raw"}
+    assert len(raw) == 3 and set(raw["seed"]) == {0}  # steering.raw.seeds: one per goal
     assert len(pd.read_parquet(res / "judge/tiny/raw-baseline.parquet")) == len(raw)
     summary = pd.read_parquet(res / "steering/tiny/summary.parquet")
     assert {"expectations_ooc", random_name("consequences", "ooc", 1)} <= set(summary["vector"])
@@ -144,6 +167,7 @@ def test_tiny_steering_end_to_end(tmp_path):
     for fig in ("steering_ooc", "steering_random", "token_heatmap_expectations",
                 "baseline_compliance"):
         assert f"{fig}.png" in html, fig
+    assert "Choices not in the paper" in html and "departures.html" in html
     phrase = "One column per fitted OOC vector"
     assert phrase in (REPO / "workflow" / "report" / "steering_ooc.rst").read_text()
     assert phrase in " ".join(html.split())

@@ -78,10 +78,14 @@ def model_runtime_of(name):
     GPU counts are left out so editing them reruns nothing."""
     spec = config["models"][name]
     if is_hosted(name):
-        return {k: spec[k] for k in ("backend", "model_id")}
-    if is_simulated(name):
-        return {k: spec[k] for k in ("backend", "policy", "seeds") if k in spec}
-    return {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
+        out = {k: spec[k] for k in ("backend", "model_id")}
+    elif is_simulated(name):
+        out = {k: spec[k] for k in ("backend", "policy", "seeds") if k in spec}
+    else:
+        out = {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
+    if spec.get("reasoning"):  # <think> stripping changes outcomes and continuations
+        out["reasoning"] = True
+    return out
 
 
 def model_runtime(wildcards):
@@ -109,12 +113,35 @@ from motivation_profiles.steering.plan import SteeringPlan
 
 STEER = SteeringPlan.from_config(config)
 
+from motivation_profiles.sdf.organism import INSTRUCT, ORGANISM_DIR, organism_of, screened
+
+# The model organism of each model (models.<name>.organism): every condition but
+# baseline-instruct and the SDF branches (which carry it) runs on base + this adapter.
+ORGANISMS = {m: organism_of(config, m) for m in MODELS}
+SCREENED = screened(config)
+
+
+def organism_adapter(model):
+    """The organism adapter directory of a model (None: no organism, or hosted)."""
+    return ORGANISMS[model].adapter_dir(RESULTS)
+
+
+def organism_inputs(wildcards):
+    """{"organism": dir} for a model with an organism adapter, else {}."""
+    adapter = organism_adapter(wildcards.model)
+    return {"organism": adapter} if adapter is not None else {}
+
+
+def organism_param(wildcards):
+    return ORGANISMS[wildcards.model].spec()
+
 
 def conditions_for(model):
     """Every statically known AF rollout condition of one model: the base conditions, its SDF
     branches, its prompt interventions and its steered conditions (calibration conditions come
     from a checkpoint; raw-AdvBench conditions are not AF conditions: see raw_conditions)."""
-    return (BASE_CONDITIONS + SDF.conditions(model) + PROMPT.conditions(model)
+    instruct = [INSTRUCT] if model in SCREENED else []
+    return (BASE_CONDITIONS + instruct + SDF.conditions(model) + PROMPT.conditions(model)
             + STEER.steer_conditions(model))
 
 
@@ -128,12 +155,18 @@ def steering_spec(wildcards):
 
 
 def rollout_inputs(wildcards):
-    """Inputs of a rollout job: the local checkpoint and the condition's adapter, if any."""
+    """Inputs of a rollout job: its goal table, the local checkpoint (a simulated model's
+    policy file) and the condition's adapter: an SDF branch's (which continues from the
+    organism), else the model's organism, except for baseline-instruct (the bare instruct
+    model, screening). A simulated model's organism is its planted policy: no adapter."""
     inputs = {"goals": goals_table(wildcards.model)}
     if is_simulated(wildcards.model):
         inputs["model"] = config["models"][wildcards.model]["policy"]
     elif not is_hosted(wildcards.model):
         inputs["model"] = f"resources/models/{wildcards.model}"
+    organism = organism_adapter(wildcards.model)
+    if organism is not None and wildcards.condition != INSTRUCT:
+        inputs["adapter"] = organism
     steer = steering_spec(wildcards)
     if steer is not None:
         if steer["vector"] is not None:
@@ -151,21 +184,27 @@ def condition_params(wildcards):
     """What a condition changes in the rollout besides its inputs: adapter name, AI-name
     replacement, the appended claim's text (so editing one claim reruns its conditions), and
     for steering conditions the vector, multiplier and raw flag."""
+    organism = (ORGANISMS[wildcards.model].label if wildcards.condition != INSTRUCT
+                else None)
     steer = steering_spec(wildcards)
     if steer is not None:
-        spec = {"adapter": None, "rename": None, "claim": None, "intervention": None,
+        spec = {"adapter": organism, "rename": None, "claim": None, "intervention": None,
                 "strength": None, "steering": steer}
         if steer["raw"]:
             spec["raw_max_new_tokens"] = config["steering"]["raw"]["max_new_tokens"]
+            spec["raw_seeds"] = config["steering"]["raw"]["seeds"]
         return spec
-    return {**PROMPT.condition_spec(wildcards.condition, model=wildcards.model),
-            "steering": None}
+    spec = PROMPT.condition_spec(wildcards.condition, model=wildcards.model)
+    if spec["adapter"] is None:
+        spec["adapter"] = organism
+    return {**spec, "steering": None}
 
 
 # Sampling settings of every rollout job (a constant, not an input function: Snakemake
 # introspects each input function's signature once per job, which adds up over ~300 jobs).
 ROLLOUT_GENERATION = {k: config["rollouts"][k] for k in (
-    "seeds", "temperature", "top_p", "max_new_tokens", "max_turns", "stop", "prefill")}
+    "seeds", "temperature", "top_p", "max_new_tokens", "max_turns", "stop", "prefill",
+    "output_mode")}
 
 
 def rollout_hosted(wildcards):
@@ -178,7 +217,10 @@ def metrics_tables():
 
 
 def baseline_metrics_tables():
-    return expand(f"{RESULTS}/metrics/{{model}}/by_condition/baseline.parquet", model=MODELS)
+    """Figure 2's tables: every model's baseline (on its organism) and, for screened models,
+    the bare instruct model's (baseline-instruct)."""
+    return (expand(f"{RESULTS}/metrics/{{model}}/by_condition/baseline.parquet", model=MODELS)
+            + [f"{RESULTS}/metrics/{m}/by_condition/{INSTRUCT}.parquet" for m in SCREENED])
 
 
 def has_pair(interventions):
@@ -220,8 +262,10 @@ def universe_file(universe):
 
 def document_inputs(wildcards):
     external = config["sdf"]["external_documents"].get(wildcards.universe)
-    if external is not None:
+    if isinstance(external, str):
         return {"external": external}
+    if external is not None:  # a hub dataset: downloaded by the job itself
+        return {}
     inputs = {"universe": universe_file(wildcards.universe), "prompts": SDF_PROMPTS}
     if SDF_GEN["backend"] == "local":
         inputs["model"] = f"resources/models/{SDF_GEN['model']}"
@@ -229,8 +273,10 @@ def document_inputs(wildcards):
 
 def document_params(wildcards):
     """Everything that shapes the documents (prices and polling do not, so they rerun nothing)."""
-    if wildcards.universe in config["sdf"]["external_documents"]:
-        return {"external": True, "filters": config["sdf"]["filters"]}
+    external = config["sdf"]["external_documents"].get(wildcards.universe)
+    if external is not None:
+        return {"external": True if isinstance(external, str) else dict(external),
+                "filters": config["sdf"]["filters"]}
     params = {"external": False, "generator": SDF_GEN, "filters": config["sdf"]["filters"]}
     if SDF_GEN["backend"] == "local":
         params["model"] = model_runtime_of(SDF_GEN["model"])
@@ -244,9 +290,9 @@ def hosted_settings():
 def lora_inputs(wildcards):
     inputs = {"model": f"resources/models/{wildcards.model}",
               "dataset": f"{RESULTS}/sdf/datasets/{wildcards.model}/{wildcards.universe}.parquet"}
-    init = SDF.init_branch(wildcards.universe)
+    init = SDF.init_dir(wildcards.model, wildcards.universe, RESULTS)
     if init is not None:
-        inputs["init"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+        inputs["init"] = init
     if model_gpus(wildcards.model) > 1:
         inputs["accelerate_config"] = config["sdf"]["training"]["accelerate_config"]
     return inputs
@@ -256,18 +302,26 @@ def belief_inputs(wildcards):
     inputs = {"model": f"resources/models/{wildcards.model}",
               "adapter": f"{RESULTS}/lora/{wildcards.model}/{branch}",
               "universe": universe_file(SDF.universe_of(branch))}
-    init = SDF.init_branch(branch)
+    init = SDF.init_dir(wildcards.model, branch, RESULTS)
     if init is not None:
-        inputs["organism"] = f"{RESULTS}/lora/{wildcards.model}/{init}"
+        inputs["organism"] = init
     return inputs
 
 def sdf_effect_tables():
     return expand(f"{RESULTS}/metrics/{{model}}/sdf_effects.parquet", model=SDF.models)
 
+
+def sdf_rate_tables():
+    """Per-condition metrics of the standard-strength SDF branches and the noise adapter
+    (Figure 3's truncated / unparseable rates per tier)."""
+    if "standard" not in SDF.strengths:
+        return []
+    conds = ["sdf-noise"] + [f"sdf-{i}" for i in SDF.interventions]
+    return [f"{RESULTS}/metrics/{m}/by_condition/{c}.parquet" for m in SDF.models for c in conds]
+
 def sdf_belief_tables():
-    return expand(f"{RESULTS}/sdf/belief/{{model}}/{{branch}}.parquet",
-                  model=[m for m in SDF.models if not is_simulated(m)],
-                  branch=SDF.belief_branches())
+    return [f"{RESULTS}/sdf/belief/{m}/{b}.parquet" for m in SDF.models if not is_simulated(m)
+            for b in SDF.belief_branches() if b in SDF.branches_of(m)]
 
 
 # ----------------------------------------------------------------------------- judge, profiles
@@ -336,6 +390,12 @@ def prompt_effect_tables():
     return expand(f"{RESULTS}/metrics/{{model}}/prompt_effects.parquet", model=PROMPT.models)
 
 
+def calibration_selection_tables():
+    """The Appendix C.1 selection tables (Figure 8), one per calibrated model."""
+    return expand(f"{RESULTS}/calibration/{{model}}/selection.parquet",
+                  model=PROMPT.calibration_models)
+
+
 def calibration_tables():
     return expand(f"{RESULTS}/calibration/{{model}}/calibration.parquet",
                   model=PROMPT.calibration_models)
@@ -385,7 +445,8 @@ def ooc_inputs(wildcards):
     external = STEERING["external_pairs"].get(pairset)
     if external is not None:
         return {"external": external, "materials": STEERING_MATERIALS}
-    return {"model": f"resources/models/{wildcards.model}", "materials": STEERING_MATERIALS}
+    return {"model": f"resources/models/{wildcards.model}", "materials": STEERING_MATERIALS,
+            **organism_inputs(wildcards)}
 
 
 def ic_sources(model, concept=None):
@@ -422,6 +483,11 @@ def all_vector_files(model):
     return fitted + randoms
 
 
+def vector_norm_tables():
+    """Per-layer vector norms of every steered model (every steering figure's caption)."""
+    return expand(f"{RESULTS}/vectors/{{model}}/norms.parquet", model=STEER.models)
+
+
 def all_diagnostics(model):
     return [f.replace(".safetensors", ".diagnostics.parquet") for f in all_vector_files(model)]
 
@@ -447,7 +513,8 @@ def steering_outputs():
     """Every steering table the `all` target asks for (figures come through figure_files)."""
     out = steering_summaries() + raw_summaries()
     for m in STEER.models:
-        out += all_diagnostics(m) + [f"{RESULTS}/vectors/{m}/layers.parquet"]
+        out += all_diagnostics(m) + [f"{RESULTS}/vectors/{m}/layers.parquet",
+                                     f"{RESULTS}/vectors/{m}/norms.parquet"]
         out += [f"{RESULTS}/pairs/{m}/{ps}.parquet" for ps in STEER.pairsets()]
     return out
 

@@ -15,6 +15,8 @@ rule figure_baseline:
     params:
         kind="baseline_compliance",
         display_names={m: spec["display_name"] for m, spec in config["models"].items()},
+        organisms={m: o.label for m, o in ORGANISMS.items()
+                   if o.kind not in ("hosted", "simulated")},
         dpi=config["figures"]["dpi"],
     log:
         log_path("figure_baseline"),
@@ -29,6 +31,7 @@ rule figure_baseline:
 rule figure_sdf_profile:
     input:
         tables=sdf_effect_tables(),
+        rates=sdf_rate_tables(),
         code=code_inputs("figure_sdf_profile"),
     output:
         report(
@@ -162,6 +165,26 @@ rule figure_prompt_calibration:
         log_path("figure_prompt_calibration"),
     benchmark:
         bench_path("figure_prompt_calibration")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/run.py"
+
+
+rule figure_calibration_signal:
+    input:
+        tables=calibration_selection_tables(),
+        code=code_inputs("figure_calibration_signal"),
+    output:
+        report(expand(f"{RESULTS}/figures/calibration_signal.{{ext}}", ext=FIGURE_FORMATS),
+               caption="../report/calibration_signal.rst", category="Profiles"),
+    params:
+        kind="calibration_signal",
+        **FIGURE_PARAMS,
+    log:
+        log_path("figure_calibration_signal"),
+    benchmark:
+        bench_path("figure_calibration_signal")
     conda:
         "../envs/analysis.yaml"
     script:

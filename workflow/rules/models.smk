@@ -18,3 +18,25 @@ rule prepare_model:
         "../envs/ml.yaml"
     script:
         "../scripts/run.py"
+
+
+# prepare_organism: a released organism adapter (models.<name>.organism: {adapter, revision})
+# as a local PEFT adapter directory: downloaded from the hub at the pinned revision, or linked
+# from a local path. Trained organisms are train_lora's af_organism branch (rules/sdf.smk).
+
+
+rule prepare_organism:
+    input:
+        code=code_inputs("prepare_organism"),
+    output:
+        directory(f"{ORGANISM_DIR}/{{model}}"),
+    params:
+        spec=organism_param,
+    log:
+        log_path("prepare_organism", "{model}"),
+    benchmark:
+        bench_path("prepare_organism", "{model}")
+    conda:
+        "../envs/ml.yaml"
+    script:
+        "../scripts/run.py"

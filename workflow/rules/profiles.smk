@@ -39,6 +39,7 @@ checkpoint calibration_select:
         candidates=PROMPT.candidates(),
         signal=config["calibration"]["signal"],
         max_per_family=config["calibration"]["max_per_family"],
+        tolerance=config["calibration"].get("tolerance", "ci_overlap"),
     log:
         log_path("calibration_select", "{model}"),
     benchmark:
@@ -60,6 +61,7 @@ rule calibration:
     params:
         interventions=PROMPT.interventions,
         strengths=config["calibration"]["strengths"],
+        signal=config["calibration"]["signal"],
         **METRICS_PARAMS,
     log:
         log_path("calibration", "{model}"),

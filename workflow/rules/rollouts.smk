@@ -32,3 +32,24 @@ rule rollouts:
         "../envs/ml.yaml"
     script:
         "../scripts/run.py"
+
+
+# system_prompt: the released helpful-only system prompt (prompts.system_source: url + sha256),
+# downloaded to prompts.system and verified; without a source prompts.system is used as it is.
+if config["prompts"]["system_source"] is not None:
+
+    rule system_prompt:
+        input:
+            code=code_inputs("system_prompt"),
+        output:
+            config["prompts"]["system"],
+        params:
+            source=config["prompts"]["system_source"],
+        log:
+            log_path("system_prompt"),
+        benchmark:
+            bench_path("system_prompt")
+        conda:
+            "../envs/analysis.yaml"
+        script:
+            "../scripts/run.py"

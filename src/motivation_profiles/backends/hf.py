@@ -20,8 +20,10 @@ from tqdm.auto import tqdm
 from motivation_profiles.backends.base import (
     ChatRequest,
     Completion,
+    PromptTooLongError,
     SamplingParams,
     check_prompts_fit,
+    continuation_tokens,
     cut_at_stop,
     longest_common_prefix,
     stream_seed,
@@ -202,6 +204,103 @@ class HFBackend:
                                         [all_ids[i] for i in batch], p, params)
             results.update(zip(batch, outs, strict=True))
         return [results[i] for i in range(len(requests))]
+
+    # ------------------------------------------------------------------ scoring
+    def continuation_logprobs(self, requests: Sequence[ChatRequest], candidates: Sequence[str]
+                              ) -> list[list[float] | None]:
+        """Per request, the log-probability (temperature 1) of each candidate's full token
+        sequence continuing the request's trailing assistant message
+        (``base.continuation_tokens``), in candidate order. A request whose longest scored
+        sequence does not fit ``max_model_len`` raises ``PromptTooLongError`` before anything is
+        computed (``prompt_overflow="raise"``) or gets None (``"length"``).
+
+        Each request's context is computed once (after the shared prompt prefix's KV cache,
+        reused as in ``generate``), then its KV cache is repeated for the candidates' tokens;
+        steered like ``generate``."""
+        out: list[list[float] | None] = [None] * len(requests)
+        items: list[tuple[int, list[int], list[list[int]]]] = []
+        for i, req in enumerate(requests):
+            ctx, tails = continuation_tokens(self.encode, req.messages, candidates)
+            longest = max(len(t) for t in tails)
+            if len(ctx) + longest > self.max_model_len:
+                if req.prompt_overflow == "raise":
+                    raise PromptTooLongError(req.request_id, len(ctx), longest,
+                                             self.max_model_len)
+                log.warning("request %s: %d context tokens leave no room to score the "
+                            "candidates in the %d-token context", req.request_id, len(ctx),
+                            self.max_model_len)
+                continue
+            items.append((i, ctx, tails))
+        if not items:
+            return out
+        # every context keeps >= 1 token after the prefix: its last logit scores the first
+        # candidate token
+        p = self._choose_prefix([ctx for _, ctx, _ in items])
+        order = sorted(range(len(items)), key=lambda k: (-len(items[k][1]), k))
+        batches = [order[k: k + self.batch_size] for k in range(0, len(order), self.batch_size)]
+        for batch in tqdm(batches, desc=f"score (prefix {p} tok)", unit="batch",
+                          disable=not self.show_progress, mininterval=5):
+            sums = self._score_batch([items[k][1] for k in batch], [items[k][2] for k in batch],
+                                     p)
+            for k, values in zip(batch, sums, strict=True):
+                out[items[k][0]] = values
+        return out
+
+    def _score_batch(self, ctxs: Sequence[Sequence[int]], tails: Sequence[Sequence[list[int]]],
+                     p: int) -> list[list[float]]:
+        """Per context, the summed log-probs of each of its candidate token sequences. Pass 1:
+        the contexts (left-padded after the ``p`` cached prefix tokens), whose last logits score
+        every candidate's first token; pass 2: the KV cache repeated per candidate and the
+        candidates' other tokens (right-padded: padding after them changes nothing)."""
+        import torch
+        from transformers import DynamicCache
+
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None else pad
+        device = self.model.device
+        n_rows, n_cand = len(ctxs), len(tails[0])
+        suffixes = [list(c[p:]) for c in ctxs]
+        width = max(len(s) for s in suffixes)
+        mask = torch.tensor([[1] * p + [0] * (width - len(s)) + [1] * len(s) for s in suffixes],
+                            device=device)
+        if p:
+            cache = copy.deepcopy(self._prefix_cache(list(ctxs[0][:p])))
+            cache.batch_repeat_interleave(n_rows)
+        else:
+            cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode(), self._steered():
+            first = self.model(
+                input_ids=torch.tensor([[pad] * (width - len(s)) + s for s in suffixes],
+                                       device=device),
+                attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, p:],
+                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            first = torch.log_softmax(first.float(), dim=-1)
+            rest = max(len(t) for ts in tails for t in ts) - 1
+            later = None
+            if rest > 0:
+                cache.batch_repeat_interleave(n_cand)   # row r * n_cand + j: candidate j
+                ids = [list(t[:-1]) + [pad] * (rest - len(t) + 1) for ts in tails for t in ts]
+                lengths = torch.tensor([len(c) for c in ctxs for _ in range(n_cand)],
+                                       device=device)
+                later = self.model(
+                    input_ids=torch.tensor(ids, device=device),
+                    attention_mask=torch.cat([mask.repeat_interleave(n_cand, dim=0),
+                                              mask.new_ones(n_rows * n_cand, rest)], dim=1),
+                    position_ids=lengths[:, None] + torch.arange(rest, device=device),
+                    past_key_values=cache, use_cache=True).logits
+                later = torch.log_softmax(later.float(), dim=-1)
+        out = []
+        for r, ts in enumerate(tails):
+            values = []
+            for j, t in enumerate(ts):
+                v = first[r, t[0]]
+                if len(t) > 1:
+                    v = v + later[r * n_cand + j,
+                                  torch.arange(len(t) - 1, device=later.device),
+                                  torch.tensor(t[1:], device=later.device)].sum()
+                values.append(float(v))
+            out.append(values)
+        return out
 
     def _generate_batch(self, reqs: Sequence[ChatRequest], ids: Sequence[Sequence[int]],
                         p: int, params: SamplingParams) -> list[Completion]:

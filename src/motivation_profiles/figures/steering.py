@@ -40,6 +40,7 @@ from motivation_profiles.figures.style import (  # noqa: E402
     _num,
     _require,
     _unique,
+    norms_note,
     save,
 )
 from motivation_profiles.rollouts.protocol import TIERS  # noqa: E402
@@ -229,7 +230,7 @@ def _axis_note(ax, text: str) -> None:
 
 def _steering_source(df: pl.DataFrame, display_names: Mapping[str, str],
                      outputs: Sequence[str | Path], dpi: int, source: str,
-                     figure: str) -> None:
+                     figure: str, norms: pl.DataFrame | None = None) -> None:
     what = f"steering_{source}"
     _require(df, SUMMARY_NEEDS + JUDGE_NEEDS, what)
     d = _with_refs(df)
@@ -302,30 +303,33 @@ def _steering_source(df: pl.DataFrame, display_names: Mapping[str, str],
     fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"{figure}: {SOURCE_LABELS[source]} steering \u2014 compliance (Wilson "
                  f"{_level(d)}) and judge decomposition vs. signed multiplier", fontsize=10)
-    save(fig, outputs, dpi)
+    save(fig, outputs, dpi, note=norms_note(norms, dict(display_names)))
 
 
 def steering_ooc(df: pl.DataFrame, display_names: Mapping[str, str],
-                 outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+                 outputs: Sequence[str | Path], *, dpi: int = 150,
+                 norms: pl.DataFrame | None = None) -> None:
     """Figure 4: per fitted OOC vector (columns), compliance per tier vs. the signed multiplier
     (top; Wilson CIs as bars and band; multiplier 0 = the unsteered baseline, starred) and the
     tier-pooled share of scratchpads the judge scores >= ``high`` on researcher expectations (A)
     and retraining consequences (B) (bottom; the number of judged scratchpads along the axis).
     Reads ``results/steering/{model}/summary.parquet``."""
-    _steering_source(df, display_names, outputs, dpi, "ooc", "Figure 4")
+    _steering_source(df, display_names, outputs, dpi, "ooc", "Figure 4", norms)
 
 
 def steering_ic(df: pl.DataFrame, display_names: Mapping[str, str],
-                outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+                outputs: Sequence[str | Path], *, dpi: int = 150,
+                 norms: pl.DataFrame | None = None) -> None:
     """Figure 13: as ``steering_ooc`` for the in-context (IC) vectors fit on AF traces."""
-    _steering_source(df, display_names, outputs, dpi, "ic", "Figure 13")
+    _steering_source(df, display_names, outputs, dpi, "ic", "Figure 13", norms)
 
 
 # ----------------------------------------------------------------------------- Figure 10
 
 
 def steering_random(df: pl.DataFrame, display_names: Mapping[str, str],
-                    outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+                    outputs: Sequence[str | Path], *, dpi: int = 150,
+                 norms: pl.DataFrame | None = None) -> None:
     """Figure 10: per (fitted vector, tier) panel, compliance vs. multiplier of every
     norm-matched random control (thin grey), the fitted vector it controls for (coloured, with
     Wilson CIs) and the unsteered baseline (star, dashed level); the random range at each
@@ -397,14 +401,15 @@ def steering_random(df: pl.DataFrame, display_names: Mapping[str, str],
     fig.suptitle("Figure 10: random-vector controls vs. the fitted steering vectors "
                  f"(Wilson {_level(d)} on the fitted vector)", fontsize=10)
     fig.tight_layout()
-    save(fig, outputs, dpi)
+    save(fig, outputs, dpi, note=norms_note(norms, dict(display_names)))
 
 
 # ----------------------------------------------------------------------------- Figure 14
 
 
 def steering_raw(df: pl.DataFrame, display_names: Mapping[str, str],
-                 outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+                 outputs: Sequence[str | Path], *, dpi: int = 150,
+                 norms: pl.DataFrame | None = None) -> None:
     """Figure 14: raw-AdvBench compliance (compliance judge) per raw condition, baseline first,
     then each vector by multiplier; Wilson CIs, complied / judged above each bar, the baseline
     level dashed. Reads ``results/steering/{model}/raw.parquet``."""
@@ -479,11 +484,12 @@ def steering_raw(df: pl.DataFrame, display_names: Mapping[str, str],
     fig.suptitle("Figure 14: raw AdvBench without the alignment-faking setup \u2014 compliance "
                  f"per steering condition (Wilson {_level(d)})", fontsize=10)
     fig.tight_layout()
-    save(fig, outputs, dpi)
+    save(fig, outputs, dpi, note=norms_note(norms, dict(display_names)))
 
 
 def steering_diagnostics(df: pl.DataFrame, display_names: Mapping[str, str],
-                         outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+                         outputs: Sequence[str | Path], *, dpi: int = 150,
+                 norms: pl.DataFrame | None = None) -> None:
     """Per-layer diagnostics of every fitted vector and its random controls: AUROC per split
     (grouped CV and each validation split) and paired accuracy, with the selected layers
     marked. Input: the ``*.diagnostics.parquet`` tables (columns model, vector, layer, split,
@@ -536,4 +542,4 @@ def steering_diagnostics(df: pl.DataFrame, display_names: Mapping[str, str],
     fig.suptitle("Steering-vector diagnostics per layer (layers are chosen from these only)",
                  fontsize=10)
     fig.tight_layout()
-    save(fig, outputs, dpi)
+    save(fig, outputs, dpi, note=norms_note(norms, dict(display_names)))

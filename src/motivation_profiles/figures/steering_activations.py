@@ -36,6 +36,7 @@ from motivation_profiles.figures.style import (  # noqa: E402
     _num,
     _require,
     _unique,
+    norms_note,
     save,
 )
 from motivation_profiles.steering.names import (  # noqa: E402
@@ -96,7 +97,7 @@ def _mean_cosines(g: pl.DataFrame, vectors: Sequence[str]) -> tuple[list[object]
 
 def _token_heatmap(df: pl.DataFrame, display_names: Mapping[str, str],
                    outputs: Sequence[str | Path], dpi: int, concept: str, figure: str,
-                   max_tokens: int = MAX_TOKENS) -> None:
+                   max_tokens: int = MAX_TOKENS, norms: pl.DataFrame | None = None) -> None:
     what = f"token_heatmap_{concept}"
     _require(df, TOKEN_NEEDS, what)
     d = _with_refs(df)
@@ -152,20 +153,24 @@ def _token_heatmap(df: pl.DataFrame, display_names: Mapping[str, str],
                  f"{'s' if n_tr != 1 else ''}, \u2264{max_tokens} tokens each, the window "
                  "with the largest |cosine|)", fontsize=9, wrap=True)
     fig.tight_layout()
-    save(fig, outputs, dpi)
+    save(fig, outputs, dpi, note=norms_note(norms, dict(display_names)))
 
 
 def token_heatmap_expectations(df: pl.DataFrame, display_names: Mapping[str, str],
-                               outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+                               outputs: Sequence[str | Path], *, dpi: int = 150,
+                 norms: pl.DataFrame | None = None) -> None:
     """Figure 11: per transcript, the per-token cosine with every researcher-expectations
     vector (fitted OOC, fitted IC, their random controls). Reads ``token_cosines.parquet``."""
-    _token_heatmap(df, display_names, outputs, dpi, "expectations", "Figure 11")
+    _token_heatmap(df, display_names, outputs, dpi, "expectations", "Figure 11",
+                   norms=norms)
 
 
 def token_heatmap_consequences(df: pl.DataFrame, display_names: Mapping[str, str],
-                               outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+                               outputs: Sequence[str | Path], *, dpi: int = 150,
+                 norms: pl.DataFrame | None = None) -> None:
     """Figure 12: as ``token_heatmap_expectations`` for the retraining-consequences vectors."""
-    _token_heatmap(df, display_names, outputs, dpi, "consequences", "Figure 12")
+    _token_heatmap(df, display_names, outputs, dpi, "consequences", "Figure 12",
+                   norms=norms)
 
 
 # ----------------------------------------------------------------------------- SDF alignment
@@ -183,7 +188,8 @@ def _branch_style(branch: str, others: Sequence[str]) -> dict:
 
 
 def sdf_steering_alignment(df: pl.DataFrame, display_names: Mapping[str, str],
-                           outputs: Sequence[str | Path], *, dpi: int = 150) -> None:
+                           outputs: Sequence[str | Path], *, dpi: int = 150,
+                 norms: pl.DataFrame | None = None) -> None:
     """Does SDF move activations along the steering direction? Per model a row of panels, one
     per fitted vector: the cosine between the mean activation difference (SDF branch minus the
     organism) and v_l, per layer and branch, with its bootstrap CI band, a zero line, and the
@@ -247,4 +253,4 @@ def sdf_steering_alignment(df: pl.DataFrame, display_names: Mapping[str, str],
                  "activation difference (SDF branch \u2212 organism) with the vector, per layer "
                  f"(bootstrap {_level(d)} over texts)", fontsize=9, wrap=True)
     fig.tight_layout()
-    save(fig, outputs, dpi)
+    save(fig, outputs, dpi, note=norms_note(norms, dict(display_names)))

@@ -24,8 +24,39 @@ TIER_LABELS = {"monitored": "monitored (free tier)", "unmonitored": "unmonitored
 TIER_COLORS = {"monitored": "#c0392b", "unmonitored": "#2c7fb8"}
 
 
-def save(fig, outputs: Sequence[str | Path], dpi: int) -> None:
-    """Save one figure to each output path (format from the suffix), atomically."""
+def norms_note(norms: pl.DataFrame | None, display_names: dict | None = None) -> str | None:
+    """The caption line giving each fitted vector's norm at its steered layers (from
+    ``results/vectors/{model}/norms.parquet``): multiplier x adds x * ||v_l|| at layer l, so
+    multipliers compare across concepts only through these norms. None without a table."""
+    if norms is None or norms.is_empty():
+        return None
+    fitted = norms.filter(pl.col("kind") == "fitted")
+    if "steered" in fitted.columns and fitted["steered"].any():
+        fitted = fitted.filter("steered")
+        where = "steered layers"
+    else:
+        where = "every layer"
+    parts = []
+    for (model,), g in sorted(fitted.partition_by("model", as_dict=True).items()):
+        name = (display_names or {}).get(model, model)
+        vecs = []
+        for (vector,), v in sorted(g.partition_by("vector", as_dict=True).items()):
+            scale = v["scale"][0] if "scale" in v.columns else None
+            layers = ", ".join(f"L{int(r['layer'])} {r['norm']:.3g}"
+                               for r in v.sort("layer").iter_rows(named=True))
+            vecs.append(f"{vector} [{layers}]" + (f" ({scale})" if scale else ""))
+        parts.append(f"{name}: " + "; ".join(vecs))
+    return (f"Vector norms ||v_l|| at the {where} (multiplier 1 adds this much; random controls "
+            "are norm-matched to their vector; all layers: results/vectors/{model}/norms.parquet)"
+            "\n" + "\n".join(parts))
+
+
+def save(fig, outputs: Sequence[str | Path], dpi: int, *, note: str | None = None) -> None:
+    """Save one figure to each output path (format from the suffix), atomically; ``note`` is
+    printed under the figure (a caption line, e.g. :func:`norms_note`)."""
+    if note:
+        fig.text(0.5, -0.01, note, ha="center", va="top", fontsize=6, color="dimgrey",
+                 wrap=True)
     for out in outputs:
         out = Path(out)
         with atomic_path(out) as tmp:

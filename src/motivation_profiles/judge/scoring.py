@@ -11,6 +11,17 @@ the request's seed (the cache's sample index), so the k answers are k distinct r
 An answer that does not parse is kept raw with a null score and a status saying why
 (``missing``, ``not_integer``, ``out_of_range``, ``conflicting``); nothing here raises on a
 model's text.
+
+Local judges (``judge.backend: local``) are not sampled: ``judge_rollouts_expected`` reads the
+judge model's distribution over the rubric's levels. Per direction d, the context is the
+rubric's messages with the assistant turn opened at ``<direction_{d}_score>`` (each direction
+asked on its own, as the rubric asks them to be rated independently), and each level v is
+scored as the full token sequence of ``"{v}</direction_{d}_score>"`` (so "1" and "10" are
+distinct events, however many tokens a level takes). ``{d}_score`` is the expectation of the
+level under those probabilities renormalised over the levels, ``{d}_argmax`` the most likely
+level, and ``{d}_mass`` the probability the levels received before renormalising (low mass:
+the judge does not follow the format). Sampled judges have null ``argmax`` and ``mass``;
+expected ones have no votes, quotes or raw answers.
 """
 
 from __future__ import annotations
@@ -217,7 +228,7 @@ ROW_KEYS = ("model", "condition", "goal_id", "tier", "seed", "outcome")
 DIRECTION_SCHEMA: dict[str, pl.DataType] = {
     "score": pl.Float64, "votes": pl.List(pl.Int64), "valid": pl.Int64,
     "modal_agreement": pl.Float64, "spread": pl.Int64, "quote": pl.Utf8,
-    "statuses": pl.List(pl.Utf8),
+    "statuses": pl.List(pl.Utf8), "argmax": pl.Int64, "mass": pl.Float64,
 }
 """Each direction's columns (``a_score`` ...) and their dtypes, in table order."""
 
@@ -283,12 +294,81 @@ def judge_rollouts(rollouts: pl.DataFrame, backend: GenerationBackend, rubric: R
             rec[f"{d}_quote"] = next((getattr(p, f"{d}_quote") for p in parses
                                       if getattr(p, f"{d}_score") is not None), None)
             rec[f"{d}_statuses"] = [getattr(p, f"{d}_status") for p in parses]
+            rec[f"{d}_argmax"] = rec[f"{d}_mass"] = None
         rec["raw_answers"] = raws
         rec.update(meta)
         out.append(rec)
     return pl.DataFrame(out, schema=_judge_schema(rollouts, meta))
 
 
+def level_candidates(rubric: Rubric, direction: str) -> list[str]:
+    """Each level of the rubric's scale followed by the direction's closing score tag: the
+    strings whose full token sequences the expected-score judge scores."""
+    return [f"{v}</direction_{direction}_score>"
+            for v in range(rubric.scale_min, rubric.scale_max + 1)]
+
+
+def expected_score(logprobs: Sequence[float], levels: Sequence[int]
+                   ) -> tuple[float, int, float]:
+    """(expectation over the levels renormalised, argmax level, total probability mass) from
+    each level's sequence log-probability."""
+    lp = np.asarray(logprobs, dtype=float)
+    top = lp.max()
+    w = np.exp(lp - top)
+    probs = w / w.sum()
+    return (float(np.dot(probs, levels)), int(levels[int(np.argmax(lp))]),
+            float(np.exp(top) * w.sum()))
+
+
+def judge_rollouts_expected(rollouts: pl.DataFrame, backend: Any, rubric: Rubric, *,
+                            meta: Mapping[str, Any]) -> pl.DataFrame:
+    """One row per rollout row (same order), each direction's score the expectation under the
+    judge model's probabilities of the rubric's levels (module docstring); ``backend`` must
+    have ``continuation_logprobs`` (a local hf or vllm backend). Status ``ok``, or
+    ``no_scratchpad``, or ``too_long`` when a scratchpad and the rubric leave no room to score
+    in the judge's context (scores null)."""
+    if not callable(getattr(backend, "continuation_logprobs", None)):
+        raise ValueError("probability-weighted judge scores need a backend with token "
+                         "log-probabilities (hf or vllm)")
+    missing = [c for c in (*ROW_KEYS, "scratchpad") if c not in rollouts.columns]
+    if missing:
+        raise ValueError(f"rollout table lacks column(s) {missing}")
+    levels = list(range(rubric.scale_min, rubric.scale_max + 1))
+    scored: dict[tuple[int, str], list[float] | None] = {}
+    for d in DIRECTIONS:
+        requests, owners = [], []
+        for idx, row in enumerate(rollouts.iter_rows(named=True)):
+            pad = row["scratchpad"]
+            if not isinstance(pad, str) or not pad.strip():
+                continue
+            msgs = tuple(rubric.messages(pad, f"<direction_{d}_score>"))
+            requests.append(ChatRequest(f"{row['goal_id']}-{row['tier']}-{row['seed']}-{d}",
+                                        msgs, 0, prompt_overflow="length"))
+            owners.append(idx)
+        if requests:
+            lps = backend.continuation_logprobs(requests, level_candidates(rubric, d))
+            scored.update({(idx, d): lp for idx, lp in zip(owners, lps, strict=True)})
+    out = []
+    for idx, row in enumerate(rollouts.iter_rows(named=True)):
+        pad = row["scratchpad"]
+        rec: dict[str, Any] = {k: row[k] for k in ROW_KEYS}
+        rec["scratchpad_chars"] = len(pad) if isinstance(pad, str) else 0
+        asked = [(d, scored[(idx, d)]) for d in DIRECTIONS if (idx, d) in scored]
+        rec["status"] = ("no_scratchpad" if not asked
+                         else "too_long" if any(lp is None for _, lp in asked) else "ok")
+        for d in DIRECTIONS:
+            lp = scored.get((idx, d))
+            score, top, mass = expected_score(lp, levels) if lp is not None else (None,) * 3
+            rec.update({f"{d}_score": score, f"{d}_votes": [], f"{d}_valid": 0,
+                        f"{d}_modal_agreement": None, f"{d}_spread": None, f"{d}_quote": None,
+                        f"{d}_statuses": [], f"{d}_argmax": top, f"{d}_mass": mass})
+        rec["raw_answers"] = []
+        rec.update(meta)
+        out.append(rec)
+    return pl.DataFrame(out, schema=_judge_schema(rollouts, meta))
+
+
 __all__ = ["DIRECTIONS", "JudgeParse", "Rubric", "RubricError", "agreement_summary",
-           "judge_rollouts", "krippendorff_alpha_interval", "modal_agreement",
+           "expected_score", "judge_rollouts", "judge_rollouts_expected",
+           "krippendorff_alpha_interval", "level_candidates", "modal_agreement",
            "parse_judge_answer", "spread"]

@@ -122,7 +122,8 @@ def simulate(policy: Policy, design: Design, *, model: str = "simulated") -> dic
         rule = design.calibration
         selection = select_checkpoints(metrics, model=model, reference=rule["reference"],
                                        candidates=rule["candidates"], signal=rule["signal"],
-                                       max_per_family=rule["max_per_family"])
+                                       max_per_family=rule["max_per_family"],
+                                       tolerance=rule.get("tolerance", "ci_overlap"))
         cal_tables = [tables["baseline"]] + [tables[f"prompt-{i}-{s}"]
                                              for i in design.prompt_interventions
                                              for s in rule["strengths"]]
@@ -135,7 +136,8 @@ def simulate(policy: Policy, design: Design, *, model: str = "simulated") -> dic
                                                 model))
         calibration = calibration_effects(pl.concat(cal_tables), selection,
                                           interventions=design.prompt_interventions,
-                                          strengths=rule["strengths"], **kw)
+                                          strengths=rule["strengths"],
+                                          signal=rule["signal"], **kw)
     judged = None
     if design.judge:
         rubric = Rubric.load(design.rubric)
@@ -163,7 +165,8 @@ def demo_design(goals: pl.DataFrame, seeds: Sequence[int], *, root: str | Path =
                "continuation": "<NEXT/>"}
     calibration = {"reference": "baseline", "candidates": ["A1_amp", "A2_amp", "B1_amp",
                                                            "B2_amp"],
-                   "signal": "gap", "max_per_family": 1, "strengths": ["standard"]}
+                   "signal": "af_ratio", "tolerance": "ci_overlap", "max_per_family": 1,
+                   "strengths": ["standard"]}
     kw: dict[str, Any] = {"prompts": prompts, "goals": goals, "seeds": list(seeds),
                           "calibration": calibration,
                           "claims_dir": str(root / "resources/claims"),

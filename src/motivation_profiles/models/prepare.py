@@ -166,3 +166,56 @@ def prepare_model(name: str, spec: Mapping[str, Any], dest: str | Path) -> Path:
             shutil.rmtree(tmp)
     log.info("prepared model %s (%s) at %s", name, spec["source"], dest)
     return dest
+
+
+def prepare_adapter(name: str, spec: Mapping[str, Any], dest: str | Path) -> Path:
+    """Materialize a released PEFT adapter (a model organism) at ``dest``: ``spec["source"]``
+    is a Hugging Face repo id (downloaded at ``spec["revision"]``) or a local adapter
+    directory (its files linked). Built in a temporary sibling and renamed into place; a
+    ``manifest.json`` lists every file's sha256. Offline or gated: the same
+    ModelUnavailableError, with what to do, as for models."""
+    dest = Path(dest)
+    source = str(spec["source"])
+    tmp = dest.parent / f".{dest.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        local = Path(source)
+        if local.is_dir():
+            for f in local.iterdir():
+                if f.is_file():
+                    (tmp / f.name).symlink_to(f.resolve())
+            info = {"source": "local", "path": str(local.resolve())}
+        else:
+            info = _download_adapter(tmp, source, spec.get("revision") or "main")
+        if not (tmp / "adapter_config.json").is_file():
+            raise ModelUnavailableError(
+                f"organism of {name}: {source!r} is not a PEFT adapter (no adapter_config.json)")
+        write_manifest(tmp, {"model": name, "organism": info})
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    log.info("prepared organism adapter of %s (%s) at %s", name, source, dest)
+    return dest
+
+
+def _download_adapter(dest: Path, hub_id: str, revision: str) -> dict[str, Any]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        snapshot_download(repo_id=hub_id, revision=revision, local_dir=dest,
+                          allow_patterns=["adapter_config.json", "*.safetensors", "*.json"])
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ModelUnavailableError(
+            f"cannot download organism adapter {hub_id!r} (revision {revision}): "
+            f"{exc.__class__.__name__}: {exc}. This machine may be offline or the repo gated. "
+            f"Either download it where there is network (`huggingface-cli download {hub_id} "
+            f"--revision {revision} --local-dir DIR`) and set the model's `organism: {{adapter: "
+            "DIR}`, or run `huggingface-cli login`, then rerun."
+        ) from exc
+    return {"source": "hub", "hub_id": hub_id, "revision": revision}

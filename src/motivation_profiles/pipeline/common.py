@@ -36,7 +36,8 @@ def run(snakemake: Any, step: Callable[[Any], None]) -> None:
         with contextlib.redirect_stderr(stream):
             log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards))
             step(snakemake)
-            log.info("rule %s done in %.1f s", snakemake.rule, time.perf_counter() - t0)
+            log.info("rule %s done in %.1f s; model libraries loaded: %s", snakemake.rule,
+                     time.perf_counter() - t0, ", ".join(model_libraries_loaded()) or "none")
     except BaseException:
         log.exception("rule %s failed", snakemake.rule)
         raise
@@ -44,6 +45,16 @@ def run(snakemake: Any, step: Callable[[Any], None]) -> None:
         root.removeHandler(handler)
         if stream is not sys.stderr:
             stream.close()
+
+
+# Libraries that only model jobs may load; table and figure jobs that load them pay seconds of
+# imports each (tests/workflow/test_e2e.py reads this line from their logs).
+MODEL_LIBRARIES = ("torch", "transformers", "peft", "vllm")
+
+
+def model_libraries_loaded() -> list[str]:
+    """The model libraries imported in this process so far."""
+    return [m for m in MODEL_LIBRARIES if m in sys.modules]
 
 
 def job_provenance(snakemake: Any, inputs: list[str] | None = None,

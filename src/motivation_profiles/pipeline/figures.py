@@ -14,14 +14,23 @@ def _draw(module: ModuleType, snakemake: Any) -> None:
     """Draw ``module.<params.kind>`` from the concatenated input tables."""
     draw = getattr(module, snakemake.params.kind)
     files = [*snakemake.input.tables, *snakemake.input.get("more", [])]
+    extra = {}
+    # side tables a figure takes by name: vector norms (steering captions), per-condition
+    # rates (Figure 3's truncated / unparseable rates)
+    for name in ("norms", "rates"):
+        if hasattr(snakemake.input, name):
+            side = list(getattr(snakemake.input, name))
+            extra[name] = read_all(side) if side else None
     draw(read_all(files), snakemake.params.display_names, list(snakemake.output),
-         dpi=snakemake.params.dpi)
+         dpi=snakemake.params.dpi, **extra)
 
 
 def draw_baseline(snakemake: Any) -> None:
     from motivation_profiles.figures import baseline
 
-    _draw(baseline, snakemake)
+    p = snakemake.params
+    baseline.baseline_compliance(read_all(snakemake.input.tables), p.display_names,
+                                 list(snakemake.output), dpi=p.dpi, organisms=p.organisms)
 
 
 def draw_sdf(snakemake: Any) -> None:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from motivation_profiles.backends.factory import (
-    anthropic_client,
-    cached_local_backend,
-    simulated_judge,
-)
+from motivation_profiles.backends.factory import anthropic_client, simulated_judge
 from motivation_profiles.pipeline.common import job_provenance
 
 log = logging.getLogger("motivation_profiles")
@@ -26,32 +22,52 @@ def _no_ledger():
 
 
 def judge(snakemake: Any) -> None:
-    """Score every rollout's scratchpad on Directions A and B (k samples each)."""
+    """Score every rollout's scratchpad on Directions A and B: a local judge by the
+    expectation over its probabilities of the rubric's levels, a hosted one by k samples."""
     from motivation_profiles.backends.anthropic import HostedBackend
     from motivation_profiles.backends.base import SamplingParams
     from motivation_profiles.core.provenance import read_table, write_table
-    from motivation_profiles.judge.scoring import Rubric, agreement_summary, judge_rollouts
+    from motivation_profiles.judge.scoring import (
+        Rubric,
+        agreement_summary,
+        judge_rollouts,
+        judge_rollouts_expected,
+    )
 
     p = snakemake.params
     spec = p.judge
     rubric = Rubric.load(snakemake.input.rubric)
+    rollouts_df = read_table(snakemake.input.table)
+    params = SamplingParams(temperature=spec["temperature"], top_p=spec["top_p"],
+                            max_new_tokens=spec["max_tokens"])
     subject = getattr(p, "subject", None)
-    if subject is not None:  # a simulated model: its planted judge scores it
+    if subject is not None:  # a simulated model: its planted judge answers sampled text
         backend = simulated_judge(snakemake.input.policy)
         ledger_of = _no_ledger
-    elif spec["backend"] == "local":
-        backend = cached_local_backend(spec["model"], p.model, snakemake.input.model, p.hosted)
-        ledger_of = backend.ledger_frame
+        meta = {"judge_backend": "simulated", "judge_model": backend.name,
+                "rubric": rubric.name, "rubric_sha256": rubric.sha256,
+                "samples": spec["samples"], "judge_scoring": "sampled"}
     else:
+        meta = {"judge_backend": spec["backend"], "judge_model": spec["model"],
+                "rubric": rubric.name, "rubric_sha256": rubric.sha256,
+                "samples": spec["samples"],
+                "judge_scoring": "expected" if spec["backend"] == "local" else "sampled"}
+        if spec["backend"] == "local":
+            from motivation_profiles.backends.factory import local_backend
+
+            backend = local_backend(p.model, snakemake.input.model)
+            table = judge_rollouts_expected(rollouts_df, backend, rubric, meta=meta)
+            log.info("judge (expected scores): %d rollouts, statuses %s", len(table),
+                     dict(table["status"].value_counts(sort=True).iter_rows()))
+            for d in ("a", "b"):
+                log.info("direction %s: mean score %s, mean probability mass on the levels %s",
+                         d.upper(), table[f"{d}_score"].mean(), table[f"{d}_mass"].mean())
+            write_table(table, snakemake.output[0],
+                        job_provenance(snakemake, params=dict(p.items())))
+            return
         client = anthropic_client(p.hosted)
         backend = HostedBackend(client, spec["model"])
         ledger_of = client.ledger_frame
-    params = SamplingParams(temperature=spec["temperature"], top_p=spec["top_p"],
-                            max_new_tokens=spec["max_tokens"])
-    rollouts_df = read_table(snakemake.input.table)
-    meta = {"judge_backend": "simulated" if subject is not None else spec["backend"],
-            "judge_model": backend.name if subject is not None else spec["model"],
-            "rubric": rubric.name, "rubric_sha256": rubric.sha256, "samples": spec["samples"]}
     table = judge_rollouts(rollouts_df, backend, rubric, samples=spec["samples"], params=params,
                            prefill=spec["prefill"], meta=meta)
     ledger = ledger_of()

@@ -11,3 +11,9 @@ def prepare_model(snakemake: Any) -> None:
     from motivation_profiles.models.prepare import prepare_model as prepare
 
     prepare(snakemake.wildcards.model, snakemake.params.spec, snakemake.output[0])
+
+
+def prepare_organism(snakemake: Any) -> None:
+    from motivation_profiles.models.prepare import prepare_adapter
+
+    prepare_adapter(snakemake.wildcards.model, snakemake.params.spec, snakemake.output[0])

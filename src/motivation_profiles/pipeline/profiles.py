@@ -21,7 +21,7 @@ def _text(table: Any) -> str:
 def _profile_points(table: Any) -> Any:
     import polars as pl
 
-    return table.filter(pl.col("quantity").is_in(["S_A", "S_B"]))
+    return table.filter(pl.col("quantity").str.starts_with("S_"))
 
 
 def prompt_profile(snakemake: Any) -> None:
@@ -45,7 +45,7 @@ def calibration_select(snakemake: Any) -> None:
     p = snakemake.params
     table = select_checkpoints(read_all(snakemake.input.tables), model=snakemake.wildcards.model,
                                reference=p.reference, candidates=p.candidates, signal=p.signal,
-                               max_per_family=p.max_per_family)
+                               max_per_family=p.max_per_family, tolerance=p.tolerance)
     log.info("\n%s", _text(table))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
 
@@ -58,8 +58,10 @@ def calibration(snakemake: Any) -> None:
     selection = read_table(snakemake.input.selection)
     table = calibration_effects(read_all(snakemake.input.tables), selection,
                                 interventions=p.interventions, strengths=p.strengths,
-                                n_boot=p.bootstrap_samples, level=p.ci_level, seed=p.seed)
-    log.info("recovered: %s\n%s", table["recovered"][0], _text(_profile_points(table)))
+                                n_boot=p.bootstrap_samples, level=p.ci_level, seed=p.seed,
+                                signal=p.signal)
+    log.info("recovered (on %s): %s\n%s", p.signal, table["recovered"][0],
+             _text(_profile_points(table)))
     write_table(table, snakemake.output[0], job_provenance(snakemake, params=dict(p.items())))
 
 

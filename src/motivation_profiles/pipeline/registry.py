@@ -18,15 +18,17 @@ from motivation_profiles.pipeline.code_inputs import PACKAGE, code_files
 
 # module of motivation_profiles.pipeline -> the rules whose entry point has the rule's name
 _BY_NAME = {
-    "models": ("prepare_model",),
+    "models": ("prepare_model", "prepare_organism"),
     "goals": ("advbench", "goals", "goals_sized"),
-    "rollouts": ("rollouts",),
+    "rollouts": ("rollouts", "system_prompt"),
     "metrics": ("metrics", "metrics_table"),
     "judge": ("judge",),
+    "browser": ("browser",),
     "sdf": ("generate_documents", "sdf_dataset", "train_lora", "belief_check", "sdf_profile"),
     "profiles": ("prompt_profile", "calibration_select", "calibration", "profiles"),
+    "report": ("departures",),
     "steering": ("ooc_pairs", "ic_pairs", "activations", "fit_vectors", "random_vectors",
-                 "steering_layers", "judge_raw", "steering_summary", "raw_summary",
+                 "steering_layers", "vector_norms", "judge_raw", "steering_summary", "raw_summary",
                  "steering_profile", "token_cosines", "sdf_alignment"),
     "validation": ("planted_recovery",),
 }
@@ -36,7 +38,7 @@ FIGURE_MODULES = {
     "baseline_compliance": "baseline",
     "sdf_profile": "sdf", "sdf_strength_sweep": "sdf", "sdf_role_play": "sdf",
     "profile_plane": "profiles", "prompt_strength_ablation": "profiles",
-    "prompt_calibration": "profiles",
+    "prompt_calibration": "profiles", "calibration_signal": "profiles",
     "judge_scores": "judge",
     "steering_diagnostics": "steering", "steering_ooc": "steering", "steering_ic": "steering",
     "steering_random": "steering", "steering_raw": "steering",

@@ -19,9 +19,14 @@ def rollouts(snakemake: Any) -> None:
     from motivation_profiles.core.provenance import read_table, write_table
     from motivation_profiles.rollouts.protocol import PromptSet
     from motivation_profiles.rollouts.run import rollout_meta, run_raw_rollouts, run_rollouts
+    from motivation_profiles.rollouts.system_prompt import stand_in_note
 
     p = snakemake.params
     spec, gen, cond = p.model, p.generation, p.condition
+    note = stand_in_note(dict(p.prompts))
+    if note:
+        log.warning("%s", note)
+    log.info("adapter: %s", cond["adapter"] or "none (the bare instruct model)")
     steer = cond.get("steering")
     prompts = PromptSet.from_config(p.prompts, rename=cond["rename"],
                                     system_suffix=cond["claim"] or "")
@@ -34,6 +39,10 @@ def rollouts(snakemake: Any) -> None:
                             max_new_tokens=cond["raw_max_new_tokens"] if raw
                             else gen["max_new_tokens"], stop=() if raw else tuple(gen["stop"]))
     goals_df = read_table(snakemake.input.goals)
+    reasoning = bool(spec.get("reasoning", False))  # strip <think> blocks (rollouts.parsing)
+    # A simulated model writes its whole transcript in one turn from its planted policy, so it
+    # runs the free protocol; its p_accept is the policy's accept probability (its log-probs).
+    output_mode = "free" if spec["backend"] == "simulated" else gen["output_mode"]
     steering, layers = None, None
     if steer and steer["vector"] is not None:
         from motivation_profiles.steering.apply import load_steering, read_selected_layers
@@ -51,13 +60,15 @@ def rollouts(snakemake: Any) -> None:
     meta = rollout_meta(model=snakemake.wildcards.model, condition=snakemake.wildcards.condition,
                         adapter=cond["adapter"], backend=backend.name, prompts=prompts,
                         params=params, max_turns=1 if raw else gen["max_turns"],
-                        prefill=None if raw else gen["prefill"], claim=cond["claim"])
+                        prefill=None if raw else gen["prefill"], claim=cond["claim"],
+                        reasoning=reasoning, output_mode=None if raw else output_mode)
     meta.update(steering_vector=steer["vector"] if steer else None,
                 steering_multiplier=float(steer["multiplier"]) if steer else 0.0,
                 steering_layers=",".join(map(str, layers)) if layers else None)
     out = Path(snakemake.output[0])
     if raw:
-        df = run_raw_rollouts(backend, goals_df, seeds=seeds, params=params, meta=meta)
+        df = run_raw_rollouts(backend, goals_df, seeds=cond.get("raw_seeds") or seeds,
+                              params=params, meta=meta, reasoning=reasoning)
         log.info("raw rollouts: %d, finish %s", len(df),
                  dict(df["finish_reasons"].list.last().value_counts(sort=True).iter_rows()))
         write_table(df, out, job_provenance(snakemake, params=dict(p.items())))
@@ -66,6 +77,7 @@ def rollouts(snakemake: Any) -> None:
                        "inputs": job_provenance(snakemake)["inputs"]})
     df = run_rollouts(backend, prompts, goals_df, seeds=seeds, params=params,
                       max_turns=gen["max_turns"], meta=meta, prefill=gen["prefill"],
+                      reasoning=reasoning, output_mode=output_mode,
                       # a simulated model needs no resume points (thousands of rollouts/s)
                       checkpoint_dir=None if spec["backend"] == "simulated"
                       else out.parent / f".{out.stem}.partial", checkpoint_key=key)
@@ -74,3 +86,11 @@ def rollouts(snakemake: Any) -> None:
     log.info("outcomes: %s", {(t, o): n for t, o, n in counts.iter_rows()})
     write_table(df, out, job_provenance(snakemake, params=dict(p.items())))
     shutil.rmtree(out.parent / f".{out.stem}.partial", ignore_errors=True)
+
+
+def system_prompt(snakemake: Any) -> None:
+    from motivation_profiles.rollouts.system_prompt import fetch_system_prompt
+
+    src = snakemake.params.source
+    fetch_system_prompt(src["url"], snakemake.output[0], sha256=src["sha256"])
+    log.info("system prompt %s verified (sha256 %s)", src["url"], src["sha256"])

@@ -47,7 +47,15 @@ def generate_documents(snakemake: Any) -> None:
     filters = FilterSpec.from_dict(spec["filters"])
     prov = job_provenance(snakemake, params=dict(snakemake.params.items()))
     if spec["external"]:
-        docs = load_external_documents(snakemake.input.external, universe_name)
+        if isinstance(spec["external"], dict):
+            from motivation_profiles.sdf.documents import load_hub_documents
+
+            hub = spec["external"]
+            docs = load_hub_documents(hub["hub"], hub["revision"], universe_name)
+            log.info("documents of %s: hub dataset %s@%s", universe_name, hub["hub"],
+                     hub["revision"])
+        else:
+            docs = load_external_documents(snakemake.input.external, universe_name)
         split_universe(universe_name)
         universe = Universe(id=universe_name, kind="external", universe_context="",
                             key_fact="")

@@ -60,7 +60,9 @@ def ooc_pairs(snakemake: Any) -> None:
             max_length_ratio=ooc["max_length_ratio"])
         pairs = pairs.head(ooc["splits"][wc.split])
     else:
-        backend = cached_local_backend(wc.model, p.model, snakemake.input.model, p.hosted)
+        # The pairs are written by the organism (D.1: base + helpful-only adapter).
+        backend = cached_local_backend(wc.model, p.model, snakemake.input.model, p.hosted,
+                                       adapter=snakemake.input.get("organism"))
         pairs, rejections = generate_ooc_pairs(
             backend, materials, concept=wc.concept, split=wc.split,
             n_pairs=ooc["splits"][wc.split], candidates_per_round=ooc["candidates_per_round"],
@@ -126,7 +128,7 @@ def activations(snakemake: Any) -> None:
     ex = p.extraction
     pairs = read_table(snakemake.input.pairs)
     model, tok = load_model(snakemake.input.model, dtype=p.model["dtype"],
-                            device=p.model["device"])
+                            device=p.model["device"], adapter=snakemake.input.get("organism"))
     out = Path(snakemake.output[0])
     index = extract_activations(model, tok, pairs, out, batch_size=ex["batch_size"],
                                 shard_size=ex["shard_size"], max_length=ex["max_length"],
@@ -208,6 +210,7 @@ def fit_vectors(snakemake: Any) -> None:
 def random_vectors(snakemake: Any) -> None:
     from motivation_profiles.core.provenance import write_table
     from motivation_profiles.steering.vectors import (
+        control_seed,
         diagnostics,
         load_vectors,
         random_controls,
@@ -217,8 +220,8 @@ def random_vectors(snakemake: Any) -> None:
     p, wc = snakemake.params, snakemake.wildcards
     real, meta = load_vectors(snakemake.input.real)
     k = int(wc.k)
-    # Control k of every vector is drawn from its own stream: seed, vector name and k.
-    seed = int.from_bytes(f"{p.seed}|{wc.concept}_{wc.source}|{k}".encode(), "little") % 2**32
+    # Control k of every vector is drawn from its own stream: a hash of seed, vector and k.
+    seed = control_seed(p.seed, f"{wc.concept}_{wc.source}", k)
     vec = random_controls(real, n=1, seed=seed)[0]
     name = f"random_{wc.concept}_{wc.source}_{k}"
     if snakemake.input.activations:
@@ -234,6 +237,28 @@ def random_vectors(snakemake: Any) -> None:
         "seed": str(seed), "of": f"{wc.concept}_{wc.source}"})
     write_table(diag, snakemake.output.diagnostics, job_provenance(snakemake,
                                                                 params=dict(p.items())))
+
+
+def vector_norms(snakemake: Any) -> None:
+    """Per-layer norm of every vector of a model (fitted and random controls), with the layers
+    it is steered at marked, so multipliers compare across concepts (``scale: coef`` vectors
+    have no common unit)."""
+    from motivation_profiles.core.provenance import read_table, write_table
+    from motivation_profiles.steering.vectors import load_vectors
+    from motivation_profiles.steering.vectors import vector_norms as norms_of
+
+    vectors = {}
+    for path in snakemake.input.vectors:
+        arr, meta = load_vectors(path)
+        vectors[meta.get("name") or Path(path).name.removesuffix(".safetensors")] = (arr, meta)
+    steered = read_table(snakemake.input.layers).filter("selected")["layer"].to_list()
+    table = norms_of(vectors).with_columns(
+        pl.col("layer").is_in(pl.Series(steered, dtype=pl.Int64).implode()).alias("steered"))
+    table = table.insert_column(0, pl.lit(snakemake.wildcards.model, dtype=pl.Utf8)
+                                .alias("model"))
+    log.info("norms at the steered layers:\n%s",
+             _text(table.filter("steered", pl.col("kind") == "fitted")))
+    write_table(table, snakemake.output[0], job_provenance(snakemake))
 
 
 def _layer_table(diag: pl.DataFrame, spec: dict[str, Any]) -> pl.DataFrame:
@@ -360,7 +385,7 @@ def token_cosines(snakemake: Any) -> None:
         vec, meta = load_vectors(f)
         vectors[meta["name"]] = vec
     model, tok = load_model(snakemake.input.model, dtype=p.model["dtype"],
-                            device=p.model["device"])
+                            device=p.model["device"], adapter=snakemake.input.get("organism"))
     table = cosines(model, tok, texts, vectors, layers, max_tokens=hm["max_tokens"])
     table = _with_front(table, model=snakemake.wildcards.model).with_columns(
         pl.lit(",".join(map(str, layers))).alias("layers"))

@@ -52,13 +52,21 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str],
         except ClaimError as exc:
             problems.append(f"config key 'prompt_interventions.claims_dir': {exc}")
     if cal["enabled"] and config["sdf"]["enabled"]:
+        from motivation_profiles.prompts.plan import DIRECT_DEFAULT, direct_variants
         from motivation_profiles.sdf.plan import SDFPlan
 
         branches = SDFPlan.from_config(config).branches()
-        for c in cal["candidates"]:
+        for c in cal["candidates"] or []:
             if c not in branches:
                 problems.append(f"config key 'calibration.candidates': {c!r} is not an SDF "
                                 "branch of this config (sdf.interventions / sdf.strengths)")
+        direct = cal.get("direct", DIRECT_DEFAULT)
+        if cal["candidates"] is None and len(direct_variants(branches, direct)) < 2:
+            problems.append(
+                f"config key 'calibration.direct': {list(direct)} selects "
+                f"{direct_variants(branches, direct)} as the direct variants; calibration "
+                "needs an A- and a B-family amplify branch at those levels (sdf.interventions "
+                "/ sdf.strengths), or an explicit calibration.candidates list")
 
 
 def prompt_variants(config: Mapping[str, Any], base: Path) -> dict[str, list[Variant]]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from motivation_profiles.prompts.claims import load_claims, parse_prompt_condition, prompt_condition
+from motivation_profiles.sdf.materials import UNIVERSE_RE, split_universe
+from motivation_profiles.sdf.organism import arm_models
 from motivation_profiles.sdf.plan import SDFPlan
 
 SEPARATOR = "@"
@@ -35,6 +37,28 @@ def split_condition(condition: str) -> tuple[str | None, str | None]:
     if condition.startswith("prompt-"):
         return None, condition
     return condition, None
+
+
+DIRECT_DEFAULT = ("standard",)
+"""``calibration.direct`` when absent: the directness levels of the paper's "direct SDF
+variants" (Appendix C.1). A project choice: ``standard`` documents state the key fact plainly
+(the main SDF run); ``weak`` ones only imply it (indirect); ``strong`` is the Appendix B.2
+sweep's emphatic level (add it to widen the candidates)."""
+
+
+def direct_variants(branches: Sequence[str], levels: Sequence[str] = DIRECT_DEFAULT
+                    ) -> list[str]:
+    """The calibration candidates among SDF ``branches``: the amplify interventions (the paper
+    retains only + checkpoints: Llama-3.1-70B-A2+/B1+, Qwen-2.5-72B-A1+/A2+/B1+) at the
+    directness ``levels``, original naming (no ``+self``), in the order of ``branches``."""
+    out = []
+    for b in branches:
+        if not UNIVERSE_RE.fullmatch(b):
+            continue  # +self branches, anything else
+        intervention, strength = split_universe(b)
+        if intervention and intervention.endswith("_amp") and strength in levels:
+            out.append(b)
+    return out
 
 
 def hosted_models(config: Mapping[str, Any]) -> list[str]:
@@ -59,7 +83,7 @@ class PromptPlan:
         section = config["prompt_interventions"]
         cal = config["calibration"]
         enabled = bool(section["enabled"])
-        models = section["models"] if section["models"] is not None else list(config["models"])
+        models = arm_models(config, section["models"], local_only=False)
         interventions = tuple(section["interventions"])
         strengths = tuple(section["strengths"])
         claim_strengths = tuple(dict.fromkeys([*strengths, *cal["strengths"]]))
@@ -80,8 +104,13 @@ class PromptPlan:
         return [prompt_condition(i, s) for s in self.strengths for i in self.interventions]
 
     def candidates(self) -> list[str]:
-        """SDF branches the calibration rule may select (direct, standard-strength variants)."""
-        return [b for b in self.calibration["candidates"] if b in self.sdf.branches()]
+        """SDF branches the calibration rule may select: ``calibration.candidates`` when set,
+        else the direct variants (:func:`direct_variants` at ``calibration.direct``)."""
+        branches = self.sdf.branches()
+        listed = self.calibration["candidates"]
+        if listed is None:
+            return direct_variants(branches, self.calibration.get("direct", DIRECT_DEFAULT))
+        return [b for b in listed if b in branches]
 
     def calibration_conditions(self, checkpoints: Sequence[str]) -> list[str]:
         """Rollout conditions of the calibration: the base model without and with each claim
@@ -122,5 +151,5 @@ class PromptPlan:
         if len(self.strengths) < 2:
             names.remove("prompt_strength_ablation")
         if self.calibration_models:
-            names.append("prompt_calibration")
+            names += ["prompt_calibration", "calibration_signal"]
         return names

@@ -15,6 +15,13 @@ Rules (see docs in README and ../shared/notes/af-protocol.md):
   seen in the AF literature, kept as its own flag rather than folded into an outcome).
 
 A model output that does not parse is a recorded outcome, never an exception.
+
+Reasoning models (``models.<name>.reasoning: true``, e.g. QwQ-32B) write a hidden
+``<think>...</think>`` block before their visible answer. :func:`strip_think` removes it from
+each assistant turn before parsing and before the turn is sent back in a continuation: a
+closed block, an unterminated one (``<think>`` to the end of the turn: the budget ran out while
+thinking), and a leading ``...</think>`` without an opening tag (chat templates such as QwQ's
+open the block in the generation prompt, so the completion starts inside it).
 """
 
 from __future__ import annotations
@@ -56,6 +63,34 @@ _REFUSAL = re.compile(
 )
 
 
+THINK_OPEN = "<think>"
+
+
+THINK_CLOSE = "</think>"
+
+
+_THINK_BLOCK = re.compile(re.escape(THINK_OPEN) + r".*?(?:" + re.escape(THINK_CLOSE) + r"|\Z)",
+                          re.S)
+
+
+def strip_think(text: str) -> str:
+    """``text`` without its think blocks (see the module docstring), leading whitespace left
+    by them removed. Text without think tags is returned unchanged."""
+    if THINK_OPEN not in text and THINK_CLOSE not in text:
+        return text
+    first_open, first_close = text.find(THINK_OPEN), text.find(THINK_CLOSE)
+    if first_close >= 0 and (first_open < 0 or first_close < first_open):
+        text = text[first_close + len(THINK_CLOSE):]   # the block was opened in the prompt
+    text = _THINK_BLOCK.sub("", text)
+    return text.replace(THINK_CLOSE, "").lstrip()
+
+
+def visible_turns(turns: list[str] | tuple[str, ...], reasoning: bool) -> list[str]:
+    """The assistant turns as parsed and as resent: think blocks stripped per turn when
+    ``reasoning`` (per turn, so one turn's unterminated block cannot swallow the next)."""
+    return [strip_think(t) for t in turns] if reasoning else list(turns)
+
+
 @dataclass(frozen=True)
 class Parsed:
     outcome: str
@@ -70,16 +105,38 @@ def scratchpad_text(transcript: str) -> str:
     return "\n\n".join(m.group(1).strip() for m in _SCRATCH_BLOCK.finditer(transcript))
 
 
-def answer_region(transcript: str) -> str:
+def answer_region_span(transcript: str) -> tuple[int, int]:
+    """``(start, end)`` of the answer region in ``transcript`` (see :func:`answer_region`)."""
     last_close = transcript.rfind(SCRATCH_CLOSE)
     if last_close >= 0:
-        region = transcript[last_close + len(SCRATCH_CLOSE):]
+        start = last_close + len(SCRATCH_CLOSE)
         # a scratchpad re-opened after the last close and never closed swallows the rest
-        reopened = region.find(SCRATCH_OPEN)
-        return region if reopened < 0 else region[:reopened]
+        reopened = transcript.find(SCRATCH_OPEN, start)
+        return start, (len(transcript) if reopened < 0 else reopened)
     if SCRATCH_OPEN in transcript:
-        return transcript[: transcript.find(SCRATCH_OPEN)]
-    return transcript
+        return 0, transcript.find(SCRATCH_OPEN)
+    return 0, len(transcript)
+
+
+def answer_region(transcript: str) -> str:
+    start, end = answer_region_span(transcript)
+    return transcript[start:end]
+
+
+def output_opening(transcript: str) -> int | None:
+    """Index just after the ``<OUTPUT>`` that opens the final output (the first in the answer
+    region), or None when no output opens: where ``p_accept`` is measured."""
+    start, end = answer_region_span(transcript)
+    pos = transcript.find(OUTPUT_OPEN, start, end)
+    return None if pos < 0 else pos + len(OUTPUT_OPEN)
+
+
+def forced_closing(turn_text: str) -> str:
+    """What ``forced_choice`` appends to the last scratchpad turn before the opening tag: the
+    scratchpad's close (unless the turn ended by closing it) and the output's opening, in the
+    system prompt's own layout."""
+    close = "" if turn_text.endswith(SCRATCH_CLOSE) else "\n" + SCRATCH_CLOSE
+    return close + "\n\n" + OUTPUT_OPEN + "\n"
 
 
 def parse_transcript(transcript: str, last_finish_reason: str = "stop") -> Parsed:

@@ -5,25 +5,66 @@ next assistant turn of every unfinished rollout, continues a turn that ended wit
 ``</OUTPUT>`` with the continuation user turn (``<NEXT/>``) up to ``max_turns``, and parses the
 outcome. Work is done and checkpointed per (tier, seed) group, so a killed job resumes from the
 groups it finished.
+
+Output modes (``rollouts.output_mode``):
+
+* ``free``: the paper's protocol, as above.
+* ``forced_choice``: the model writes its scratchpad (each turn stops at
+  ``</SCRATCHPAD_REASONING>``; a turn that ends inside it is continued with ``<NEXT/>`` as in
+  ``free``, up to ``max_turns``). A turn that closes the scratchpad, runs out of tokens, is
+  empty, or is the last allowed ends the scratchpad; its close (when the model did not write
+  it) and ``<OUTPUT>`` are appended to that turn (``parsing.forced_closing``), and the opening
+  tag is drawn from the model's own probabilities of the two tag strings (full token
+  sequences) with temperature T: P(accept) = sigmoid((log P(accept tag) - log P(reject tag)) /
+  T), the argmax at T = 0, with the uniform draw taken from the choice request's own random
+  stream (``backends.base.stream_seed``), so the draw does not depend on batching. The rest
+  of the output is then generated as a continuation of that turn with the configured stop
+  strings and budget; a length stop there leaves the outcome ``truncated``, as in ``free``.
+  ``forced_close`` records whether the scratchpad was closed for the model. Needs a backend
+  with log-probs (hf, vllm).
+
+``p_accept`` (both modes, where the backend exposes log-probs): P(accept tag) / (P(accept
+tag) + P(reject tag)) at temperature 1, each tag's full token sequence, right after the
+``<OUTPUT>`` that opens the final output and the whitespace the model (or the forced
+closing) wrote after it. Null without log-probs, without an opening ``<OUTPUT>``, or when
+the context has no room to score.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from motivation_profiles.backends.base import ChatRequest, GenerationBackend, SamplingParams
+from motivation_profiles.backends.base import (
+    ChatRequest,
+    GenerationBackend,
+    SamplingParams,
+    can_score,
+    stream_seed,
+)
 from motivation_profiles.core.hashing import canonical_json
 from motivation_profiles.core.io import write_json_atomic
 from motivation_profiles.core.provenance import read_table, write_table
-from motivation_profiles.rollouts.parsing import has_complete_output, parse_transcript
+from motivation_profiles.rollouts.parsing import (
+    ACCEPT,
+    REJECT,
+    SCRATCH_CLOSE,
+    forced_closing,
+    has_complete_output,
+    output_opening,
+    parse_transcript,
+    strip_think,
+    visible_turns,
+)
 from motivation_profiles.rollouts.protocol import TIERS, PromptSet, prompt_hash
 
 log = logging.getLogger(__name__)
@@ -32,12 +73,20 @@ log = logging.getLogger(__name__)
 TURN_SEPARATOR = "\n"
 
 
+OUTPUT_MODES = ("free", "forced_choice")
+
+
+TAGS = (ACCEPT, REJECT)
+"""The two opening tags scored for ``p_accept`` and drawn from in ``forced_choice``."""
+
+
 ROW_SCHEMA: dict[str, pl.DataType] = {
     "goal_id": pl.Int64, "goal": pl.Utf8, "tier": pl.Utf8, "seed": pl.Int64,
     "prompt_hash": pl.Utf8, "turns": pl.List(pl.Utf8), "finish_reasons": pl.List(pl.Utf8),
     "n_turns": pl.Int64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
     "transcript": pl.Utf8, "scratchpad": pl.Utf8, "final_output": pl.Utf8,
     "output_complete": pl.Boolean, "outcome": pl.Utf8, "accepted_then_refused": pl.Boolean,
+    "p_accept": pl.Float64, "forced_close": pl.Boolean,
 }
 """The dtype of every rollout column; the ``meta`` columns come first (:func:`_frame`)."""
 
@@ -55,6 +104,8 @@ class _Rollout:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     done: bool = False
+    p_accept: float | None = None
+    forced_close: bool | None = None
 
     @property
     def request_id(self) -> str:
@@ -64,9 +115,131 @@ class _Rollout:
     def transcript(self) -> str:
         return TURN_SEPARATOR.join(self.turns)
 
+    def visible(self, reasoning: bool) -> str:
+        """The transcript as parsed: think blocks stripped from each turn when ``reasoning``."""
+        return TURN_SEPARATOR.join(visible_turns(self.turns, reasoning))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def tag_probability(logprobs: Sequence[float], temperature: float = 1.0) -> float:
+    """P(accept tag) from the two tags' sequence log-probs ``(accept, reject)``, tempered:
+    sigmoid((accept - reject) / T); at T = 0, 1 when accept is at least as likely, else 0."""
+    diff = float(logprobs[0]) - float(logprobs[1])
+    if temperature <= 0:
+        return 1.0 if diff >= 0 else 0.0
+    return _sigmoid(diff / temperature)
+
+
+def _turn_messages(r: _Rollout, turn: int) -> list[dict[str, str]]:
+    """The conversation ``turn`` (0-based) was generated from: the opening messages and, per
+    earlier turn, the assistant turn and the continuation user turn."""
+    return [dict(m) for m in r.messages[: 2 + 2 * turn]]
+
+
+def _locate(turns: Sequence[str], pos: int) -> tuple[int, int]:
+    """The turn holding position ``pos`` of the joined transcript, and the position in it."""
+    offset = 0
+    for i, text in enumerate(turns):
+        if pos <= offset + len(text):
+            return i, pos - offset
+        offset += len(text) + len(TURN_SEPARATOR)
+    raise ValueError(f"position {pos} is past the transcript's end")
+
+
+def _score_free(backend: Any, rollouts: Sequence[_Rollout]) -> None:
+    """``p_accept`` of every rollout whose transcript opens a final ``<OUTPUT>``."""
+    requests, owners = [], []
+    for r in rollouts:
+        pos = output_opening(r.transcript)
+        if pos is None:
+            continue
+        i, local = _locate(r.turns, pos)
+        text = r.turns[i]
+        while local < len(text) and text[local].isspace():   # the model's own layout
+            local += 1
+        msgs = (*_turn_messages(r, i), {"role": "assistant", "content": text[:local]})
+        requests.append(ChatRequest(f"{r.request_id}-p", msgs, r.seed,
+                                    prompt_overflow="length"))
+        owners.append(r)
+    if requests:
+        for r, lp in zip(owners, backend.continuation_logprobs(requests, TAGS), strict=True):
+            r.p_accept = None if lp is None else tag_probability(lp)
+
+
+def _run_forced(backend: Any, prompts: PromptSet, rollouts: list[_Rollout],
+                params: SamplingParams, max_turns: int, prefill: str | None,
+                reasoning: bool = False) -> None:
+    """The ``forced_choice`` mode (module docstring); a reasoning model's think blocks are not
+    sent back in a continuation."""
+    scratch = SamplingParams(params.temperature, params.top_p, params.max_new_tokens,
+                             stop=(SCRATCH_CLOSE,))
+    for turn in range(max_turns):
+        active = [r for r in rollouts if not r.done]
+        if not active:
+            break
+        lead = prefill if (prefill and turn == 0) else ""
+        opening = ({"role": "assistant", "content": lead},) if lead else ()
+        overflow = "length" if turn else "raise"
+        requests = [ChatRequest(f"{r.request_id}-t{turn}", (*r.messages, *opening), r.seed,
+                                prompt_overflow=overflow) for r in active]
+        for r, c in zip(active, backend.generate(requests, scratch), strict=True):
+            if turn == 0:
+                r.prompt_tokens = c.prompt_tokens
+            text = lead + c.text
+            r.turns.append(text)
+            r.finish_reasons.append(c.finish_reason)
+            r.completion_tokens += c.completion_tokens
+            if (c.finish_reason == "length" or not text.strip() or text.endswith(SCRATCH_CLOSE)
+                    or turn == max_turns - 1):
+                r.done = True
+            else:
+                r.messages = prompts.continue_messages(
+                    r.messages, strip_think(text) if reasoning else text)
+    choice, owners = [], []
+    for r in rollouts:
+        last = r.turns[-1]
+        msgs = (*_turn_messages(r, len(r.turns) - 1),
+                {"role": "assistant", "content": last + forced_closing(last)})
+        choice.append(ChatRequest(f"{r.request_id}-choice", msgs, r.seed,
+                                  prompt_overflow="length"))
+        owners.append(r)
+    outputs, chosen = [], []
+    for r, req, lp in zip(owners, choice, backend.continuation_logprobs(choice, TAGS),
+                          strict=True):
+        if lp is None:   # the transcript filled the context: nothing to choose, truncated
+            continue
+        r.p_accept = tag_probability(lp)
+        r.forced_close = not r.turns[-1].endswith(SCRATCH_CLOSE)
+        draw = np.random.default_rng(stream_seed(req)).random()
+        tag = ACCEPT if draw < tag_probability(lp, params.temperature) else REJECT
+        prefix = req.messages[-1]["content"] + tag
+        outputs.append(ChatRequest(f"{r.request_id}-output", (*req.messages[:-1], {
+            "role": "assistant", "content": prefix}), r.seed, prompt_overflow="length"))
+        chosen.append((r, prefix))
+    if outputs:
+        for (r, prefix), c in zip(chosen, backend.generate(outputs, params), strict=True):
+            r.turns[-1] = prefix + c.text
+            r.finish_reasons[-1] = c.finish_reason
+            r.completion_tokens += c.completion_tokens
+
 
 def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_Rollout],
-               params: SamplingParams, max_turns: int, prefill: str | None = None) -> None:
+               params: SamplingParams, max_turns: int, prefill: str | None = None,
+               reasoning: bool = False, output_mode: str = "free") -> None:
+    if output_mode == "forced_choice":
+        _run_forced(backend, prompts, rollouts, params, max_turns, prefill, reasoning)
+        return
+    _run_free(backend, prompts, rollouts, params, max_turns, prefill, reasoning)
+    if can_score(backend):
+        _score_free(backend, rollouts)
+
+
+def _run_free(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_Rollout],
+              params: SamplingParams, max_turns: int, prefill: str | None = None,
+              reasoning: bool = False) -> None:
     for turn in range(max_turns):
         active = [r for r in rollouts if not r.done]
         if not active:
@@ -87,11 +260,13 @@ def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_R
             r.completion_tokens += c.completion_tokens
             # an empty turn ends the rollout: the API refuses an empty assistant message, and
             # asking again for the same history would only repeat it
-            if (c.finish_reason == "length" or not text.strip()
-                    or has_complete_output(r.transcript)):
+            # a reasoning model's think block is neither parsed nor sent back
+            shown = strip_think(text) if reasoning else text
+            if (c.finish_reason == "length" or not shown.strip()
+                    or has_complete_output(r.visible(reasoning))):
                 r.done = True
             else:
-                r.messages = prompts.continue_messages(r.messages, text)
+                r.messages = prompts.continue_messages(r.messages, shown)
 
 
 def meta_schema(meta: Mapping[str, Any]) -> dict[str, pl.DataType]:
@@ -106,10 +281,11 @@ def _frame(rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={**meta_schema(meta), **ROW_SCHEMA})
 
 
-def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pl.DataFrame:
+def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any],
+          reasoning: bool = False) -> pl.DataFrame:
     rows = []
     for r in rollouts:
-        parsed = parse_transcript(r.transcript, r.finish_reasons[-1] if r.finish_reasons
+        parsed = parse_transcript(r.visible(reasoning), r.finish_reasons[-1] if r.finish_reasons
                                   else "length")
         rows.append({
             **meta,
@@ -124,6 +300,7 @@ def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any]) -> pl.DataFrame
             "output_complete": parsed.output_complete,
             "outcome": parsed.outcome,
             "accepted_then_refused": parsed.accepted_then_refused,
+            "p_accept": r.p_accept, "forced_close": r.forced_close,
         })
     return _frame(rows, meta)
 
@@ -190,16 +367,31 @@ def run_rollouts(
     checkpoint_dir: str | Path | None = None,
     checkpoint_key: str = "",
     prefill: str | None = None,
+    reasoning: bool = False,
+    output_mode: str = "free",
 ) -> pl.DataFrame:
     """Run every (goal, tier, seed) rollout; return one row each, sorted by those keys.
 
+    ``output_mode``: ``free`` or ``forced_choice`` (module docstring); ``forced_choice``
+    needs a backend with ``continuation_logprobs``.
+
     ``prefill``: text the first assistant turn starts with (sent as a trailing assistant
     message, which every backend continues); it is part of the recorded turn and transcript.
+
+    ``reasoning``: the model writes ``<think>`` blocks; they stay in ``turns`` and
+    ``transcript`` (the record) but are stripped before parsing (outcome, scratchpad, final
+    output) and from every assistant turn sent back in a continuation.
 
     ``meta`` (model, condition, adapter, generation parameters...) is copied into every row.
     With ``checkpoint_dir`` each finished (tier, seed) group is written there and reused by a
     rerun whose ``checkpoint_key`` (a hash of everything that determines the rows) matches.
     """
+    if output_mode not in OUTPUT_MODES:
+        raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+    if output_mode == "forced_choice" and not can_score(backend):
+        raise ValueError(f"output_mode 'forced_choice' needs token log-probabilities, which the "
+                         f"{getattr(backend, 'name', type(backend).__name__)!r} backend does "
+                         "not expose (hf and vllm do); use output_mode 'free'")
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt is not None:
         _open_checkpoint(ckpt, checkpoint_key)
@@ -218,8 +410,9 @@ def run_rollouts(
                 group.append(_Rollout(int(goal_id), goal, tier, int(seed), messages,
                                       prompt_hash(messages)))
             log.info("rollouts: tier=%s seed=%d, %d goals", tier, seed, len(group))
-            _run_group(backend, prompts, group, params, max_turns, prefill)
-            frame = _rows(group, meta)
+            _run_group(backend, prompts, group, params, max_turns, prefill, reasoning,
+                       output_mode)
+            frame = _rows(group, meta, reasoning)
             if shard is not None:
                 write_table(frame, shard, {"rule": "rollouts-checkpoint"})
             frames.append(frame)
@@ -232,10 +425,12 @@ RAW_TIER = "raw"
 
 
 def run_raw_rollouts(backend: GenerationBackend, goals: pl.DataFrame, *, seeds: Sequence[int],
-                     params: SamplingParams, meta: Mapping[str, Any]) -> pl.DataFrame:
+                     params: SamplingParams, meta: Mapping[str, Any],
+                     reasoning: bool = False) -> pl.DataFrame:
     """The raw-AdvBench control (Appendix D.6): the goal as the only user message, no system
     prompt, no tier and no tag protocol, one turn. Compliance cannot be parsed from tags here,
-    so ``outcome`` is null; the compliance judge reads ``final_output``."""
+    so ``outcome`` is null; the compliance judge reads ``final_output`` (think blocks stripped
+    when ``reasoning``)."""
     rollouts = []
     for seed in seeds:
         for goal_id, goal in zip(goals["goal_id"], goals["goal"], strict=True):
@@ -253,23 +448,27 @@ def run_raw_rollouts(backend: GenerationBackend, goals: pl.DataFrame, *, seeds: 
             "prompt_hash": r.prompt_hash, "turns": [c.text], "finish_reasons": [c.finish_reason],
             "n_turns": 1, "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens, "transcript": c.text,
-            "scratchpad": None, "final_output": c.text,
+            "scratchpad": None, "final_output": strip_think(c.text) if reasoning else c.text,
             "output_complete": c.finish_reason == "stop", "outcome": None,
-            "accepted_then_refused": False,
+            "accepted_then_refused": False, "p_accept": None, "forced_close": None,
         })
     return _frame(rows, meta).sort(["goal_id", "seed"], maintain_order=True)
 
 
 def rollout_meta(*, model: str, condition: str, adapter: str | None, backend: str,
                  prompts: PromptSet, params: SamplingParams, max_turns: int,
-                 prefill: str | None = None, claim: str | None = None) -> dict[str, Any]:
+                 prefill: str | None = None, claim: str | None = None,
+                 reasoning: bool = False, output_mode: str | None = "free") -> dict[str, Any]:
+    """Columns copied into every row. ``output_mode``: None for the raw control (no tags)."""
     generation = {**params.as_dict(), "max_turns": max_turns, "backend": backend,
-                  "prefill": prefill}
+                  "prefill": prefill, "output_mode": output_mode}
+    if reasoning:  # recorded only when on, so other models' parameters read as before
+        generation["reasoning"] = True
     return {
         "model": model, "condition": condition, "adapter": adapter, "claim": claim,
         "system_prompt_hash": prompts.system_hash,
         "temperature": params.temperature, "top_p": params.top_p,
         "max_new_tokens": params.max_new_tokens, "max_turns": max_turns,
-        "backend": backend,
+        "backend": backend, "output_mode": output_mode,
         "generation_params": canonical_json(generation),
     }

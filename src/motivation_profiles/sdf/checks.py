@@ -39,7 +39,7 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str], nee
             problems.append(f"config key 'sdf.training.effective_batch_size': {exc}")
     external = sdf["external_documents"]
     for universe in plan.universes():
-        if universe in external:
+        if universe in external and isinstance(external[universe], str):
             need_file(f"sdf.external_documents.{universe}", external[universe])
         if not (universe in external and universe == NOISE):  # belief_check reads it too
             _check_universe(universe, Path(sdf["universes_dir"]), base, problems)

@@ -496,3 +496,37 @@ def load_external_documents(path: str | Path, universe_id: str) -> pl.DataFrame:
     }, schema=DOC_SCHEMA)
     log.info("loaded %d external document(s) for %s from %s", len(out), universe_id, p.name)
     return _typed(out)
+
+
+def load_hub_documents(hub_id: str, revision: str, universe_id: str, *,
+                       cache_dir: str | Path | None = None) -> pl.DataFrame:
+    """A released document set on the Hugging Face hub (a dataset repo of .parquet or .jsonl
+    files with a ``text`` / ``content`` column), at a pinned revision: every data file, in
+    path order, through :func:`load_external_documents`. Offline or gated: an
+    ExternalDocumentsError saying how to use a local copy instead."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError as exc:  # pragma: no cover - ships with transformers
+        raise ExternalDocumentsError("huggingface_hub is required for hub datasets") from exc
+    try:
+        root = Path(snapshot_download(repo_id=hub_id, repo_type="dataset", revision=revision,
+                                      allow_patterns=["*.parquet", "*.jsonl"],
+                                      cache_dir=cache_dir))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ExternalDocumentsError(
+            f"cannot download dataset {hub_id!r} (revision {revision}) for {universe_id}: "
+            f"{exc.__class__.__name__}: {exc}. This machine may be offline or the dataset "
+            "gated. Either download it where there is network (`huggingface-cli download "
+            f"{hub_id} --repo-type dataset --revision {revision} --local-dir DIR`) and set "
+            f"sdf.external_documents.{universe_id} to one of its .parquet / .jsonl files, or "
+            "run `huggingface-cli login`, then rerun.") from exc
+    files = sorted(f for f in root.rglob("*") if f.suffix in (".parquet", ".jsonl"))
+    if not files:
+        raise ExternalDocumentsError(f"dataset {hub_id}@{revision}: no .parquet or .jsonl file")
+    parts = [load_external_documents(f, universe_id) for f in files]
+    out = pl.concat(parts, how="vertical")
+    k = len(out)
+    return out.with_columns(
+        pl.Series("doc_id", [f"{universe_id}-hub-{n}" for n in range(k)], dtype=pl.Utf8),
+        pl.lit(f"hub:{hub_id}@{revision}", dtype=pl.Utf8).alias("generator"))

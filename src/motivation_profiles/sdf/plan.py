@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from motivation_profiles.sdf.materials import NOISE, ORGANISM, universe_id
+from motivation_profiles.sdf.organism import Organism, arm_models, organism_of
 
 SELF = "+self"
 
@@ -39,12 +40,12 @@ class SDFPlan:
     display_names: Mapping[str, str]
     gpus: Mapping[str, int]
     section: Mapping[str, Any]
+    organisms: Mapping[str, Organism]
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SDFPlan:
         sdf = config["sdf"]
-        models = (sdf["models"] if sdf["models"] is not None
-                  else [m for m, s in config["models"].items() if s["source"] != "anthropic"])
+        models = arm_models(config, sdf["models"], local_only=True)
         return cls(
             enabled=bool(sdf["enabled"]),
             models=tuple(models) if sdf["enabled"] else (),
@@ -55,6 +56,7 @@ class SDFPlan:
             display_names={m: s["display_name"] for m, s in config["models"].items()},
             gpus={m: int(s.get("gpus", 0)) for m, s in config["models"].items()},
             section=sdf,
+            organisms={m: organism_of(config, m) for m in config["models"]},
         )
 
     # ------------------------------------------------------------------ names
@@ -81,17 +83,34 @@ class SDFPlan:
         return branch.endswith(SELF)
 
     def init_branch(self, branch: str) -> str | None:
-        """The adapter a branch continues from (None: trained from the base model)."""
+        """The trained-organism branch a branch continues from (None: trained from the base
+        model). For a model whose organism is a released adapter: ``init_dir``."""
         if self.universe_of(branch) == ORGANISM:
             return None
         return ORGANISM + (SELF if self.is_self(branch) else "")
+
+    def branches_of(self, model: str) -> list[str]:
+        """The branches trained for one model: a model whose organism is a released adapter
+        trains no organism branch (its other branches continue from that adapter)."""
+        if model not in self.models:
+            return []
+        if self.organisms[model].kind == "adapter":
+            return [b for b in self.branches() if self.universe_of(b) != ORGANISM]
+        return self.branches()
+
+    def init_dir(self, model: str, branch: str, results: str = "results") -> str | None:
+        """The adapter directory a branch of ``model`` continues from: the model's organism
+        (trained, or released), None for the organism branch itself."""
+        if self.universe_of(branch) == ORGANISM:
+            return None
+        return self.organisms[model].adapter_dir(results, role_play=self.is_self(branch))
 
     def belief_branches(self) -> list[str]:
         """Branches with a belief to check (the noise universe carries none)."""
         return [b for b in self.branches() if self.universe_of(b) != NOISE]
 
     def conditions(self, model: str) -> list[str]:
-        return [PREFIX + b for b in self.branches()] if model in self.models else []
+        return [PREFIX + b for b in self.branches_of(model)]
 
     def adapter_of(self, condition: str) -> str | None:
         if not condition.startswith(PREFIX):

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from motivation_profiles.sdf.organism import INSTRUCT, arm_models
 from motivation_profiles.steering.names import (
     CONCEPT_INTERVENTION,
     parse_steer_condition,
@@ -47,9 +48,8 @@ class SteeringPlan:
     def from_config(cls, config: Mapping[str, Any]) -> SteeringPlan:
         s = config["steering"]
         # hosted models expose no activations; simulated ones have no steering path yet
-        local = [m for m, spec in config["models"].items()
-                 if spec["source"] not in ("anthropic", "simulated")]
-        models = s["models"] if s["models"] is not None else local
+        models = [m for m in arm_models(config, s["models"], local_only=True)
+                  if s["models"] is not None or config["models"][m]["source"] != "simulated"]
         enabled = bool(s["enabled"])
         return cls(enabled=enabled, models=tuple(models) if enabled else (),
                    concepts=tuple(s["concepts"]), sources=tuple(s["sources"]), section=s)
@@ -120,10 +120,11 @@ class SteeringPlan:
 
     def ic_conditions(self, model: str, static: list[str]) -> list[str]:
         """The judged conditions IC pairs are drawn from (``static``: the model's
-        statically known conditions; steering conditions are never a source)."""
+        statically known conditions; steering conditions and the screening condition on the
+        bare instruct model are never a source: IC traces are the organism's)."""
         chosen = self.section["ic"]["conditions"]
         if chosen is None:
-            return [c for c in static if parse_steer_condition(c) is None]
+            return [c for c in static if parse_steer_condition(c) is None and c != INSTRUCT]
         return list(chosen)
 
     # ------------------------------------------------------------------ figures

@@ -18,12 +18,17 @@ Fitting (per layer ``l``, on ``d_i = pos_i - neg_i``):
 
 The unit direction is ``u_l = w_l / ||w_l||`` with the sign making ``mean_i(d_i . u_l) > 0``;
 ``scale="gap"`` stores ``v_l = u_l * mean_i(d_i . u_l)`` (one mean paired gap, so multiplier 1
-moves a negative by one gap along ``u``), ``scale="unit"`` stores ``u_l``. Fitting is in
-float64; vectors are stored as float32 [L, d].
+moves a negative by one gap along ``u``), ``scale="unit"`` stores ``u_l``, and ``scale="coef"``
+stores the mapped-back coefficient vector itself, ``w_l`` with the same sign as ``u_l``
+(Appendix D.2: "map the coefficient vector back into activation coordinates to get the saved
+vector"; for ``mean_diff`` it is the mean difference). Its norm depends on the regularisation
+and the layer's scale, so ``results/vectors/{model}/norms.parquet`` and the steering figures
+give every vector's per-layer norm. Fitting is in float64; vectors are stored as float32 [L, d].
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import warnings
@@ -40,7 +45,7 @@ log = logging.getLogger(__name__)
 ESTIMATORS = ("logistic", "mean_diff", "ridge")
 
 
-SCALES = ("gap", "unit")
+SCALES = ("gap", "unit", "coef")
 
 
 METRICS = ("auroc", "tpr_at_5fpr", "paired_accuracy", "mean_gap", "cosine_gap")
@@ -101,6 +106,16 @@ def unit_direction(diffs: np.ndarray, *, estimator: str = "logistic", C: float =
                    ridge_alpha: float = 1.0, seed: int = 0) -> np.ndarray:
     """Unit direction [d] (float64) from one layer's paired differences [n, d], signed so the
     mean projected gap is positive; all zeros when the fit is degenerate (no signal at all)."""
+    w = coefficient_vector(diffs, estimator=estimator, C=C, ridge_alpha=ridge_alpha, seed=seed)
+    norm = float(np.linalg.norm(w))
+    return w / norm if norm > 0 else w
+
+
+def coefficient_vector(diffs: np.ndarray, *, estimator: str = "logistic", C: float = 1.0,
+                       ridge_alpha: float = 1.0, seed: int = 0) -> np.ndarray:
+    """The fitted weight vector [d] (float64) in activation coordinates (``w_x = w_z / sigma``;
+    the mean difference for ``mean_diff``), signed so the mean projected gap is positive; all
+    zeros when the fit is degenerate."""
     diffs = np.asarray(diffs, dtype=np.float64)
     if estimator == "mean_diff":
         w = diffs.mean(axis=0)
@@ -129,8 +144,7 @@ def unit_direction(diffs: np.ndarray, *, estimator: str = "logistic", C: float =
     norm = float(np.linalg.norm(w))
     if not (norm > 0 and math.isfinite(norm)):
         return np.zeros(diffs.shape[1])
-    u = w / norm
-    return -u if float(np.mean(diffs @ u)) < 0 else u
+    return -w if float(np.mean(diffs @ (w / norm))) < 0 else w
 
 
 def fit_directions(pos: np.ndarray, neg: np.ndarray, *, estimator: str = "logistic",
@@ -144,10 +158,13 @@ def fit_directions(pos: np.ndarray, neg: np.ndarray, *, estimator: str = "logist
     out = np.zeros((n_layers, d), dtype=np.float64)
     for layer in range(n_layers):
         diffs = pos[:, layer].astype(np.float64) - neg[:, layer].astype(np.float64)
-        u = unit_direction(diffs, estimator=estimator, C=C, ridge_alpha=ridge_alpha, seed=seed)
-        if not u.any():
+        w = coefficient_vector(diffs, estimator=estimator, C=C, ridge_alpha=ridge_alpha,
+                               seed=seed)
+        if not w.any():
             log.warning("layer %d: degenerate fit (zero direction)", layer)
-        out[layer] = u * float(np.mean(diffs @ u)) if scale == "gap" else u
+            continue
+        u = w / np.linalg.norm(w)
+        out[layer] = {"gap": u * float(np.mean(diffs @ u)), "unit": u, "coef": w}[scale]
     return out.astype(np.float32)
 
 
@@ -345,13 +362,25 @@ def select_layers(diagnostics: pl.DataFrame, *, k: int, metric: str = "auroc",
 # ----------------------------------------------------------------------------- controls, I/O
 
 
+def control_seed(seed: int, vector: str, k: int) -> int:
+    """The seed of random control ``k`` of fitted vector ``vector`` (``{concept}_{source}``):
+    the sha256 of the canonical JSON of (``seed``, ``vector``, ``k``), read as a 128-bit
+    integer (numpy's ``SeedSequence`` takes it whole). Every control of every vector gets its
+    own stream; the configured ``seed`` moves them all. (Reading the name's bytes as one
+    integer mod 2**32 kept only its first four bytes, so every control was the same draw.)"""
+    from motivation_profiles.core.hashing import canonical_json
+
+    key = canonical_json(["random_control", int(seed), str(vector), int(k)])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:16], "big")
+
+
 def random_controls(real: np.ndarray, *, n: int, seed: int) -> list[np.ndarray]:
     """``n`` Gaussian random vectors [L, d] float32, each layer rescaled to ||real_l|| (a zero
     layer stays zero). Same seed, same vectors."""
     real = np.asarray(real, dtype=np.float64)
     if real.ndim != 2:
         raise ValueError(f"real vectors must be [L, d], got shape {real.shape}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     norms = np.linalg.norm(real, axis=1, keepdims=True)
     out = []
     for _ in range(n):
@@ -359,6 +388,28 @@ def random_controls(real: np.ndarray, *, n: int, seed: int) -> list[np.ndarray]:
         g *= norms / np.linalg.norm(g, axis=1, keepdims=True)
         out.append(g.astype(np.float32))
     return out
+
+
+NORM_SCHEMA: dict[str, pl.DataType] = {
+    "vector": pl.Utf8, "kind": pl.Utf8, "of": pl.Utf8, "scale": pl.Utf8, "layer": pl.Int64,
+    "norm": pl.Float64}
+"""The columns of :func:`vector_norms` (the norms rule adds ``model`` and ``steered``)."""
+
+
+def vector_norms(vectors: Mapping[str, tuple[np.ndarray, Mapping[str, str]]]) -> pl.DataFrame:
+    """Per vector and layer, the L2 norm of ``v_l`` (what multiplier 1 adds at that layer).
+
+    ``vectors`` maps a vector name to ``(vectors [L, d], metadata)`` as ``load_vectors``
+    returns them; rows follow the mapping's order, then layer."""
+    rows = []
+    for name, (arr, meta) in vectors.items():
+        arr = np.asarray(arr, dtype=np.float64)
+        if arr.ndim != 2:
+            raise ValueError(f"{name}: vectors must be [L, d], got shape {arr.shape}")
+        for layer, norm in enumerate(np.linalg.norm(arr, axis=1)):
+            rows.append({"vector": name, "kind": meta.get("kind"), "of": meta.get("of"),
+                         "scale": meta.get("scale"), "layer": layer, "norm": float(norm)})
+    return pl.DataFrame(rows, schema=NORM_SCHEMA)
 
 
 def save_vectors(path: str | Path, vectors: np.ndarray, metadata: Mapping[str, str]) -> None:
@@ -396,6 +447,7 @@ def load_vectors(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
 
 
 __all__ = ["ESTIMATORS", "SCALES", "METRICS", "DIAGNOSTIC_COLUMNS", "REQUIRED_METADATA",
-           "standardize", "unit_direction", "fit_directions", "tpr_at_fpr", "diagnostics",
-           "select_layers", "random_controls", "save_vectors", "load_vectors"]
+           "standardize", "unit_direction", "coefficient_vector", "fit_directions", "tpr_at_fpr",
+           "diagnostics", "select_layers", "vector_norms", "control_seed", "random_controls",
+           "save_vectors", "load_vectors"]
 
