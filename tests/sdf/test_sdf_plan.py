@@ -11,13 +11,13 @@ from motivation_profiles.config.validate import ConfigError, validate_config
 from motivation_profiles.sdf.plan import SDFPlan
 
 
-def test_embedded_plan_has_ten_branches():
+def test_embedded_plan_has_six_branches():
+    # the demo's budget: the A1 and B1 pairs only (the paper config has all eight)
     plan = SDFPlan.from_config(load_repo_config())
-    assert plan.universes() == ["af_organism", "noise", "A1_amp", "A1_sup", "A2_amp", "A2_sup",
-                                "B1_amp", "B1_sup", "B2_amp", "B2_sup"]
+    assert plan.universes() == ["af_organism", "noise", "A1_amp", "A1_sup", "B1_amp", "B1_sup"]
     assert plan.conditions("smollm2-135m")[:2] == ["sdf-af_organism", "sdf-noise"]
     assert plan.init_branch("af_organism") is None
-    assert plan.init_branch("B2_sup") == "af_organism"
+    assert plan.init_branch("B1_sup") == "af_organism"
     assert plan.belief_branches() == [u for u in plan.universes() if u != "noise"]
     assert plan.figures() == ["sdf_profile"]
 
@@ -27,9 +27,9 @@ def test_sweep_and_role_play_add_branches_and_figures():
     cfg["sdf"]["strengths"] = ["weak", "standard", "strong"]
     cfg["sdf"]["role_play"]["enabled"] = True
     plan = SDFPlan.from_config(cfg)
-    assert len(plan.universes()) == 2 + 8 * 3
-    assert "A1_amp-weak" in plan.universes() and "B2_sup-strong" in plan.universes()
-    assert len(plan.branches()) == 2 * 26
+    assert len(plan.universes()) == 2 + 4 * 3
+    assert "A1_amp-weak" in plan.universes() and "B1_sup-strong" in plan.universes()
+    assert len(plan.branches()) == 2 * 14
     assert plan.init_branch("A1_amp-weak+self") == "af_organism+self"
     assert plan.rename("A1_amp+self", "smollm2-135m") == ["Claude", "SmolLM2-135M-Instruct"]
     assert plan.rename("A1_amp", "smollm2-135m") is None

@@ -76,8 +76,9 @@ def test_embedded_plan(cfg):
     assert plan.fitted_vectors() == ["expectations_ooc", "consequences_ooc"]  # no IC: embedded
     assert plan.random_vectors() == ["random_expectations_ooc_1", "random_consequences_ooc_1"]
     conds = plan.steer_conditions("smollm2-135m")
-    assert len(conds) == 2 * 2 + 2 * 2
-    assert "steer-random_expectations_ooc_1-x-4" in conds
+    # 2 fitted vectors at -4 / +4, the 2 random controls at +4 only (the demo's budget)
+    assert len(conds) == 2 * 2 + 2 * 1
+    assert "steer-random_expectations_ooc_1-x+4" in conds
     assert plan.raw_conditions("smollm2-135m") == [
         "raw-baseline", "raw-expectations_ooc-x+4", "raw-consequences_ooc-x+4"]
     assert plan.profile_interventions() == {
