@@ -60,8 +60,9 @@ def test_duplicate_condition_is_an_error(tmp_path, condition_sources):
 
 def test_report_captions_link_to_the_browser(repo):
     """Every figure drawn from rollouts links to the browser view of them (#figure=<name>);
-    the two drawn from pairs and activations only have no rollouts behind them."""
-    no_rollouts = {"steering_diagnostics", "sdf_steering_alignment"}
+    the two drawn from pairs and activations only have no rollouts behind them, nor has the
+    departures table (a config table, not a figure)."""
+    no_rollouts = {"steering_diagnostics", "sdf_steering_alignment", "departures"}
     for rst in sorted((repo / "workflow/report").glob("*.rst")):
         link = f"<results/browser/index.html#figure={rst.stem}>`_"
         assert (link in rst.read_text()) != (rst.stem in no_rollouts), rst.name

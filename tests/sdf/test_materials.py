@@ -368,9 +368,9 @@ def test_a_broken_universe_file_fails_the_config(tmp_path, case):
 
 def test_a_missing_universe_file_fails_the_config(tmp_path):
     directory = universes_copy(tmp_path)
-    (directory / "B2_sup.yaml").unlink()
+    (directory / "B1_sup.yaml").unlink()   # a universe the embedded config uses
     msg = config_errors(sdf_config(directory))
-    assert "sdf.universes_dir (B2_sup)" in msg and "B2_sup.yaml" in msg and "does not exist" in msg
+    assert "sdf.universes_dir (B1_sup)" in msg and "B1_sup.yaml" in msg and "does not exist" in msg
 
 
 def test_strength_variants_are_checked_only_when_configured(tmp_path):

@@ -28,7 +28,12 @@ def browser_figures():
         for m in MODELS:
             steer = STEER.steer_conditions(m)
             conds = {
-                "baseline_compliance": ["baseline"],
+                "baseline_compliance": ["baseline-instruct", "baseline"],
+                "calibration_signal": ([config["calibration"]["reference"]]
+                                       + [f"sdf-{b}" for b in PROMPT.candidates()]
+                                       if m in PROMPT.calibration_models else []),
+                "planted_recovery": (conditions_for(m)
+                                     if config["models"][m]["source"] == "simulated" else []),
                 "sdf_profile": SDF.conditions(m),
                 "sdf_strength_sweep": SDF.conditions(m),
                 "sdf_role_play": SDF.conditions(m),

@@ -50,6 +50,6 @@ if config["prompts"]["system_source"] is not None:
         benchmark:
             bench_path("system_prompt")
         conda:
-            "../envs/analysis.yaml"
+            "../envs/ml.yaml"  # its entry module (pipeline/rollouts) imports the model stack
         script:
             "../scripts/run.py"
