@@ -19,6 +19,8 @@ def test_rollout_tokens():
     # turn 0 reads P=1000; turn 1 reads P + g, g = 0.25 * 4000 = 1000 -> 3000 per rollout
     assert F.rollout_prefill(10, 2, 1000, 0.25, 4000) == 10 * 3000
     assert F.rollout_prefill(10, 1, 1000, 0.25, 4000) == 10 * 1000
+    # forced_choice: one more output generation per rollout after the drawn tag
+    assert F.forced_output(12, 1.0, 8) == 96
 
 
 def test_judge_and_capped_output():

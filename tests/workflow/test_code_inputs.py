@@ -164,7 +164,8 @@ def test_editing_a_module_reruns_exactly_its_jobs(tmp_path):
     # models/load.py runs in rollouts (the backend loads the checkpoint): not declared before
     _edit(pkg / "models" / "load.py")
     jobs = dry()
-    assert jobs.get("rollouts") == 1 and "goals" not in jobs, jobs
+    # (the organism's baseline and the instruct model's screening baseline)
+    assert jobs.get("rollouts") == 2 and "goals" not in jobs, jobs
     shutil.copy(REPO / "src/motivation_profiles/models/load.py", pkg / "models" / "load.py")
     assert dry() == {}
     # the judge's scoring module reruns the judge and its figure, nothing upstream

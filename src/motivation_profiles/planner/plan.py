@@ -199,6 +199,9 @@ class Planner:
         turns, share = self.turns(), self.share(model)
         max_new = r_cfg["max_new_tokens"]
         gen = F.rollout_generated(R, 1.0, share, max_new)
+        if (r_cfg["output_mode"] == "forced_choice"
+                and self.spec(model)["source"] not in ("anthropic", "simulated")):
+            gen += F.forced_output(R, self.settings["turn_fill"], max_new)
         prefill = F.rollout_prefill(R, turns, prompt, share / turns, max_new)
         return R, gen, prefill, share * max_new
 
