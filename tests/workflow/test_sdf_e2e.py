@@ -32,7 +32,8 @@ def test_sdf_branch_end_to_end_and_single_branch_rerun(tmp_path):
     proc = run_snakemake(work, cfg, timeout=900)
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["train_lora"] == 4 and counts["generate_documents"] == 4
-    assert counts["rollouts"] == 5 and counts["belief_check"] == 3
+    # baseline, baseline-instruct (screening) and the four branches
+    assert counts["rollouts"] == 6 and counts["belief_check"] == 3
 
     for b in BRANCHES:
         docs = pd.read_parquet(work / f"results/sdf/documents/{b}.parquet")
