@@ -25,7 +25,7 @@ STATE = Path(os.environ.get("MP_SLURM_DIR", "/tmp/mp-slurm"))
 ACCOUNT = os.environ.get("MP_SLURM_ACCOUNT", "mp-ci")
 PROFILE = REPO / "profiles" / "slurm"
 START, STOP = REPO / "ci/slurm/start.sh", REPO / "ci/slurm/stop.sh"
-RUN_TIMEOUT = 300      # s for the whole DAG (6 jobs in 4 dependent waves)
+RUN_TIMEOUT = 900      # s for the whole DAG (14 jobs: the organism is trained first, then 6 waves)
 # What the tiny jobs may ask of a test node (2 CPUs suffice); the profile's own values are for
 # a real cluster and would not fit.
 NODE_CAPS = {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 1, "cpus_per_gpu": 1}
