@@ -30,7 +30,7 @@ RUN_TIMEOUT = 900      # s for the whole DAG (14 jobs: the organism is trained f
 # a real cluster and would not fit.
 NODE_CAPS = {"mem_mb": 3000, "runtime": 20, "cpus_per_task": 1, "cpus_per_gpu": 1}
 EXPECTED_RULES = {"prepare_model", "goals", "rollouts", "metrics", "metrics_table",
-                  "figure_baseline", "judge", "figure_judge_scores", "departures",
+                  "figure_baseline", "judge", "figure_judge_scores", "departures", "browser",
                   # the model organism (organism: train) every rollout runs on
                   "generate_documents", "sdf_dataset", "train_lora"}
 # the local judge and document generator are the tiny model, on its (fake) GPU
