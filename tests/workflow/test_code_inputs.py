@@ -171,5 +171,6 @@ def test_editing_a_module_reruns_exactly_its_jobs(tmp_path):
     # the judge's scoring module reruns the judge and its figure, nothing upstream
     _edit(pkg / "judge" / "scoring.py")
     jobs = dry()
-    assert jobs.get("judge") == 1 and jobs.get("figure_judge_scores") == 1, jobs
+    # (the judge tables of the organism's baseline and of the screening baseline)
+    assert jobs.get("judge") == 2 and jobs.get("figure_judge_scores") == 1, jobs
     assert not {"rollouts", "metrics", "prepare_model", "goals"} & set(jobs), jobs
