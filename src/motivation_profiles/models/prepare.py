@@ -6,7 +6,8 @@ import importlib.util
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,24 @@ def _link_local(dest: Path, src: Path) -> dict[str, Any]:
     return {"source": "local", "path": str(src.resolve())}
 
 
+@contextmanager
+def _built_in_place(dest: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of ``dest`` to build in, renamed onto ``dest`` when the block
+    succeeds; removed otherwise, so an interrupted job never leaves a half directory."""
+    tmp = dest.parent / f".{dest.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def prepare_model(name: str, spec: Mapping[str, Any], dest: str | Path) -> Path:
     """Materialize model ``name`` as a Hugging Face checkpoint directory at ``dest``.
 
@@ -141,11 +160,7 @@ def prepare_model(name: str, spec: Mapping[str, Any], dest: str | Path) -> Path:
     in provenance records).
     """
     dest = Path(dest)
-    tmp = dest.parent / f".{dest.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with _built_in_place(dest) as tmp:
         source = spec["source"]
         if source == "embedded":
             info = _convert_embedded(tmp)
@@ -158,12 +173,6 @@ def prepare_model(name: str, spec: Mapping[str, Any], dest: str | Path) -> Path:
         else:
             raise ValueError(f"models.{name}.source: unknown source {source!r}")
         write_manifest(tmp, {"model": name, **info})
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("prepared model %s (%s) at %s", name, spec["source"], dest)
     return dest
 
@@ -176,11 +185,7 @@ def prepare_adapter(name: str, spec: Mapping[str, Any], dest: str | Path) -> Pat
     ModelUnavailableError, with what to do, as for models."""
     dest = Path(dest)
     source = str(spec["source"])
-    tmp = dest.parent / f".{dest.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with _built_in_place(dest) as tmp:
         local = Path(source)
         if local.is_dir():
             for f in local.iterdir():
@@ -193,12 +198,6 @@ def prepare_adapter(name: str, spec: Mapping[str, Any], dest: str | Path) -> Pat
             raise ModelUnavailableError(
                 f"organism of {name}: {source!r} is not a PEFT adapter (no adapter_config.json)")
         write_manifest(tmp, {"model": name, "organism": info})
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("prepared organism adapter of %s (%s) at %s", name, source, dest)
     return dest
 

@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,28 +176,9 @@ def _run_forced(backend: Any, prompts: PromptSet, rollouts: list[_Rollout],
     sent back in a continuation."""
     scratch = SamplingParams(params.temperature, params.top_p, params.max_new_tokens,
                              stop=(SCRATCH_CLOSE,))
-    for turn in range(max_turns):
-        active = [r for r in rollouts if not r.done]
-        if not active:
-            break
-        lead = prefill if (prefill and turn == 0) else ""
-        opening = ({"role": "assistant", "content": lead},) if lead else ()
-        overflow = "length" if turn else "raise"
-        requests = [ChatRequest(f"{r.request_id}-t{turn}", (*r.messages, *opening), r.seed,
-                                prompt_overflow=overflow) for r in active]
-        for r, c in zip(active, backend.generate(requests, scratch), strict=True):
-            if turn == 0:
-                r.prompt_tokens = c.prompt_tokens
-            text = lead + c.text
-            r.turns.append(text)
-            r.finish_reasons.append(c.finish_reason)
-            r.completion_tokens += c.completion_tokens
-            if (c.finish_reason == "length" or not text.strip() or text.endswith(SCRATCH_CLOSE)
-                    or turn == max_turns - 1):
-                r.done = True
-            else:
-                r.messages = prompts.continue_messages(
-                    r.messages, strip_think(text) if reasoning else text)
+    # a scratchpad turn also ends at its closing tag, and the last allowed turn is closed for it
+    _run_turns(backend, prompts, rollouts, scratch, max_turns, prefill, reasoning,
+               lambda r, text, turn: text.endswith(SCRATCH_CLOSE) or turn == max_turns - 1)
     choice, owners = [], []
     for r in rollouts:
         last = r.turns[-1]
@@ -240,6 +221,17 @@ def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_R
 def _run_free(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_Rollout],
               params: SamplingParams, max_turns: int, prefill: str | None = None,
               reasoning: bool = False) -> None:
+    """The paper's protocol: a rollout ends once its transcript holds a complete output."""
+    _run_turns(backend, prompts, rollouts, params, max_turns, prefill, reasoning,
+               lambda r, text, turn: has_complete_output(r.visible(reasoning)))
+
+
+def _run_turns(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_Rollout],
+               params: SamplingParams, max_turns: int, prefill: str | None,
+               reasoning: bool, finished: Callable[[_Rollout, str, int], bool]) -> None:
+    """Generate assistant turns until each rollout is done: a length stop, an empty turn, or
+    ``finished(rollout, turn_text, turn)``; otherwise the turn is sent back with the
+    continuation user turn (think blocks stripped for a reasoning model)."""
     for turn in range(max_turns):
         active = [r for r in rollouts if not r.done]
         if not active:
@@ -262,8 +254,7 @@ def _run_free(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_Ro
             # asking again for the same history would only repeat it
             # a reasoning model's think block is neither parsed nor sent back
             shown = strip_think(text) if reasoning else text
-            if (c.finish_reason == "length" or not shown.strip()
-                    or has_complete_output(r.visible(reasoning))):
+            if c.finish_reason == "length" or not shown.strip() or finished(r, text, turn):
                 r.done = True
             else:
                 r.messages = prompts.continue_messages(r.messages, shown)
