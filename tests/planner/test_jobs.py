@@ -36,18 +36,26 @@ def test_jobs_equal_the_dry_run(tmp_path, name):
 def test_calibration_jobs_are_apart_and_bounded(tmp_path):
     cfg = absolutize(load_repo_config())
     known = dag_jobs(cfg, tmp_path)
-    # embedded: candidates A1_amp and B1_amp, max_per_family 1 -> 2 checkpoints, each with
-    # every prompt intervention at the calibration strengths
-    n = 2 * len(Plans(cfg).prompt.interventions) * len(cfg["calibration"]["strengths"])
-    assert n >= 8
+    # embedded: per calibration model (the embedded model and the simulated organism),
+    # candidates A1_amp and B1_amp, max_per_family 1 -> 2 checkpoints, each with every prompt
+    # intervention at the calibration strengths
+    plans = Plans(cfg)
+    models = plans.prompt.calibration_models
+    assert len(models) == 2
+    per_model = 2 * len(plans.prompt.interventions) * len(cfg["calibration"]["strengths"])
+    assert per_model >= 8
+    n = per_model * len(models)
     jobs = calibration_jobs(cfg, known)
     assert Counter(j.rule for j in jobs) == {"rollouts": n, "metrics": n, "judge": n}
+    assert Counter(j.model for j in jobs) == {m: 3 * per_model for m in models}
     assert all("@prompt-" in j.target for j in jobs)
     static = {(j.rule, j.model, j.target) for j in known}
     assert not any((j.rule, j.model, j.target) in static for j in jobs)
     # once the checkpoint ran, the DAG has the selection: no bound for that model
     model = jobs[0].model
-    assert not calibration_jobs(cfg, known + [Job("rollouts", model, jobs[0].target)])
+    rest = calibration_jobs(cfg, known + [Job("rollouts", model, jobs[0].target)])
+    assert rest and not any(j.model == model for j in rest)
+    assert {j.model for j in rest} == set(models) - {model}
 
 
 def test_targets_are_what_the_formulas_read():
