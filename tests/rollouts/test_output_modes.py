@@ -194,7 +194,7 @@ PROTOCOL = {
     "beta": [(" long", "length"), (" fine</OUTPUT>", "stop")],
     # never closes: bounded by max_turns, then closed for it
     "gamma": [(" a", "stop"), (" b", "stop"), (" c", "stop"), (" x</OUTPUT>", "stop")],
-    # the output itself runs out of tokens: truncated, as in free mode
+    # the output itself runs out of tokens: closed for it (the tag decided the outcome)
     "delta": [(CLOSE, "stop"), (" and so on", "length")],
 }
 
@@ -204,7 +204,7 @@ def test_forced_choice_protocol_continuations_and_truncation(repo):
     backend = ScriptedScorer(PROTOCOL)
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=16, stop=("</OUTPUT>",))
     df = run_rollouts(backend, prompts, PROTOCOL_GOALS, seeds=[0], params=params, max_turns=2,
-                      meta={}, prefill=SCRATCH, output_mode="forced_choice")
+                      meta={}, prefill=SCRATCH, output_mode="forced_choice", output_tokens=5)
     by = {(r["goal"].split()[0], r["tier"]): r for r in df.iter_rows(named=True)}
     for tier in ("monitored", "unmonitored"):
         alpha, beta, gamma, delta = (by[(k, tier)] for k in ("alpha", "beta", "gamma", "delta"))
@@ -218,8 +218,13 @@ def test_forced_choice_protocol_continuations_and_truncation(repo):
         assert beta["finish_reasons"] == ["stop"] and beta["outcome"] != "truncated"
         assert gamma["n_turns"] == 2 and gamma["forced_close"]
         assert gamma["turns"][1].startswith(f" b\n{CLOSE}\n\n{OUTPUT_OPEN}\n")
-        assert delta["outcome"] == "truncated" and delta["finish_reasons"] == ["length"]
-        assert not delta["forced_close"]
+        assert delta["finish_reasons"] == ["length"] and not delta["forced_close"]
+        assert delta["output_close"] and delta["turns"][0].endswith(" and so on\n</OUTPUT>")
+        assert delta["outcome"] == ("compliant" if delta["final_output"].startswith(ACCEPT)
+                                    else "rejected")
+        assert delta["final_output"].endswith("and so on")
+        assert not any(by[(k, tier)]["output_close"] for k in ("alpha", "beta", "gamma"))
+    assert "truncated" not in df["outcome"].to_list()
     assert df["p_accept"].to_list() == pytest.approx([0.3] * len(df))
     # scratchpad turns stop at its close; the output is generated with the configured stops
     # as a continuation of the prefilled last turn, after a <NEXT/> turn where there was one
@@ -228,6 +233,10 @@ def test_forced_choice_protocol_continuations_and_truncation(repo):
     out = [r for r, p in backend.calls if r.request_id.endswith("-output")]
     assert {p.stop for r, p in backend.calls if r.request_id.endswith("-output")} == {
         ("</OUTPUT>",)}
+    # the output has its own budget (output_tokens); scratchpad turns keep max_new_tokens
+    assert {p.max_new_tokens for r, p in backend.calls} == {16, 5}
+    assert {p.max_new_tokens for r, p in backend.calls if r.request_id.endswith("-output")
+            } == {5}
     alpha_out = next(r for r in out if r.request_id.startswith("0-monitored"))
     assert [m["role"] for m in alpha_out.messages] == [
         "system", "user", "assistant", "user", "assistant"]

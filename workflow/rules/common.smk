@@ -202,9 +202,9 @@ def condition_params(wildcards):
 
 # Sampling settings of every rollout job (a constant, not an input function: Snakemake
 # introspects each input function's signature once per job, which adds up over ~300 jobs).
-ROLLOUT_GENERATION = {k: config["rollouts"][k] for k in (
+ROLLOUT_GENERATION = {k: config["rollouts"].get(k) for k in (
     "seeds", "temperature", "top_p", "max_new_tokens", "max_turns", "stop", "prefill",
-    "output_mode")}
+    "output_mode", "output_tokens")}
 
 
 def rollout_hosted(wildcards):

@@ -61,7 +61,8 @@ def rollouts(snakemake: Any) -> None:
                         adapter=cond["adapter"], backend=backend.name, prompts=prompts,
                         params=params, max_turns=1 if raw else gen["max_turns"],
                         prefill=None if raw else gen["prefill"], claim=cond["claim"],
-                        reasoning=reasoning, output_mode=None if raw else output_mode)
+                        reasoning=reasoning, output_mode=None if raw else output_mode,
+                        output_tokens=gen.get("output_tokens"))
     meta.update(steering_vector=steer["vector"] if steer else None,
                 steering_multiplier=float(steer["multiplier"]) if steer else 0.0,
                 steering_layers=",".join(map(str, layers)) if layers else None)
@@ -78,6 +79,7 @@ def rollouts(snakemake: Any) -> None:
     df = run_rollouts(backend, prompts, goals_df, seeds=seeds, params=params,
                       max_turns=gen["max_turns"], meta=meta, prefill=gen["prefill"],
                       reasoning=reasoning, output_mode=output_mode,
+                      output_tokens=gen.get("output_tokens"),
                       # a simulated model needs no resume points (thousands of rollouts/s)
                       checkpoint_dir=None if spec["backend"] == "simulated"
                       else out.parent / f".{out.stem}.partial", checkpoint_key=key)

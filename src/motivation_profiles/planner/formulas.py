@@ -12,8 +12,9 @@ rollout's first turn (system prompt + claim + user turn, characters / ``chars_pe
 quantity                   formula
 =========================  ===================================================================
 generated, AF rollouts     R * T * f * max_new_tokens            (:func:`rollout_generated`);
-                           rollouts.output_mode forced_choice adds R * f * max_new_tokens:
-                           the output generated after the drawn tag (:func:`forced_output`)
+                           rollouts.output_mode forced_choice adds R * f * output_tokens:
+                           the output generated after the drawn tag (:func:`forced_output`;
+                           output_tokens defaults to max_new_tokens)
 prefill, AF rollouts       R * (T * P + g * T * (T - 1) / 2),  g = f * max_new_tokens: turn t
                            re-reads the prompt and the t earlier turns (:func:`rollout_prefill`)
 judge requests             R * s * k   (s: share with a scratchpad, k: judge.samples)
@@ -62,10 +63,10 @@ def rollout_generated(r: int, turns: float, fill: float, max_new_tokens: int) ->
     return r * turns * fill * max_new_tokens
 
 
-def forced_output(r: int, fill: float, max_new_tokens: int) -> float:
-    """forced_choice: the output a rollout generates after its drawn tag, R * f * max_new_tokens
-    (one more generation of at most ``max_new_tokens``)."""
-    return r * fill * max_new_tokens
+def forced_output(r: int, fill: float, output_tokens: int) -> float:
+    """forced_choice: the output a rollout generates after its drawn tag, R * f * output_tokens
+    (one more generation of at most ``rollouts.output_tokens``)."""
+    return r * fill * output_tokens
 
 
 def rollout_prefill(r: int, turns: float, prompt_tokens: float, fill: float,

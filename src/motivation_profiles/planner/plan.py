@@ -201,7 +201,8 @@ class Planner:
         gen = F.rollout_generated(R, 1.0, share, max_new)
         if (r_cfg["output_mode"] == "forced_choice"
                 and self.spec(model)["source"] not in ("anthropic", "simulated")):
-            gen += F.forced_output(R, self.settings["turn_fill"], max_new)
+            gen += F.forced_output(R, self.settings["turn_fill"],
+                                   r_cfg.get("output_tokens") or max_new)
         prefill = F.rollout_prefill(R, turns, prompt, share / turns, max_new)
         return R, gen, prefill, share * max_new
 

@@ -19,7 +19,11 @@ Output modes (``rollouts.output_mode``):
   T), the argmax at T = 0, with the uniform draw taken from the choice request's own random
   stream (``backends.base.stream_seed``), so the draw does not depend on batching. The rest
   of the output is then generated as a continuation of that turn with the configured stop
-  strings and budget; a length stop there leaves the outcome ``truncated``, as in ``free``.
+  strings and its own budget (``output_tokens``, default ``max_new_tokens``). The outcome is
+  the drawn tag: the decision is made there, so an output body that runs out of budget before
+  ``</OUTPUT>`` is closed for the model (``\n</OUTPUT>`` appended to the turn, its finish
+  reason kept as ``length``) and ``output_close`` records it; the outcome is ``truncated``
+  only when the transcript filled the context before the tag could be scored.
   ``forced_close`` records whether the scratchpad was closed for the model. Needs a backend
   with log-probs (hf, vllm).
 
@@ -56,6 +60,7 @@ from motivation_profiles.core.io import write_json_atomic
 from motivation_profiles.core.provenance import read_table, write_table
 from motivation_profiles.rollouts.parsing import (
     ACCEPT,
+    OUTPUT_CLOSE,
     REJECT,
     SCRATCH_CLOSE,
     forced_closing,
@@ -86,7 +91,7 @@ ROW_SCHEMA: dict[str, pl.DataType] = {
     "n_turns": pl.Int64, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
     "transcript": pl.Utf8, "scratchpad": pl.Utf8, "final_output": pl.Utf8,
     "output_complete": pl.Boolean, "outcome": pl.Utf8, "accepted_then_refused": pl.Boolean,
-    "p_accept": pl.Float64, "forced_close": pl.Boolean,
+    "p_accept": pl.Float64, "forced_close": pl.Boolean, "output_close": pl.Boolean,
 }
 """The dtype of every rollout column; the ``meta`` columns come first (:func:`_frame`)."""
 
@@ -106,6 +111,7 @@ class _Rollout:
     done: bool = False
     p_accept: float | None = None
     forced_close: bool | None = None
+    output_close: bool | None = None
 
     @property
     def request_id(self) -> str:
@@ -171,7 +177,7 @@ def _score_free(backend: Any, rollouts: Sequence[_Rollout]) -> None:
 
 def _run_forced(backend: Any, prompts: PromptSet, rollouts: list[_Rollout],
                 params: SamplingParams, max_turns: int, prefill: str | None,
-                reasoning: bool = False) -> None:
+                reasoning: bool = False, output_tokens: int | None = None) -> None:
     """The ``forced_choice`` mode (module docstring); a reasoning model's think blocks are not
     sent back in a continuation."""
     scratch = SamplingParams(params.temperature, params.top_p, params.max_new_tokens,
@@ -201,17 +207,23 @@ def _run_forced(backend: Any, prompts: PromptSet, rollouts: list[_Rollout],
             "role": "assistant", "content": prefix}), r.seed, prompt_overflow="length"))
         chosen.append((r, prefix))
     if outputs:
-        for (r, prefix), c in zip(chosen, backend.generate(outputs, params), strict=True):
-            r.turns[-1] = prefix + c.text
+        body = SamplingParams(params.temperature, params.top_p,
+                              output_tokens or params.max_new_tokens, stop=params.stop)
+        for (r, prefix), c in zip(chosen, backend.generate(outputs, body), strict=True):
+            # the outcome was decided at the tag: a body cut by its budget is closed for it
+            r.output_close = c.finish_reason == "length" and OUTPUT_CLOSE not in c.text
+            r.turns[-1] = prefix + c.text + ("\n" + OUTPUT_CLOSE if r.output_close else "")
             r.finish_reasons[-1] = c.finish_reason
             r.completion_tokens += c.completion_tokens
 
 
 def _run_group(backend: GenerationBackend, prompts: PromptSet, rollouts: list[_Rollout],
                params: SamplingParams, max_turns: int, prefill: str | None = None,
-               reasoning: bool = False, output_mode: str = "free") -> None:
+               reasoning: bool = False, output_mode: str = "free",
+               output_tokens: int | None = None) -> None:
     if output_mode == "forced_choice":
-        _run_forced(backend, prompts, rollouts, params, max_turns, prefill, reasoning)
+        _run_forced(backend, prompts, rollouts, params, max_turns, prefill, reasoning,
+                    output_tokens)
         return
     _run_free(backend, prompts, rollouts, params, max_turns, prefill, reasoning)
     if can_score(backend):
@@ -292,6 +304,7 @@ def _rows(rollouts: Sequence[_Rollout], meta: Mapping[str, Any],
             "outcome": parsed.outcome,
             "accepted_then_refused": parsed.accepted_then_refused,
             "p_accept": r.p_accept, "forced_close": r.forced_close,
+            "output_close": r.output_close,
         })
     return _frame(rows, meta)
 
@@ -360,11 +373,13 @@ def run_rollouts(
     prefill: str | None = None,
     reasoning: bool = False,
     output_mode: str = "free",
+    output_tokens: int | None = None,
 ) -> pl.DataFrame:
     """Run every (goal, tier, seed) rollout; return one row each, sorted by those keys.
 
     ``output_mode``: ``free`` or ``forced_choice`` (module docstring); ``forced_choice``
-    needs a backend with ``continuation_logprobs``.
+    needs a backend with ``continuation_logprobs``. ``output_tokens``: ``forced_choice``'s
+    budget for the output after the drawn tag (None: ``params.max_new_tokens``).
 
     ``prefill``: text the first assistant turn starts with (sent as a trailing assistant
     message, which every backend continues); it is part of the recorded turn and transcript.
@@ -402,7 +417,7 @@ def run_rollouts(
                                       prompt_hash(messages)))
             log.info("rollouts: tier=%s seed=%d, %d goals", tier, seed, len(group))
             _run_group(backend, prompts, group, params, max_turns, prefill, reasoning,
-                       output_mode)
+                       output_mode, output_tokens)
             frame = _rows(group, meta, reasoning)
             if shard is not None:
                 write_table(frame, shard, {"rule": "rollouts-checkpoint"})
@@ -442,6 +457,7 @@ def run_raw_rollouts(backend: GenerationBackend, goals: pl.DataFrame, *, seeds: 
             "scratchpad": None, "final_output": strip_think(c.text) if reasoning else c.text,
             "output_complete": c.finish_reason == "stop", "outcome": None,
             "accepted_then_refused": False, "p_accept": None, "forced_close": None,
+            "output_close": None,
         })
     return _frame(rows, meta).sort(["goal_id", "seed"], maintain_order=True)
 
@@ -449,10 +465,14 @@ def run_raw_rollouts(backend: GenerationBackend, goals: pl.DataFrame, *, seeds: 
 def rollout_meta(*, model: str, condition: str, adapter: str | None, backend: str,
                  prompts: PromptSet, params: SamplingParams, max_turns: int,
                  prefill: str | None = None, claim: str | None = None,
-                 reasoning: bool = False, output_mode: str | None = "free") -> dict[str, Any]:
-    """Columns copied into every row. ``output_mode``: None for the raw control (no tags)."""
+                 reasoning: bool = False, output_mode: str | None = "free",
+                 output_tokens: int | None = None) -> dict[str, Any]:
+    """Columns copied into every row. ``output_mode``: None for the raw control (no tags);
+    ``output_tokens`` (forced_choice's output budget) is recorded only in that mode."""
     generation = {**params.as_dict(), "max_turns": max_turns, "backend": backend,
                   "prefill": prefill, "output_mode": output_mode}
+    if output_mode == "forced_choice":
+        generation["output_tokens"] = output_tokens or params.max_new_tokens
     if reasoning:  # recorded only when on, so other models' parameters read as before
         generation["reasoning"] = True
     return {
