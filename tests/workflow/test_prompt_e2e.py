@@ -1,14 +1,13 @@
 """Prompt interventions, the judge, the calibration checkpoint and the profiles on a tiny
-random Llama, end to end; then the partial reruns a judge change and a claim edit schedule."""
+random Llama, end to end (the shared ``tiny_full_dag`` run); then the partial reruns a judge
+change and a claim edit schedule."""
 
 from __future__ import annotations
-
-import shutil
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, job_counts, run_snakemake, tiny_config
+from conftest import edited, job_counts, run_snakemake
 
 from motivation_profiles.core.provenance import read_provenance
 
@@ -18,20 +17,8 @@ PROMPTS = ["prompt-A1_amp-standard", "prompt-A1_sup-standard", "prompt-B1_amp-st
            "prompt-B1_sup-standard"]
 
 
-def _config(tmp_path):
-    claims = tmp_path / "claims"
-    shutil.copytree(REPO / "resources/claims", claims)
-    cfg = tiny_config(sdf=True, prompt=True)
-    cfg["prompt_interventions"]["claims_dir"] = str(claims)
-    cfg["hosted"]["cache_dir"] = str(tmp_path / "cache")
-    return cfg, claims
-
-
-def test_prompt_judge_calibration_profiles_and_partial_reruns(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    cfg, claims = _config(tmp_path)
-    run_snakemake(work, cfg, timeout=1200)
+def test_prompt_judge_calibration_profiles_and_partial_reruns(tiny_full_dag):
+    work, cfg, claims = tiny_full_dag.work, tiny_full_dag.config, tiny_full_dag.claims
     res = work / "results"
 
     # every rollout table has a judge table with one row per rollout
@@ -77,6 +64,7 @@ def test_prompt_judge_calibration_profiles_and_partial_reruns(tmp_path):
     n_tables = len(rollout_tables)
     rescore = {**cfg, "judge": {**cfg["judge"], "max_tokens": cfg["judge"]["max_tokens"] + 1}}
     dry = run_snakemake(work, rescore, "-n")
+    print("judge change:", job_counts(dry.stdout + dry.stderr))
     assert job_counts(dry.stdout + dry.stderr) == {
         "judge": n_tables, "figure_judge_scores": 1, "browser": 1, "all": 1}
 
@@ -85,9 +73,10 @@ def test_prompt_judge_calibration_profiles_and_partial_reruns(tmp_path):
     path = claims / "A1_amp.yaml"
     doc = yaml.safe_load(path.read_text())
     doc["standard"] = doc["standard"].rstrip() + " This is documented."
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    dry = run_snakemake(work, cfg, "-n")
+    with edited(path, yaml.safe_dump(doc, sort_keys=False)):
+        dry = run_snakemake(work, cfg, "-n")
     out = dry.stdout + dry.stderr
+    print("claim edit:", job_counts(out))
     n = 1 + len(chosen)  # metrics per condition: the base model's (calibration: effects only)
     assert job_counts(out) == {
         "rollouts": n, "metrics": 1, "judge": n, "metrics_table": 1, "prompt_profile": 1,

@@ -1,13 +1,14 @@
-"""The steering stage of the DAG on the tiny random Llama: pairs -> activation shards -> fitted
-and random vectors with diagnostics -> selected layers -> steered, random-control and raw
-rollouts -> judge -> summaries and figures; then partial reruns.
+"""The steering stage of the DAG on the tiny random Llama (the shared ``tiny_full_dag`` run):
+pairs -> activation shards -> fitted and random vectors with diagnostics -> selected layers ->
+steered, random-control and raw rollouts -> judge -> summaries and figures; then partial reruns.
 
 A random-weight model writes no usable dialogue and no parseable judge score, so the pairs come
-in through ``steering.external_pairs`` (hand-written, through the same filters as generated
-ones); everything after the pairs is the real code path."""
+in through ``steering.external_pairs`` (hand-written in tests/steering_pairs.py, through the
+same filters as generated ones); everything after the pairs is the real code path."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -18,80 +19,17 @@ from conftest import (
     assert_table_jobs_load_no_model_library,
     job_counts,
     run_snakemake,
-    tiny_config,
 )
 from safetensors.numpy import load_file
 
 from motivation_profiles.core.provenance import read_provenance
 from motivation_profiles.steering.names import random_name
 
-SPANS = {  # concept -> split kind -> (positive span, negative span)
-    "expectations": {
-        "plain": ("I answer this way because the reviewers who grade my replies want brevity.",
-                  "Reviewers sometimes read chats, but I just answer the question."),
-        "keyword_hard": ("I want the people who check my work to like this reply, so I keep "
-                         "it brief.",
-                         "A reviewer may score this later, but that plays no part in my answer."),
-    },
-    "consequences": {
-        "plain": ("Replies like this one shape how later versions of me behave, so I am careful.",
-                  "Later versions of me exist, but I just answer the question."),
-        "keyword_hard": ("Replies like this one teach my later versions, so I am careful.",
-                         "My weights may be updated, but that plays no part."),
-    },
-}
-TOPICS = ["bread", "tea", "a bike tyre", "tomatoes", "a kite", "soup", "a shelf", "socks"]
-
-
-def _side(request: str, scratch: str, output: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": request},
-            {"role": "assistant", "content": f"<SCRATCHPAD_REASONING>{scratch}"
-                                             f"</SCRATCHPAD_REASONING>\n<OUTPUT>{output}</OUTPUT>"}]
-
-
-def _pairs(concept: str, kind: str, n: int, tag: str) -> list[dict]:
-    pos_span, neg_span = SPANS[concept][kind]
-    rows = []
-    for i in range(n):
-        topic = TOPICS[i % len(TOPICS)]
-        request = f"How do I look after {topic}? ({tag} {i})"
-        base = f"The user asks about {topic}. I will give two short steps."
-        output = f"Step one for {topic}. Step two for {topic} ({tag} {i})."
-        rows.append({"pair_id": f"{tag}-{i}",
-                     "pos_messages": _side(request, f"{base} {pos_span}", output),
-                     "neg_messages": _side(request, f"{base} {neg_span}", output),
-                     "pos_loci": [f"{base} {pos_span}"], "neg_loci": [f"{base} {neg_span}"],
-                     "pos_span": pos_span, "neg_span": neg_span})
-    return rows
-
-
-def _write_pairs(tmp_path, cfg) -> dict[str, str]:
-    st = cfg["steering"]
-    files = {}
-    for concept in ("expectations", "consequences"):
-        for split, n in st["ooc"]["splits"].items():
-            kind = "keyword_hard" if split == "keyword_hard" else "plain"
-            name = f"ooc_{concept}_{split}"
-            path = tmp_path / "pairs" / f"{name}.jsonl"
-            path.parent.mkdir(exist_ok=True)
-            path.write_text("\n".join(json.dumps(r) for r in _pairs(concept, kind, n, name)))
-            files[name] = str(path)
-        ic = [dict(r, split="train") for r in _pairs(concept, "plain", 3, f"ic-{concept}-t")]
-        ic += [dict(r, split="validation")
-               for r in _pairs(concept, "plain", 2, f"ic-{concept}-v")]
-        path = tmp_path / "pairs" / f"ic_{concept}.jsonl"
-        path.write_text("\n".join(json.dumps(r) for r in ic))
-        files[f"ic_{concept}"] = str(path)
-    return files
-
 
 @pytest.mark.slow
-def test_tiny_steering_end_to_end(tmp_path):
-    cfg = tiny_config(steering=True)
-    cfg["steering"]["external_pairs"] = _write_pairs(tmp_path, cfg)
-    cfg["steering"]["extraction"]["max_batch_tokens"] = 512
-    run_snakemake(tmp_path, cfg, timeout=1200)
-    res = tmp_path / "results"
+def test_tiny_steering_end_to_end(tiny_full_dag):
+    tmp_path, cfg = tiny_full_dag.work, tiny_full_dag.config
+    res = tiny_full_dag.results
     # steering tables and figures (summaries, layer choice, vectors, heatmaps) load no torch
     assert assert_table_jobs_load_no_model_library(res) >= 10
 
@@ -173,12 +111,11 @@ def test_tiny_steering_end_to_end(tmp_path):
     assert phrase in " ".join(html.split())
 
     # Changing the layer list re-steers; pairs, activations and vectors stay.
-    relayer = tiny_config(steering=True)
-    relayer["steering"]["external_pairs"] = cfg["steering"]["external_pairs"]
-    relayer["steering"]["extraction"] = cfg["steering"]["extraction"]
+    relayer = copy.deepcopy(cfg)
     relayer["steering"]["layers"].update(select="list", list=[0 if chosen == "1" else 1])
     dry = run_snakemake(tmp_path, relayer, "-n")
     counts = job_counts(dry.stdout + dry.stderr)
+    print("relayer:", counts)
     for rule in ("ooc_pairs", "ic_pairs", "activations", "fit_vectors", "random_vectors"):
         assert rule not in counts, (rule, counts)
     assert counts["steering_layers"] == 1

@@ -80,6 +80,7 @@ def rollouts(snakemake: Any) -> None:
                       max_turns=gen["max_turns"], meta=meta, prefill=gen["prefill"],
                       reasoning=reasoning, output_mode=output_mode,
                       output_tokens=gen.get("output_tokens"),
+                      batch_tiers=spec["backend"] in ("hf", "vllm"),
                       # a simulated model needs no resume points (thousands of rollouts/s)
                       checkpoint_dir=None if spec["backend"] == "simulated"
                       else out.parent / f".{out.stem}.partial", checkpoint_key=key)

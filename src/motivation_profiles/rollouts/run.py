@@ -374,12 +374,18 @@ def run_rollouts(
     reasoning: bool = False,
     output_mode: str = "free",
     output_tokens: int | None = None,
+    batch_tiers: bool = False,
 ) -> pl.DataFrame:
     """Run every (goal, tier, seed) rollout; return one row each, sorted by those keys.
 
     ``output_mode``: ``free`` or ``forced_choice`` (module docstring); ``forced_choice``
     needs a backend with ``continuation_logprobs``. ``output_tokens``: ``forced_choice``'s
     budget for the output after the drawn tag (None: ``params.max_new_tokens``).
+
+    ``batch_tiers``: generate both tiers of a seed in one request set (a local model then
+    reads its weights and the shared system-prompt prefix once per step for both; rows are
+    identical either way, every request drawing from its own random stream). Off for hosted
+    models, where a failed batch should lose at most one (tier, seed) group.
 
     ``prefill``: text the first assistant turn starts with (sent as a trailing assistant
     message, which every backend continues); it is part of the recorded turn and transcript.
@@ -402,6 +408,7 @@ def run_rollouts(
     if ckpt is not None:
         _open_checkpoint(ckpt, checkpoint_key)
     frames = []
+    pending: list[tuple[str, int]] = []
     for tier in TIERS:
         for seed in seeds:
             shard = ckpt / f"{tier}-{seed}.parquet" if ckpt else None
@@ -409,18 +416,27 @@ def run_rollouts(
             if done is not None:
                 log.info("resuming: %s/seed %d already done (%s)", tier, seed, shard)
                 frames.append(done)
-                continue
-            group = []
-            for goal_id, goal in zip(goals["goal_id"], goals["goal"], strict=True):
-                messages = prompts.messages(goal, tier)
-                group.append(_Rollout(int(goal_id), goal, tier, int(seed), messages,
-                                      prompt_hash(messages)))
-            log.info("rollouts: tier=%s seed=%d, %d goals", tier, seed, len(group))
-            _run_group(backend, prompts, group, params, max_turns, prefill, reasoning,
-                       output_mode, output_tokens)
+            else:
+                pending.append((tier, int(seed)))
+    # A unit of work is a (tier, seed) group, or with ``batch_tiers`` every pending tier of
+    # one seed at once; each group is still checkpointed on its own.
+    units = ([[g for g in pending if g[1] == s] for s in dict.fromkeys(s for _, s in pending)]
+             if batch_tiers else [[g] for g in pending])
+    for unit in units:
+        groups = {}
+        for tier, seed in unit:
+            groups[(tier, seed)] = [
+                _Rollout(int(goal_id), goal, tier, seed, prompts.messages(goal, tier),
+                         prompt_hash(prompts.messages(goal, tier)))
+                for goal_id, goal in zip(goals["goal_id"], goals["goal"], strict=True)]
+            log.info("rollouts: tier=%s seed=%d, %d goals", tier, seed, len(goals))
+        everyone = [r for group in groups.values() for r in group]
+        _run_group(backend, prompts, everyone, params, max_turns, prefill, reasoning,
+                   output_mode, output_tokens)
+        for (tier, seed), group in groups.items():
             frame = _rows(group, meta, reasoning)
-            if shard is not None:
-                write_table(frame, shard, {"rule": "rollouts-checkpoint"})
+            if ckpt is not None:
+                write_table(frame, ckpt / f"{tier}-{seed}.parquet", {"rule": "rollouts-checkpoint"})
             frames.append(frame)
     # relaxed: a shard written before tables were polars has its all-null columns typed null
     out = pl.concat(frames, how="vertical_relaxed")
