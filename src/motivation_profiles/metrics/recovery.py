@@ -7,6 +7,8 @@ checkpoint, the judge's mean A / B score per condition), ``exact`` (a determinis
 each calibration candidate's ``selected`` flag, whether the model qualifies) or ``decision``
 (``recovered``: a comparison of two noisy consequence shares, which a finite design gets wrong
 with some probability, most of all on the AF ratio; reported, not required to match).
+``bound`` rows (the steering chain's fitted-vector cosines, ``steering_rows``) must reach
+their planted bound.
 For an interval row ``covered`` says whether the CI contains the planted value and ``z`` is
 (estimate - planted) / SE with SE = CI width / (2 z_{level}); for an exact or decision row
 ``covered`` says whether the estimate equals the planted value.
@@ -249,14 +251,67 @@ def recovery_table(policy: Policy, *, model: str, metrics: pl.DataFrame,
     return pl.DataFrame(rows, schema=RECOVERY_SCHEMA)
 
 
+def steering_rows(policy: Policy, *, model: str,
+                  vectors: Mapping[str, tuple[np.ndarray, Mapping[str, str]]],
+                  layers: pl.DataFrame, k: int, level: float = 0.95) -> list[dict[str, Any]]:
+    """The steering chain's deterministic outcomes against the planted activations
+    (``backends.simulated_steering``):
+
+    - ``selected_layer`` (exact), per layer: whether ``layers`` (``layers.parquet``: ``layer``,
+      ``selected``) selects it, against the ``k`` layers of highest planted strength;
+    - ``vector_cosine`` (bound), per fitted vector and selected layer: the cosine of the fitted
+      vector with the planted direction in the noise metric, which must reach the policy's
+      ``min_cosine`` (a fit with its weights not mapped back, a sign flip or a random direction
+      falls far below; a finite fit never reaches 1, so this is a bound, not an interval);
+    - ``random_control_cosine`` (interval), per two random controls: their mean cosine over the
+      selected layers, planted 0 (independent draws), with the null's CI
+      ``+- z / sqrt(d * layers)`` (identical controls give 1).
+
+    ``vectors``: name -> (vectors [L, d], metadata with ``kind`` fitted | random, ``concept``)."""
+    spec = policy.steering
+    if spec is None:
+        raise ValueError(f"{policy.path}: steering recovery needs a 'steering' section")
+    selected = sorted(int(x) for x in layers.filter(pl.col("selected"))["layer"].to_list())
+    best = spec.best_layers(k)
+    rows = [_exact(model, "selected_layer", layer in best, layer in selected,
+                   method="steering", target=str(layer))
+            for layer in sorted(int(x) for x in layers["layer"].to_list())]
+    for name, (arr, meta) in vectors.items():
+        if meta.get("kind") != "fitted":
+            continue
+        for layer in selected:
+            cos = spec.cosine(meta["concept"], layer, arr[layer])
+            rows.append({"model": model, "quantity": "vector_cosine", "kind": "bound",
+                         "planted": spec.min_cosine, "estimate": cos, "ci_low": None,
+                         "ci_high": None, "se": None, "z": None,
+                         "covered": bool(cos >= spec.min_cosine), "method": "steering",
+                         "target": f"{name}@{layer}", "condition": None, "strength": None,
+                         "checkpoint": None})
+    randoms = sorted(n for n, (_, meta) in vectors.items() if meta.get("kind") == "random")
+    half = norm.ppf(0.5 + level / 2) / np.sqrt(spec.width * max(len(selected), 1))
+    for i, a in enumerate(randoms):
+        for b in randoms[i + 1:]:
+            va, vb = vectors[a][0], vectors[b][0]
+            cos = float(np.mean([
+                float(va[layer] @ vb[layer])
+                / max(float(np.linalg.norm(va[layer]) * np.linalg.norm(vb[layer])), 1e-300)
+                for layer in selected]))
+            rows.append(_row(model, "random_control_cosine", planted=0.0, estimate=cos,
+                             lo=cos - half, hi=cos + half, level=level, method="steering",
+                             target=f"{a}|{b}"))
+    return rows
+
+
 def summary(table: pl.DataFrame) -> dict[str, Any]:
     """Share of interval rows covered, the largest |z|, whether every exact row matches, and
     how many decision rows match."""
     iv = table.filter(pl.col("kind") == "interval")
     ex = table.filter(pl.col("kind") == "exact")
     de = table.filter(pl.col("kind") == "decision")
+    bd = table.filter(pl.col("kind") == "bound")
     return {"intervals": iv.height,
             "covered": float(iv["covered"].mean()) if iv.height else None,
             "max_abs_z": float(iv["z"].abs().max()) if iv.height else None,
             "exact": ex.height, "exact_equal": bool(ex["covered"].all()) if ex.height else None,
-            "decisions": de.height, "decisions_equal": int(de["covered"].sum())}
+            "decisions": de.height, "decisions_equal": int(de["covered"].sum()),
+            "bounds": bd.height, "bounds_met": bool(bd["covered"].all()) if bd.height else None}
