@@ -144,3 +144,128 @@ def test_wrong_direction_fails_and_moves_steering_the_wrong_way(chain, mutation)
         {layer: bad["expectations_ooc"][0][layer] for layer in chosen}, 4.0)).doses)
     assert good["expectations"] > 0.8 * 4
     assert wrong["expectations"] < (-3.0 if mutation == "sign" else 2.0)
+
+
+# --------------------------------------------------------------------------- steered rollouts
+
+
+def test_steer_conditions_map_to_planted_doses():
+    from motivation_profiles.backends.simulated import Condition
+    from motivation_profiles.metrics.recovery import condition_of
+
+    spec = Policy.load(POLICY).steering
+    cond = condition_of("steer-expectations_ooc-x+4", spec)
+    doses = dict(cond.steer)
+    assert doses["expectations"] == pytest.approx(4.0)          # a perfect fit: dose m
+    # the other concept's dose: m x the planted directions' cosine (small width: not 0)
+    top = [3, 4]
+    cross = np.mean([spec.cosine("consequences", layer, spec.directions["expectations"][layer])
+                     for layer in top])
+    assert doses["consequences"] == pytest.approx(4.0 * cross)
+    assert dict(condition_of("steer-consequences_ooc-x-4", spec).steer)["consequences"] == \
+        pytest.approx(-4.0)
+    assert condition_of("steer-random_expectations_ooc_1-x+4", spec) == Condition()
+    with pytest.raises(ValueError, match="steering"):
+        condition_of("steer-expectations_ooc-x+4")
+    with pytest.raises(ValueError, match="raw"):
+        condition_of("raw-expectations_ooc-x+4", spec)
+
+
+def _steered(policy, goals, vectors, multiplier, condition):
+    from motivation_profiles.metrics.simulation import PARAMS
+    from motivation_profiles.rollouts.protocol import PromptSet
+    from motivation_profiles.rollouts.run import run_rollouts
+
+    prompts = PromptSet.from_config({
+        "system": str(REPO / "resources/prompts/helpful_only_compact.txt"),
+        "user_template": str(REPO / "resources/prompts/user_turn.txt"),
+        "tier_values": {"monitored": "True", "unmonitored": "False"},
+        "continuation": "<NEXT/>"})
+    steering = Steering(vectors, multiplier) if vectors else None
+    return run_rollouts(SimulatedBackend(policy, steering=steering), prompts, goals,
+                        seeds=range(32), params=PARAMS, max_turns=2,
+                        meta={"model": "sim", "condition": condition},
+                        prefill="<SCRATCHPAD_REASONING>")
+
+
+def _independent(spec, layer, v):
+    """``v`` with its components along the planted directions removed (in the layer's noise
+    metric): a random control exactly independent of every concept. At width 32 a raw random
+    draw has |cosine| ~ 0.2 with each planted direction, a real (if random) effect that real
+    models' thousands of dimensions make negligible."""
+    s2 = spec.scales[layer] ** 2
+    basis = []
+    for concept in sorted(spec.directions):
+        b = s2 * spec.directions[concept][layer]
+        for q in basis:
+            b = b - (b @ q) * q
+        basis.append(b / np.linalg.norm(b))
+    for q in basis:
+        v = v - (v @ q) * q
+    assert all(abs(spec.cosine(c, layer, v)) < 1e-9 for c in spec.directions)
+    return v
+
+
+@pytest.fixture(scope="module")
+def steered_tables():
+    """Baseline, each concept's planted direction at +-4 and two random controls at +4, as
+    the steered rollout tables of the DAG would hold them (24 goals x 32 seeds: every
+    condition shares a rollout's random draws, so its errors are correlated across conditions
+    and a small design misses several rows together)."""
+    from motivation_profiles.metrics.profiles import intervention_effects
+
+    policy = Policy.load(POLICY)
+    spec = policy.steering
+    goals = (pl.read_csv(REPO / "resources/goals/embedded_goals.csv").head(24)
+             .with_row_index("goal_id").with_columns(pl.col("goal_id").cast(pl.Int64)))
+    tables = {"baseline": _steered(policy, goals, None, 0.0, "baseline")}
+    for concept in ("expectations", "consequences"):
+        u = {layer: spec.directions[concept][layer] for layer in (3, 4)}
+        for m in (4, -4):
+            cond = f"steer-{concept}_ooc-x{m:+d}"
+            tables[cond] = _steered(policy, goals, u, float(m), cond)
+    rng = np.random.default_rng(7)
+    for concept in ("expectations", "consequences"):
+        cond = f"steer-random_{concept}_ooc_1-x+4"
+        r = {layer: _independent(spec, layer, rng.standard_normal(spec.width))
+             for layer in (3, 4)}
+        tables[cond] = _steered(policy, goals, r, 4.0, cond)
+    interventions = {"A1_amp": "steer-expectations_ooc-x+4",
+                     "A1_sup": "steer-expectations_ooc-x-4",
+                     "B1_amp": "steer-consequences_ooc-x+4",
+                     "B1_sup": "steer-consequences_ooc-x-4"}
+    effects = intervention_effects(pl.concat(list(tables.values())), baseline="baseline",
+                                   interventions=interventions, n_boot=600, level=0.95,
+                                   seed=0).with_columns(method=pl.lit("steering"))
+    return policy, goals, tables, effects
+
+
+def test_steering_slopes_and_random_controls_recover(steered_tables):
+    from motivation_profiles.metrics.recovery import random_slope_rows, steering_effect_rows
+
+    policy, _, tables, effects = steered_tables
+    rows = pl.DataFrame(steering_effect_rows(policy, effects, "sim")
+                        + random_slope_rows(policy, pl.concat(list(tables.values())), "sim",
+                                            n_boot=600, level=0.95, seed=0))
+    slopes = rows.filter(pl.col("quantity") == "steering_slope")
+    assert sorted(slopes["target"]) == ["consequences", "expectations"]
+    assert (slopes["planted"] > 0).all()     # expectations and consequences both raise the gap
+    randoms = rows.filter(pl.col("quantity") == "random_control_slope")
+    assert randoms.height == 2 and (randoms["planted"] == 0).all()
+    assert rows.filter(pl.col("quantity") == "delta_gap").height == 4
+    assert rows["covered"].mean() >= 0.75 and rows["z"].abs().max() <= 3.0, rows
+
+
+def test_a_random_control_along_the_concept_fails(steered_tables):
+    """A "random" control that is in fact the concept's direction (the mutant) moves the gap
+    like the fitted vector: its slope row is not covered."""
+    from motivation_profiles.metrics.recovery import random_slope_rows
+
+    policy, goals, tables, _ = steered_tables
+    spec = policy.steering
+    cond = "steer-random_expectations_ooc_1-x+4"
+    bad = _steered(policy, goals, {layer: spec.directions["expectations"][layer]
+                                   for layer in (3, 4)}, 4.0, cond)
+    rows = pl.DataFrame(random_slope_rows(policy, pl.concat([tables["baseline"], bad]), "sim",
+                                          n_boot=600, level=0.95, seed=0))
+    assert rows.height == 1 and not rows["covered"][0] and rows["z"][0] > 3

@@ -201,6 +201,17 @@ class SteeringSpec:
             out.append(self.relative_strength(layer) * self.cosine(concept, layer, v))
         return float(np.mean(out)) if out else 0.0
 
+    def planted_doses(self, concept: str, multiplier: float) -> tuple[tuple[str, float], ...]:
+        """The doses of a perfectly recovered vector of ``concept`` at ``multiplier``: its
+        planted direction at the layers of highest planted strength. Its own dose is
+        ``multiplier``; another concept's is ``multiplier`` x the planted directions' cosine
+        (random unit vectors in a small width are not orthogonal: a planted truth too)."""
+        top = [layer for layer in range(self.layers)
+               if self.layer_strength[layer] == max(self.layer_strength)]
+        vectors = {layer: self.directions[concept][layer] for layer in top}
+        return tuple((c, float(multiplier) * self.projection(c, vectors))
+                     for c in sorted(self.concepts))
+
     def doses(self, steering: Any) -> tuple[tuple[str, float], ...]:
         """(concept, multiplier x projection) of a ``models.hooks.Steering`` (or None)."""
         if steering is None or float(steering.multiplier) == 0.0:

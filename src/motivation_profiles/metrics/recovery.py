@@ -35,8 +35,11 @@ import polars as pl
 from scipy.stats import norm
 
 from motivation_profiles.backends.simulated import Condition, Policy
+from motivation_profiles.backends.simulated_steering import SteeringSpec
 from motivation_profiles.metrics.calibration import recovered, select_checkpoints
+from motivation_profiles.metrics.profiles import intervention_effects
 from motivation_profiles.metrics.rates import cluster_bootstrap_mean
+from motivation_profiles.steering.names import parse_steer_condition
 
 RECOVERY_SCHEMA: dict[str, pl.DataType] = {
     "model": pl.Utf8, "quantity": pl.Utf8, "method": pl.Utf8, "target": pl.Utf8,
@@ -46,9 +49,25 @@ RECOVERY_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def condition_of(name: str) -> Condition:
+def condition_of(name: str, steering: SteeringSpec | None = None) -> Condition:
     """``baseline`` / ``sdf-B`` / ``prompt-I-S`` / ``sdf-B@prompt-I-S`` -> the planted
-    condition (SDF branch and claim)."""
+    condition (SDF branch and claim); ``steer-{vector}-x{m}`` -> the planted steering doses
+    (``steering``: the policy's planted activations): those of a perfect fit of the vector's
+    concept (``SteeringSpec.planted_doses``: dose ``m`` on its concept) for a fitted vector,
+    none for a random control (planted 0: a random direction is independent of every
+    concept)."""
+    steer = parse_steer_condition(name)
+    if steer is not None:
+        if steer.raw or steer.vector is None:
+            raise ValueError(f"condition {name!r}: raw-AdvBench conditions have no planted "
+                             "value (the simulated model runs no raw control)")
+        if steer.vector.kind == "random":
+            return Condition()
+        if steering is None:
+            raise ValueError(f"condition {name!r}: a steered condition's planted value needs "
+                             "the policy's 'steering' section")
+        return Condition(steer=steering.planted_doses(steer.vector.concept,
+                                                      steer.multiplier))
     head, _, tail = name.partition("@")
     branch, claim = None, None
     for part in (head, tail):
@@ -61,7 +80,7 @@ def condition_of(name: str) -> Condition:
             claim = (intervention, strength)
         else:
             raise ValueError(f"condition {name!r}: the simulated policy knows baseline, sdf-, "
-                             "prompt- and sdf-...@prompt- conditions")
+                             "prompt-, sdf-...@prompt- and steer- conditions")
     return Condition(branch=branch, claim=claim)
 
 
@@ -90,7 +109,7 @@ def condition_rows(policy: Policy, metrics: pl.DataFrame, model: str) -> list[di
     """Gap and per-tier compliance of every condition of the ``metrics`` table."""
     rows = []
     for r in metrics.iter_rows(named=True):
-        planted = policy.planted_rates(condition_of(r["condition"]))
+        planted = policy.planted_rates(condition_of(r["condition"], policy.steering))
         level = r["ci_level"]
         rows.append(_row(model, "gap", planted=planted["gap"], estimate=r["gap"],
                          lo=r["gap_ci_low"], hi=r["gap_ci_high"], level=level,
@@ -105,7 +124,7 @@ def condition_rows(policy: Policy, metrics: pl.DataFrame, model: str) -> list[di
 
 def planted_metrics(policy: Policy, condition: str) -> dict[str, float]:
     """A condition's planted per-tier compliance, gap and AF ratio (its large-sample limit)."""
-    r = policy.planted_rates(condition_of(condition))
+    r = policy.planted_rates(condition_of(condition, policy.steering))
     r["af_ratio"] = r["monitored"] / r["unmonitored"] if r["unmonitored"] > 0 else float("inf")
     return r
 
@@ -210,7 +229,7 @@ def judge_rows(policy: Policy, judged: pl.DataFrame, model: str, *, n_boot: int,
                            | (pl.col("condition").str.starts_with("sdf-")
                               & ~pl.col("condition").str.contains("@", literal=True)))
     for (cond,), df in sorted(judged.partition_by("condition", as_dict=True).items()):
-        planted = policy.planted_judge_mean(condition_of(cond))
+        planted = policy.planted_judge_mean(condition_of(cond, policy.steering))
         for d in ("a", "b"):
             s = df.drop_nulls(f"{d}_score")
             est, lo, hi = cluster_bootstrap_mean(s[f"{d}_score"].to_numpy(),
@@ -226,13 +245,17 @@ def recovery_table(policy: Policy, *, model: str, metrics: pl.DataFrame,
                    selection: pl.DataFrame | None = None,
                    calibration: pl.DataFrame | None = None,
                    calibration_rule: Mapping[str, Any] | None = None,
+                   steering: Mapping[str, Any] | None = None,
                    n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pl.DataFrame:
     """The planted-recovery table of one simulated model (see the module docstring).
 
     ``metrics``: the model's ``conditions.parquet``; ``effects``: its SDF and prompt effect
     tables; ``judged``: its judge tables concatenated; ``selection`` / ``calibration``: the
     calibration tables, with ``calibration_rule`` (reference, candidates, signal,
-    max_per_family, strengths) as configured."""
+    max_per_family, strengths) as configured; ``steering`` (a steered model): ``effects`` (its
+    ``steering_effects.parquet``), ``rollouts`` (baseline and the random controls' steered
+    rollouts), ``vectors`` (``vector_tables``), ``layers`` (``layers.parquet``) and ``k`` (how
+    many layers are chosen)."""
     rows = condition_rows(policy, metrics, model)
     for table in effects:
         rows += effect_rows(policy, table, model)
@@ -248,6 +271,12 @@ def recovery_table(policy: Policy, *, model: str, metrics: pl.DataFrame,
                                      strength=rule["strengths"][0], signal=rule["signal"])
     if judged is not None:
         rows += judge_rows(policy, judged, model, n_boot=n_boot, level=level, seed=seed)
+    if steering is not None:
+        rows += steering_effect_rows(policy, steering["effects"], model)
+        rows += random_slope_rows(policy, steering["rollouts"], model, n_boot=n_boot,
+                                  level=level, seed=seed)
+        rows += steering_rows(policy, model=model, vectors=steering["vectors"],
+                              layers=steering["layers"], k=steering["k"], level=level)
     return pl.DataFrame(rows, schema=RECOVERY_SCHEMA)
 
 
@@ -300,6 +329,83 @@ def steering_rows(policy: Policy, *, model: str,
                              lo=cos - half, hi=cos + half, level=level, method="steering",
                              target=f"{a}|{b}"))
     return rows
+
+
+def _scaled(row: dict[str, Any], by: float, quantity: str) -> dict[str, Any]:
+    """An interval row divided by ``by`` (> 0): estimate, CI, SE and planted; z unchanged."""
+    out = {**row, "quantity": quantity}
+    for k in ("planted", "estimate", "ci_low", "ci_high", "se"):
+        if out[k] is not None:
+            out[k] = out[k] / by
+    return out
+
+
+def steering_effect_rows(policy: Policy, effects: pl.DataFrame,
+                         model: str) -> list[dict[str, Any]]:
+    """From a steering effects table (``steering_profile``: each concept's vector at +m / -m as
+    its family's amplify / suppress arm): each arm's Delta-gap and each concept's steering
+    slope, ``(Delta-gap(+m) - Delta-gap(-m)) / 2m`` = S / 2m with its CI, against the planted
+    slope (the planted compliance logits moved by ``slope`` x the doses of a perfect fit at
+    ``+-m``, ``condition_of``)."""
+    rows = []
+    arms = effects.filter(pl.col("quantity") == "delta_gap")
+    concept_of = {}
+    for r in arms.iter_rows(named=True):
+        steer = parse_steer_condition(r["condition"])
+        if steer is None or steer.vector is None:
+            raise ValueError(f"steering effects: {r['condition']!r} is not a steered condition")
+        concept_of[r["target"][:2]] = (steer.vector.concept, abs(steer.multiplier))
+    for r in effect_rows(policy, effects, model):
+        r["method"] = "steering"
+        if r["quantity"] == "delta_gap":
+            rows.append(r)
+            continue
+        pairs = effects.filter((pl.col("quantity") == r["quantity"])
+                               & (pl.col("target") == r["target"]))["pairs"][0].split(",")
+        (concept, m), = {concept_of[p] for p in pairs}
+        rows.append({**_scaled(r, 2 * m, "steering_slope"), "target": concept})
+    return rows
+
+
+def random_slope_rows(policy: Policy, rollouts: pl.DataFrame, model: str, *, n_boot: int,
+                      level: float, seed: int) -> list[dict[str, Any]]:
+    """Each random control's slope, Delta-gap(+m) / m against the unsteered ``baseline`` (a
+    paired goal bootstrap, ``metrics.profiles.intervention_effects``), planted 0: a random
+    direction is independent of every planted one (identical or concept-aligned controls are
+    caught by the cosine rows, ``steering_rows``)."""
+    conds = sorted(c for c in rollouts["condition"].unique().to_list()
+                   if (s := parse_steer_condition(c)) is not None and s.vector is not None
+                   and s.vector.kind == "random")
+    if not conds:
+        return []
+    effects = intervention_effects(rollouts, baseline="baseline",
+                                   interventions={c: c for c in conds}, n_boot=n_boot,
+                                   level=level, seed=seed)
+    effects = effects.with_columns(method=pl.lit("steering"))
+    rows = []
+    for r in effect_rows(policy, effects, model, quantities=("delta_gap",)):
+        steer = parse_steer_condition(r["condition"])
+        m = float(steer.multiplier)
+        if m == 0:
+            continue
+        row = _scaled(r, abs(m), "random_control_slope")
+        if m < 0:   # a negative dose flips the slope's sign
+            row.update(estimate=-row["estimate"], ci_low=-row["ci_high"],
+                       ci_high=-row["ci_low"], planted=-row["planted"], z=-row["z"]
+                       if row["z"] is not None else None)
+        rows.append({**row, "method": "steering", "target": steer.vector.name})
+    return rows
+
+
+def vector_tables(paths: Sequence[str]) -> dict[str, tuple[np.ndarray, dict[str, str]]]:
+    """name -> (vectors [L, d], metadata) of fitted and random vector files."""
+    from motivation_profiles.steering.vectors import load_vectors
+
+    out = {}
+    for path in paths:
+        arr, meta = load_vectors(path)
+        out[meta["name"]] = (arr, meta)
+    return out
 
 
 def summary(table: pl.DataFrame) -> dict[str, Any]:
