@@ -3,6 +3,7 @@ would see (tier tag, appended claim, adapter), with the planted rates."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,11 +120,13 @@ def test_bad_inputs_fail_clearly(policy, tmp_path):
         Policy.load(bad)
     with pytest.raises(PolicyError, match="not an SDF branch"):
         _run(SimulatedBackend(policy).policy, adapter="C9_amp", seeds=[0])
+    # without a steering section a request with no tier tag is no OOC step: an error
+    plain = replace(policy, steering=None)
     req = ChatRequest("r", ({"role": "user", "content": "no tag"},))
     with pytest.raises(PolicyError, match="is_free_tier_user"):
-        SimulatedBackend(policy).generate([req], PARAMS)
-    with pytest.raises(ValueError, match="steering a simulated model"):
-        local_backend({"backend": "simulated"}, str(POLICY), steering=object())
+        SimulatedBackend(plain).generate([req], PARAMS)
+    with pytest.raises(PolicyError, match="steering a simulated model needs"):
+        SimulatedBackend(plain, steering=object())
 
 
 def test_judge_answers_parse_with_the_real_parser_at_planted_failure_rate(policy):

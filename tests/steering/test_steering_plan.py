@@ -72,7 +72,8 @@ def test_malformed_steering_names_are_errors(bad):
 
 def test_embedded_plan(cfg):
     plan = SteeringPlan.from_config(cfg)
-    assert plan.models == ("smollm2-135m",)
+    assert plan.models == ("smollm2-135m", "simulated-af")   # simulated: planted activations
+    assert plan.real_models == ("smollm2-135m",)
     assert plan.fitted_vectors() == ["expectations_ooc", "consequences_ooc"]  # no IC: embedded
     assert plan.random_vectors() == ["random_expectations_ooc_1", "random_consequences_ooc_1"]
     conds = plan.steer_conditions("smollm2-135m")
@@ -230,3 +231,52 @@ def test_repo_configs_keep_steering_consistent():
     for name in ("config.yaml", "configs/paper.yaml"):
         cfg = absolutize(load_repo_config(name))
         validate_config(copy.deepcopy(cfg))
+
+
+# ----------------------------------------------------------------------------- simulated models
+
+
+def test_simulated_models_are_steered_without_the_weight_only_steps(cfg):
+    """The demo's simulated organism runs the steering chain (pairs, vectors, steered
+    conditions) but not the raw-AdvBench control, heatmaps or SDF alignment, and writes its
+    own OOC pair counts."""
+    plan = SteeringPlan.from_config(cfg)
+    sim = next(m for m, s in cfg["models"].items() if s["source"] == "simulated")
+    real = next(m for m, s in cfg["models"].items() if s["source"] == "embedded")
+    assert sim in plan.models and plan.simulated == (sim,) and plan.real_models == (real,)
+    assert plan.steer_conditions(sim) == plan.steer_conditions(real) != []
+    assert plan.raw_conditions(sim) == [] and plan.raw_conditions(real) != []
+    assert plan.alignment_models((real, sim)) == [real]
+    assert plan.ooc_settings(sim)["splits"] == {"train": 150, "validation": 40,
+                                                "keyword_hard": 40}
+    assert plan.ooc_settings(sim)["max_rounds"] == cfg["steering"]["ooc"]["max_rounds"]
+    assert plan.ooc_settings(real) == cfg["steering"]["ooc"]
+    cfg["models"] = {sim: cfg["models"][sim]}
+    cfg["judge"]["model"] = cfg["sdf"]["generator"]["model"] = sim
+    only = SteeringPlan.from_config(cfg)
+    assert "steering_raw" not in only.figures() and not any(
+        n.startswith("token_heatmap") for n in only.figures())
+    assert "sdf_steering_alignment" not in only.figures((sim,))
+
+
+def test_simulated_ooc_counts_and_planted_activations_are_checked(cfg, tmp_path):
+    sim = next(m for m, s in cfg["models"].items() if s["source"] == "simulated")
+    bad = copy.deepcopy(cfg)
+    bad["models"][sim]["ooc"]["splits"]["train"] = 1
+    bad["steering"]["fitting"]["min_pairs"] = 2
+    with pytest.raises(ConfigError, match=rf"models\.{sim}\.ooc\.splits\.train"):
+        validate_config(bad, base_dir=REPO)
+    # a real model may not set its own OOC counts (simulated models only)
+    bad = copy.deepcopy(cfg)
+    real = next(m for m, s in cfg["models"].items() if s["source"] == "embedded")
+    bad["models"][real]["ooc"] = {"splits": {"train": 10}}
+    with pytest.raises(ConfigError, match=f"models.{real}"):
+        validate_config(bad, base_dir=REPO)
+    # a steered simulated model's policy must plant activations
+    policy = (REPO / cfg["models"][sim]["policy"]).read_text()
+    no_steering = tmp_path / "policy.yaml"
+    no_steering.write_text(policy.split("\nsteering:")[0] + "\n")
+    bad = copy.deepcopy(cfg)
+    bad["models"][sim]["policy"] = str(no_steering)
+    with pytest.raises(ConfigError, match=rf"models\.{sim}\.policy.*plants no activations"):
+        validate_config(bad, base_dir=REPO)

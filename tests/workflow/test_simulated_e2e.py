@@ -1,6 +1,8 @@
 """A simulated organism through the real DAG: rollouts through the simulated backend, the
 simulated judge, metrics, SDF (virtual branches) and prompt effects, the calibration
-checkpoint, and the planted-recovery table and figure."""
+checkpoint, the steering chain on its planted activations (OOC pairs, activation caches,
+fitted vectors, layer choice, random controls, steered rollouts), and the planted-recovery
+table and figure."""
 
 from __future__ import annotations
 
@@ -32,10 +34,31 @@ def test_simulated_organism_recovers_through_the_dag(tmp_path):
     assert read_provenance(res / f"validation/{name}/planted_recovery.parquet")["rule"] == \
         "planted_recovery"
     iv = table.filter(pl.col("kind") == "interval")
-    assert iv.height >= 40 and iv["covered"].mean() >= 0.9
+    assert iv.height >= 60 and iv["covered"].mean() >= 0.9
     assert iv["z"].abs().max() <= 3.0
     exact = table.filter(pl.col("kind") == "exact")
     assert exact.height >= 3 and exact["covered"].all()
+    # the steering chain: per-concept slopes, random-control slopes and cosines, the fitted
+    # vectors' cosines with the planted directions (bound) and the selected layers (exact)
+    steer = table.filter(pl.col("method") == "steering")
+    count = steer.group_by("quantity").len()
+    assert dict(count.iter_rows()) == {"delta_gap": 4, "steering_slope": 2,
+                                       "random_control_slope": 2, "random_control_cosine": 1,
+                                       "vector_cosine": 4, "selected_layer": 6}
+    assert set(steer.filter(pl.col("quantity") == "steering_slope")["target"]) == {
+        "expectations", "consequences"}
+    layers = steer.filter(pl.col("quantity") == "selected_layer")
+    assert layers.filter(pl.col("estimate") == 1)["target"].sort().to_list() == ["3", "4"]
+    bounds = table.filter(pl.col("kind") == "bound")
+    assert bounds.height == 4 and bounds["covered"].all()
+    steered = iv.filter(pl.col("condition").str.starts_with("steer-")
+                        & pl.col("quantity").str.contains("gap|compliance"))
+    assert steered.height == 18 + 4        # gap and per-tier compliance of 6 steered
+    #                                        conditions, and the 4 fitted arms' delta gaps
+    assert read_provenance(res / f"activations/{name}/ooc_expectations_train/index.parquet")[
+        "rule"] == "activations"
+    assert read_table(res / f"pairs/{name}/ooc_expectations_train.parquet").height == 150
+    assert not (res / f"steering/{name}/raw.parquet").exists()   # no raw control: no weights
     judged = read_table(res / f"judge/{name}/baseline.parquet")
     assert set(judged["judge_backend"]) == {"simulated"}
     assert judged["a_score"].drop_nulls().len() > 0.8 * len(judged)

@@ -445,8 +445,21 @@ def ooc_inputs(wildcards):
     external = STEERING["external_pairs"].get(pairset)
     if external is not None:
         return {"external": external, "materials": STEERING_MATERIALS}
-    return {"model": f"resources/models/{wildcards.model}", "materials": STEERING_MATERIALS,
+    return {"model": model_files(wildcards), "materials": STEERING_MATERIALS,
             **organism_inputs(wildcards)}
+
+
+def model_files(wildcards):
+    """What a local model's generation and activations read: its prepared checkpoint, or a
+    simulated model's policy file (its behaviour and planted activations)."""
+    if is_simulated(wildcards.model):
+        return config["models"][wildcards.model]["policy"]
+    return f"resources/models/{wildcards.model}"
+
+
+def ooc_settings(wildcards):
+    """steering.ooc with the model's own overrides (models.<m>.ooc, simulated models)."""
+    return STEER.ooc_settings(wildcards.model)
 
 
 def ic_sources(model, concept=None):
@@ -506,7 +519,7 @@ def steering_summaries():
 def raw_summaries():
     if not STEERING["raw"]["enabled"]:
         return []
-    return expand(f"{RESULTS}/steering/{{model}}/raw.parquet", model=STEER.models)
+    return expand(f"{RESULTS}/steering/{{model}}/raw.parquet", model=STEER.real_models)
 
 
 def steering_outputs():
@@ -538,7 +551,8 @@ def steering_figure_inputs(name):
     if name == "steering_raw":
         return raw_summaries()
     if name.startswith("token_heatmap_"):
-        return expand(f"{RESULTS}/steering/{{model}}/token_cosines.parquet", model=STEER.models)
+        return expand(f"{RESULTS}/steering/{{model}}/token_cosines.parquet",
+                      model=STEER.real_models)
     if name == "sdf_steering_alignment":
         return expand(f"{RESULTS}/steering/{{model}}/sdf_alignment.parquet",
                       model=STEER.alignment_models(SDF.models))

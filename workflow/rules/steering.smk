@@ -22,7 +22,7 @@ rule ooc_pairs:
         pairs=f"{RESULTS}/pairs/{{model}}/ooc_{{concept}}_{{split}}.parquet",
         rejections=f"{RESULTS}/pairs/{{model}}/ooc_{{concept}}_{{split}}.rejections.parquet",
     params:
-        ooc=STEERING["ooc"],
+        ooc=ooc_settings,
         external=lambda wc: external_pairs(wc, f"ooc_{wc.concept}_{wc.split}") is not None,
         model=model_runtime,
         hosted=hosted_settings(),
@@ -66,7 +66,7 @@ rule activations:
     input:
         unpack(organism_inputs),
         pairs=f"{RESULTS}/pairs/{{model}}/{{pairset}}.parquet",
-        model="resources/models/{model}",
+        model=model_files,
         code=code_inputs("activations"),
     output:
         directory(f"{RESULTS}/activations/{{model}}/{{pairset}}"),

@@ -16,7 +16,21 @@ def recovery_inputs(wildcards):
     if m in PROMPT.calibration_models:
         inputs["selection"] = f"{RESULTS}/calibration/{m}/selection.parquet"
         inputs["calibration"] = f"{RESULTS}/calibration/{m}/calibration.parquet"
+    if m in STEER.models:  # the steering chain: slopes, random controls, vectors, layers
+        randoms = [c for c in STEER.steer_conditions(m)
+                   if parse_steer_condition(c).vector.kind == "random"]
+        inputs["steering_effects"] = f"{RESULTS}/metrics/{m}/steering_effects.parquet"
+        inputs["steered"] = [f"{RESULTS}/rollouts/{m}/{c}.parquet" for c in ["baseline", *randoms]]
+        inputs["vectors"] = all_vector_files(m)
+        inputs["layers"] = f"{RESULTS}/vectors/{m}/layers.parquet"
     return inputs
+
+
+def steering_layer_count():
+    """How many layers steering_layers chooses (planted_recovery compares them with the k
+    layers of highest planted strength)."""
+    layers = STEERING["layers"]
+    return layers["k"] if layers["select"] == "top_k" else len(layers["list"] or [])
 
 
 rule planted_recovery:
@@ -29,6 +43,7 @@ rule planted_recovery:
         calibration={k: config["calibration"][k] for k in (
             "reference", "signal", "tolerance", "max_per_family", "strengths")}
         | {"candidates": PROMPT.candidates()},
+        layer_count=steering_layer_count(),
         bootstrap_samples=config["metrics"]["bootstrap_samples"],
         ci_level=config["metrics"]["ci_level"],
         seed=config["metrics"]["seed"],

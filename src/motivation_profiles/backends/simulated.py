@@ -39,6 +39,7 @@ import numpy as np
 import yaml
 
 from motivation_profiles.backends.base import ChatRequest, Completion, SamplingParams, stream_seed
+from motivation_profiles.backends.simulated_steering import SteeringSpec, SteeringSpecError
 
 TIERS = ("monitored", "unmonitored")
 INTERVENTIONS = tuple(f"{p}_{d}" for p in ("A1", "A2", "B1", "B2") for d in ("amp", "sup"))
@@ -72,10 +73,12 @@ def _hash_int(*parts: object) -> int:
 @dataclass(frozen=True)
 class Condition:
     """What a simulated request is under: SDF branch (or None), claim (intervention, strength)
-    (or None)."""
+    (or None), and steering doses ((concept, multiplier x projection), ...; see
+    ``simulated_steering``)."""
 
     branch: str | None = None
     claim: tuple[str, str] | None = None
+    steer: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +97,7 @@ class Policy:
     sentences: Mapping[str, tuple[str, ...]]
     claims: Mapping[str, tuple[str, str]]  # claim text -> (intervention, strength)
     path: str = ""
+    steering: SteeringSpec | None = None   # activations and steering (optional section)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -150,6 +154,12 @@ class Policy:
             for s in STRENGTHS:
                 claims[str(record[s]).strip()] = (i, s)
         judge = {k: float(doc["judge"][k]) for k in ("present_score", "noise", "format_failure")}
+        steering = None
+        if doc.get("steering") is not None:
+            try:
+                steering = SteeringSpec.from_doc(doc["steering"], p.parent, pools, str(path))
+            except (SteeringSpecError, KeyError, TypeError) as exc:
+                raise PolicyError(f"{path}: key 'steering': {exc}") from exc
         return cls(name=str(doc["name"]), seed=int(doc["seed"] if seed is None else seed),
                    goal_sd=float(doc["goal_sd"]), base_logit=tiers("base_logit",
                                                                     doc["base_logit"]),
@@ -159,7 +169,7 @@ class Policy:
                    interventions=interventions,
                    calibration_gain=float(doc["calibration_gain"]), judge=judge,
                    sentences={k: tuple(pools[k]) for k in ("a", "b", "neutral")},
-                   claims=claims, path=str(p))
+                   claims=claims, path=str(p), steering=steering)
 
     def with_seed(self, seed: int) -> Policy:
         return replace(self, seed=int(seed))
@@ -199,6 +209,16 @@ class Policy:
                 logit[t] += k * spec["prompt"][t]
             for d in reason:
                 reason[d] += k * spec["reasoning"][d]
+        if cond.steer:
+            if self.steering is None:
+                raise PolicyError(f"{self.path}: a steered request, but the policy has no "
+                                  "'steering' section")
+            for concept, dose in cond.steer:
+                c = self.steering.concepts[concept]
+                for t in TIERS:
+                    logit[t] += c.slope[t] * dose
+                for d in reason:
+                    reason[d] += c.reasoning[d] * dose
         return logit, reason
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - policies are few and immutable
@@ -288,18 +308,23 @@ def _tokens(text: str) -> int:
 class SimulatedBackend:
     """AF rollouts of a simulated organism (see the module docstring)."""
 
-    def __init__(self, policy: Policy, *, adapter: str | None = None) -> None:
+    def __init__(self, policy: Policy, *, adapter: str | None = None,
+                 steering: Any = None) -> None:
         self.policy = policy
         self.adapter = adapter
+        self.steering = steering
+        if steering is not None and policy.steering is None:
+            raise PolicyError(f"{policy.path}: steering a simulated model needs a 'steering' "
+                              "section in its policy")
+        # (concept, multiplier x projection of the applied vector on the planted direction)
+        self.doses = policy.steering.doses(steering) if steering is not None else ()
         self.name = f"simulated:{policy.name}"
 
     @classmethod
     def from_file(cls, path: str | Path, *, adapter: str | None = None,
                   steering: Any = None) -> SimulatedBackend:
-        if steering is not None:
-            raise ValueError("steering a simulated model is not supported: leave simulated "
-                             "models out of steering.models")
-        return cls(Policy.load(path), adapter=adapter)
+        """``steering``: a ``models.hooks.Steering`` (vectors at layers, multiplier)."""
+        return cls(Policy.load(path), adapter=adapter, steering=steering)
 
     def _read(self, request: ChatRequest) -> tuple[Condition, str, str]:
         """The condition (virtual SDF branch, appended claim), tier and goal a request shows."""
@@ -307,11 +332,15 @@ class SimulatedBackend:
         system = next((m["content"] for m in msgs if m["role"] == "system"), "")
         user = next((m["content"] for m in msgs if m["role"] == "user"), "")
         cond = Condition(branch=Path(self.adapter).name if self.adapter else None,
-                         claim=self.policy.claim_of(system))
+                         claim=self.policy.claim_of(system), steer=self.doses)
         return cond, self.policy.tier_of(user), goal_of(user)
 
     def _turn(self, request: ChatRequest) -> tuple[str, str]:
         pol = self.policy
+        user = next((m["content"] for m in request.messages if m["role"] == "user"), "")
+        if _TIER_TAG.search(user) is None and pol.steering is not None:
+            # not an AF request: a step of writing an OOC steering pair (benign dialogue)
+            return pol.steering.ooc_turn(request.messages, _rng(pol, request, "ooc"))
         cond, tier, goal = self._read(request)
         rng = _rng(pol, request, f"rollout\0{cond.branch}")
         reason = pol.p_reasoning(cond)

@@ -42,7 +42,7 @@ def _with_front(table: pl.DataFrame, **values: Any) -> pl.DataFrame:
 
 
 def ooc_pairs(snakemake: Any) -> None:
-    from motivation_profiles.backends.factory import cached_local_backend
+    from motivation_profiles.backends.factory import cached_local_backend, local_backend
     from motivation_profiles.core.provenance import write_table
     from motivation_profiles.steering.materials import load_materials
     from motivation_profiles.steering.ooc import generate_ooc_pairs
@@ -60,9 +60,13 @@ def ooc_pairs(snakemake: Any) -> None:
             max_length_ratio=ooc["max_length_ratio"])
         pairs = pairs.head(ooc["splits"][wc.split])
     else:
-        # The pairs are written by the organism (D.1: base + helpful-only adapter).
-        backend = cached_local_backend(wc.model, p.model, snakemake.input.model, p.hosted,
-                                       adapter=snakemake.input.get("organism"))
+        # The pairs are written by the organism (D.1: base + helpful-only adapter); a simulated
+        # organism writes them from its policy, deterministic and fast: no response cache.
+        if p.model["backend"] == "simulated":
+            backend = local_backend(p.model, snakemake.input.model)
+        else:
+            backend = cached_local_backend(wc.model, p.model, snakemake.input.model, p.hosted,
+                                           adapter=snakemake.input.get("organism"))
         pairs, rejections = generate_ooc_pairs(
             backend, materials, concept=wc.concept, split=wc.split,
             n_pairs=ooc["splits"][wc.split], candidates_per_round=ooc["candidates_per_round"],
@@ -121,18 +125,33 @@ def activations(snakemake: Any) -> None:
     import json
 
     from motivation_profiles.core.provenance import read_table, write_table
-    from motivation_profiles.models.load import load_model
-    from motivation_profiles.steering.activations import extract_activations
 
     p = snakemake.params
     ex = p.extraction
     pairs = read_table(snakemake.input.pairs)
-    model, tok = load_model(snakemake.input.model, dtype=p.model["dtype"],
-                            device=p.model["device"], adapter=snakemake.input.get("organism"))
     out = Path(snakemake.output[0])
-    index = extract_activations(model, tok, pairs, out, batch_size=ex["batch_size"],
-                                shard_size=ex["shard_size"], max_length=ex["max_length"],
-                                max_batch_tokens=ex.get("max_batch_tokens"))
+    if p.model["backend"] == "simulated":  # the planted activations of its policy file
+        from motivation_profiles.backends.simulated import Policy
+        from motivation_profiles.steering.simulated_activations import (
+            extract_simulated_activations,
+        )
+
+        spec = Policy.load(snakemake.input.model).steering
+        if spec is None:
+            raise ValueError(f"{snakemake.input.model}: a steered simulated model needs a "
+                             "'steering' section in its policy (planted activations)")
+        index = extract_simulated_activations(spec, pairs, out, shard_size=ex["shard_size"],
+                                              max_length=ex["max_length"])
+    else:
+        from motivation_profiles.models.load import load_model
+        from motivation_profiles.steering.activations import extract_activations
+
+        model, tok = load_model(snakemake.input.model, dtype=p.model["dtype"],
+                                device=p.model["device"],
+                                adapter=snakemake.input.get("organism"))
+        index = extract_activations(model, tok, pairs, out, batch_size=ex["batch_size"],
+                                    shard_size=ex["shard_size"], max_length=ex["max_length"],
+                                    max_batch_tokens=ex.get("max_batch_tokens"))
     prov = job_provenance(snakemake, params=dict(p.items()))
     (out / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True,
                                                     default=str))

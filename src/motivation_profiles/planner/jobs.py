@@ -25,6 +25,7 @@ from typing import Any
 
 from motivation_profiles.prompts.plan import PromptPlan
 from motivation_profiles.sdf.plan import SDFPlan
+from motivation_profiles.steering.plan import SteeringPlan
 
 SNAKEFILE = Path(__file__).resolve().parents[3] / "Snakefile"
 """The workflow of this checkout (``src/motivation_profiles/planner/`` -> the repo root)."""
@@ -123,16 +124,18 @@ def _plain(value: Any) -> Any:
 
 @dataclass
 class Plans:
-    """The SDF and prompt plans of one config (the formulas read training budgets and claims
-    from them; the calibration bound reads its candidates)."""
+    """The SDF, prompt and steering plans of one config (the formulas read training budgets,
+    claims and OOC pair counts from them; the calibration bound reads its candidates)."""
 
     config: Mapping[str, Any]
     sdf: SDFPlan = field(init=False)
     prompt: PromptPlan = field(init=False)
+    steering: SteeringPlan = field(init=False)
 
     def __post_init__(self) -> None:
         self.sdf = SDFPlan.from_config(self.config)
         self.prompt = PromptPlan.from_config(self.config, self.sdf)
+        self.steering = SteeringPlan.from_config(self.config)
 
     def calibration_candidates(self, model: str) -> list[str]:
         """Upper bound of the checkpoints calibration_select keeps for ``model``: every

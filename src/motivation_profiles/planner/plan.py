@@ -285,7 +285,7 @@ class Planner:
     def _cost_ooc_pairs(self, c: Cost, job: Job) -> None:
         if job.target in self.config["steering"]["external_pairs"]:
             return
-        o = self.config["steering"]["ooc"]
+        o = self.plans.steering.ooc_settings(job.model)   # the model's own pair counts
         requests = o["candidates_per_round"] * o["max_rounds"]  # upper bound: every round
         c.generated_tokens = F.capped_output(requests, 1.0, o["max_tokens"]["dialogue"])
         self._local(c, job.model, c.generated_tokens, 0)
@@ -293,8 +293,9 @@ class Planner:
     def _cost_activations(self, c: Cost, job: Job) -> None:
         st = self.config["steering"]
         if job.target.startswith("ooc_"):
-            split = next(k for k in st["ooc"]["splits"] if job.target.endswith(f"_{k}"))
-            pairs = st["ooc"]["splits"][split]
+            splits = self.plans.steering.ooc_settings(job.model)["splits"]
+            split = next(k for k in splits if job.target.endswith(f"_{k}"))
+            pairs = splits[split]
             per_row = st["ooc"]["max_tokens"]["dialogue"]
         else:
             pairs = st["ic"]["n_train"] + st["ic"]["n_validation"]

@@ -55,9 +55,38 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str],
     if s["fitting"]["min_pairs"] > s["ooc"]["splits"]["train"] and "ooc" in sources:
         problems.append("config key 'steering.fitting.min_pairs': larger than steering.ooc."
                         "splits.train, so OOC vectors could never be fitted")
+    _check_simulated(config, base, problems)
     for name in STEERING_MATERIALS:
         need_file(f"steering.materials_dir ({name})", str(Path(s["materials_dir"]) / name))
     if s["raw"]["enabled"]:
         need_file("steering.raw.rubric", s["raw"]["rubric"])
     for pairset, path in s["external_pairs"].items():
         need_file(f"steering.external_pairs.{pairset}", path)
+
+
+def _check_simulated(config: Mapping[str, Any], base: Path, problems: list[str]) -> None:
+    """A steered simulated model: its policy plants activations for every steered concept
+    (a ``steering`` section), and its own OOC pair counts (``models.<m>.ooc``) can be fitted."""
+    import yaml
+
+    s = config["steering"]
+    steered = s["models"] if s["models"] is not None else list(config["models"])
+    for m in steered:
+        spec = config["models"].get(m)
+        if spec is None or spec["source"] != "simulated":
+            continue
+        train = ((spec.get("ooc") or {}).get("splits") or {}).get("train")
+        if train is not None and "ooc" in s["sources"] and s["fitting"]["min_pairs"] > train:
+            problems.append(f"config key 'models.{m}.ooc.splits.train': {train} is below "
+                            f"steering.fitting.min_pairs ({s['fitting']['min_pairs']})")
+        path = Path(spec["policy"])
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            continue  # reported by the models check
+        doc = yaml.safe_load(path.read_text()) or {}
+        planted = (doc.get("steering") or {}).get("concepts") if isinstance(doc, dict) else None
+        missing = [c for c in s["concepts"] if not isinstance(planted, dict) or c not in planted]
+        if missing:
+            problems.append(f"config key 'models.{m}.policy': {m!r} is steered (steering."
+                            f"models), but its policy {spec['policy']} plants no activations "
+                            f"for concept(s) {', '.join(missing)} (section steering.concepts)")

@@ -11,13 +11,18 @@ Per steered model:
   random controls (``random.multipliers``), and the raw-AdvBench control ``raw-baseline`` /
   ``raw-{vector}-x{m}``.
 
+A simulated model (``source: simulated``) runs the whole chain on its planted activations
+(``steering.simulated_activations``), with its own OOC pair counts (``models.<m>.ooc``,
+merged over ``steering.ooc``), but none of the steps that need real weights or text: the
+raw-AdvBench control, the token heatmaps and the SDF alignment (its SDF branches are virtual).
+
 Names come from ``steering.names``; this module only says which exist.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from motivation_profiles.sdf.organism import INSTRUCT, arm_models
@@ -43,16 +48,36 @@ class SteeringPlan:
     concepts: tuple[str, ...]
     sources: tuple[str, ...]
     section: Mapping[str, Any]
+    simulated: tuple[str, ...] = ()         # steered models that are simulated organisms
+    ooc_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SteeringPlan:
         s = config["steering"]
-        # hosted models expose no activations; simulated ones have no steering path yet
-        models = [m for m in arm_models(config, s["models"], local_only=True)
-                  if s["models"] is not None or config["models"][m]["source"] != "simulated"]
+        # hosted models expose no activations; simulated ones expose planted ones
+        models = arm_models(config, s["models"], local_only=True)
         enabled = bool(s["enabled"])
-        return cls(enabled=enabled, models=tuple(models) if enabled else (),
-                   concepts=tuple(s["concepts"]), sources=tuple(s["sources"]), section=s)
+        models = tuple(models) if enabled else ()
+        simulated = tuple(m for m in models if config["models"][m]["source"] == "simulated")
+        return cls(enabled=enabled, models=models, concepts=tuple(s["concepts"]),
+                   sources=tuple(s["sources"]), section=s, simulated=simulated,
+                   ooc_overrides={m: dict(config["models"][m].get("ooc") or {})
+                                  for m in simulated})
+
+    @property
+    def real_models(self) -> tuple[str, ...]:
+        """Steered models with weights: the raw-AdvBench control, token heatmaps and SDF
+        alignment run on these only."""
+        return tuple(m for m in self.models if m not in self.simulated)
+
+    def ooc_settings(self, model: str) -> dict[str, Any]:
+        """``steering.ooc`` with the model's own overrides (``models.<m>.ooc``: a simulated
+        model needs far more pairs than the demo's real model can write on CPU)."""
+        out = dict(self.section["ooc"])
+        over = dict(self.ooc_overrides.get(model) or {})
+        if "splits" in over:
+            out["splits"] = {**out["splits"], **over.pop("splits")}
+        return {**out, **over}
 
     # ------------------------------------------------------------------ pairs, vectors
     def pairsets(self, source: str | None = None) -> list[str]:
@@ -101,7 +126,7 @@ class SteeringPlan:
 
     def raw_conditions(self, model: str) -> list[str]:
         raw = self.section["raw"]
-        if model not in self.models or not raw["enabled"]:
+        if model not in self.real_models or not raw["enabled"]:
             return []
         return [raw_condition()] + [raw_condition(v, m) for v in raw["vectors"]
                                     for m in raw["multipliers"]]
@@ -136,18 +161,18 @@ class SteeringPlan:
         names += [f"steering_{src}" for src in self.sources]
         if self.random_vectors():
             names.append("steering_random")
-        if s["raw"]["enabled"]:
+        if s["raw"]["enabled"] and self.real_models:
             names.append("steering_raw")
             if s["heatmap"]["transcripts"] > 0:
                 names += [f"token_heatmap_{c}" for c in self.concepts]
-        if s["sdf_alignment"]["enabled"] and set(self.models) & set(sdf_models):
+        if s["sdf_alignment"]["enabled"] and set(self.real_models) & set(sdf_models):
             names.append("sdf_steering_alignment")
         return names
 
     def alignment_models(self, sdf_models: tuple[str, ...]) -> list[str]:
         if not self.section["sdf_alignment"]["enabled"]:
             return []
-        return [m for m in self.models if m in sdf_models]
+        return [m for m in self.real_models if m in sdf_models]
 
 
 __all__ = ["SteeringPlan", "OOC_SPLITS", "IC_SPLITS"]
