@@ -54,9 +54,9 @@ def main() -> int:
     from motivation_profiles.models.hooks import Steering
 
     os.environ.pop(INSECURE_SERIALIZATION, None)
+    zero = Steering({0: np.zeros(576, np.float32)}, 0.0)      # steerable, nothing installed
     backend = VLLMBackend.from_pretrained(_embedded.model_dir(), dtype="float32",
-                                          max_model_len=1024, steering=Steering({0: np.zeros(576, np.float32)}, 0.0),
-                                          enforce_eager=True)
+                                          max_model_len=1024, steering=zero, enforce_eager=True)
     llm, client = backend.llm, backend.llm.llm_engine.engine_core
     ok = True
     try:
