@@ -98,7 +98,7 @@ def tiny_full_dag(tmp_path_factory):
     cfg["hosted"]["cache_dir"] = str(root / "cache")
     cfg["steering"]["external_pairs"] = write_pairs(root, cfg)
     cfg["steering"]["extraction"]["max_batch_tokens"] = 512
-    proc = run_snakemake(work, cfg, timeout=2400)
+    proc = run_snakemake(work, cfg, timeout=3600)
     return SimpleNamespace(work=work, results=work / "results", config=cfg, proc=proc,
                            universes=universes, claims=claims)
 
