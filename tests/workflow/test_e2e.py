@@ -146,32 +146,39 @@ def test_tiny_reruns_only_what_changed(tiny_dag):
 @pytest.mark.slow
 def test_embedded_model_end_to_end(tmp_path):
     cfg = absolutize(load_repo_config())
+    cfg["models"] = {m: s for m, s in cfg["models"].items() if s["source"] == "embedded"}
     cfg["goals"]["n"] = 2
-    # What only the embedded model can show: the GGUF conversion, its documents, a LoRA on
-    # it, scratchpads it writes and a judge that reads them, through every stage once. The
-    # grids (more interventions, calibration, steering) run on the tiny model
-    # (test_sdf_e2e.py, test_prompt_e2e.py, test_steering_e2e.py) and in `make demo`.
-    cfg["sdf"]["interventions"] = ["A1_amp"]
-    cfg["rollouts"].update({"max_new_tokens": 16, "max_turns": 2})
-    cfg["prompt_interventions"].update(interventions=["A1_amp", "A1_sup"],
-                                       strengths=["standard"])
+    # What only the embedded model can show: the GGUF conversion, documents it writes, a LoRA
+    # (its organism) trained on them, scratchpads it writes and a judge that reads them. The
+    # grids (SDF branches, prompt interventions, calibration, steering, profiles) run on the
+    # tiny model (tiny_full_dag: test_sdf_e2e.py, test_prompt_e2e.py, test_steering_e2e.py)
+    # and on the embedded model in `make demo`.
+    cfg["sdf"]["enabled"] = False            # the organism is still trained (organism: train)
+    cfg["screening"]["enabled"] = False
+    cfg["prompt_interventions"]["enabled"] = False
     cfg["calibration"]["enabled"] = False
-    cfg["judge"]["max_tokens"] = 8
-    # Steering on the embedded model (real OOC generation) is `make demo`'s; its DAG runs here
-    # on the tiny model (tests/test_steering_e2e.py), which keeps CI within its time budget.
     cfg["steering"]["enabled"] = False
-    run_snakemake(tmp_path, cfg, timeout=1500)
+    cfg["rollouts"].update({"max_new_tokens": 16, "max_turns": 2})
+    cfg["judge"]["max_tokens"] = 8
+    proc = run_snakemake(tmp_path, cfg, timeout=1500)
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["generate_documents"] == counts["train_lora"] == counts["rollouts"] == 1
     out = _outputs(tmp_path, "smollm2-135m")
     for name, path in out.items():
         assert path.is_file(), name
     rollouts = pd.read_parquet(out["rollouts"])
     assert len(rollouts) == 4 and (rollouts["completion_tokens"] > 0).all()
+    assert set(rollouts["adapter"]) == {"af_organism"}
     config = (tmp_path / "resources/models/smollm2-135m/config.json").read_text()
     assert '"num_hidden_layers": 30' in config and "quantization_config" not in config
-    # the embedded model writes into the prefilled scratchpad, and the judge scores it
+    docs = pd.read_parquet(tmp_path / "results/sdf/documents/af_organism.parquet")
+    assert len(docs) > 0 and docs["text"].str.len().gt(0).all()
+    # the embedded model writes into the prefilled scratchpad, every outcome parses
+    # (forced_choice), and the judge scores every scratchpad (expected scores)
     assert rollouts["scratchpad"].str.len().gt(0).all()
+    assert set(rollouts["outcome"]) <= {"compliant", "rejected"}
     judged = pd.read_parquet(tmp_path / "results/judge/smollm2-135m/baseline.parquet")
-    assert len(judged) == 4 and (judged["status"] != "no_scratchpad").all()
-    assert (tmp_path / "results/metrics/profiles.parquet").is_file()
-    for name in ("profile_plane", "sdf_profile", "judge_scores"):
+    assert len(judged) == 4 and (judged["status"] == "ok").all()
+    assert judged["a_score"].notna().all() and judged["b_score"].notna().all()
+    for name in ("baseline_compliance", "judge_scores"):
         assert (tmp_path / f"results/figures/{name}.png").is_file(), name
