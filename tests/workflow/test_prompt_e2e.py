@@ -51,22 +51,27 @@ def test_prompt_judge_calibration_profiles_and_partial_reruns(tiny_full_dag):
     assert set(cal["checkpoint"].dropna()) == set(chosen)
     assert "recovered" in cal.columns
 
-    # profiles: prompt and SDF points for the model, with CIs
+    # profiles: prompt, SDF and steering points for the model, with CIs
     prof = pd.read_parquet(res / "metrics/profiles.parquet")
-    assert set(prof["method"]) == {"prompt", "sdf"}
+    assert set(prof["method"]) == {"prompt", "sdf", "steering"}
     assert set(prof["quantity"]) == {"S_A", "S_B"}
     assert (prof["ci_low"] <= prof["estimate"] + 1e-12).all()
     assert (prof["estimate"] <= prof["ci_high"] + 1e-12).all()
     for name in ("profile_plane", "prompt_calibration", "judge_scores"):
         assert (res / f"figures/{name}.png").stat().st_size > 0
 
-    # A different judge setting reruns the judge jobs and what reads them, nothing else.
-    n_tables = len(rollout_tables)
+    # A different judge setting reruns the judge jobs (the AF rubric's and the raw-AdvBench
+    # compliance judge's) and what reads them: the judge figure, the steering summaries
+    # (steered reasoning decomposed by the judge) and their figures; nothing else.
+    n_raw = sum(p.name.startswith("raw-") for p in rollout_tables)
+    assert n_raw == 3
     rescore = {**cfg, "judge": {**cfg["judge"], "max_tokens": cfg["judge"]["max_tokens"] + 1}}
     dry = run_snakemake(work, rescore, "-n")
-    print("judge change:", job_counts(dry.stdout + dry.stderr))
     assert job_counts(dry.stdout + dry.stderr) == {
-        "judge": n_tables, "figure_judge_scores": 1, "browser": 1, "all": 1}
+        "judge": len(rollout_tables) - n_raw, "judge_raw": n_raw, "figure_judge_scores": 1,
+        "steering_summary": 1, "raw_summary": 1, "figure_steering_ic": 1,
+        "figure_steering_ooc": 1, "figure_steering_random": 1, "figure_steering_raw": 1,
+        "browser": 1, "all": 1}
 
     # Editing one claim reruns the rollouts that append it (base model and every calibrated
     # checkpoint) and their summaries, nothing else.
@@ -76,7 +81,6 @@ def test_prompt_judge_calibration_profiles_and_partial_reruns(tiny_full_dag):
     with edited(path, yaml.safe_dump(doc, sort_keys=False)):
         dry = run_snakemake(work, cfg, "-n")
     out = dry.stdout + dry.stderr
-    print("claim edit:", job_counts(out))
     n = 1 + len(chosen)  # metrics per condition: the base model's (calibration: effects only)
     assert job_counts(out) == {
         "rollouts": n, "metrics": 1, "judge": n, "metrics_table": 1, "prompt_profile": 1,

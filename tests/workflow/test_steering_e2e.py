@@ -115,7 +115,6 @@ def test_tiny_steering_end_to_end(tiny_full_dag):
     relayer["steering"]["layers"].update(select="list", list=[0 if chosen == "1" else 1])
     dry = run_snakemake(tmp_path, relayer, "-n")
     counts = job_counts(dry.stdout + dry.stderr)
-    print("relayer:", counts)
     for rule in ("ooc_pairs", "ic_pairs", "activations", "fit_vectors", "random_vectors"):
         assert rule not in counts, (rule, counts)
     assert counts["steering_layers"] == 1
