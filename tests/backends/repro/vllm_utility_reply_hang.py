@@ -1,6 +1,7 @@
-"""Reproducer (not a benchmark; not in ``run_all.py``): why a steered ``generate`` hung on
-vLLM's CPU build, and that ``scope_utility_calls`` fixes it. Run with
-``.venv-vllm/bin/python bench/vllm_utility_reply_hang.py`` (``make test-vllm`` builds it);
+"""Reproducer (not a test module, not a benchmark): why a steered ``generate`` hung on vLLM's
+CPU build, and that ``scope_utility_calls`` fixes it. Run with
+``.venv-vllm/bin/python tests/backends/repro/vllm_utility_reply_hang.py`` (``make test-vllm``
+builds the environment);
 about two minutes on 2 cores.
 
 A steerable engine is built with ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` (so ``apply_model``
