@@ -35,6 +35,7 @@ TINY_SPEC = {
 SHARED_RUNS = ("tiny_dag", "tiny_full_dag")
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the marks into node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         shared = [f for f in SHARED_RUNS if f in getattr(item, "fixturenames", ())]
