@@ -35,10 +35,10 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores 1 --configfile config.yaml --report results/report.html && \
 	echo && $(BIN)/python -m motivation_profiles.cli summary results
 
-# Two pytest-xdist workers (one per core); a test that reads a shared DAG run goes to the worker
-# that holds it (tests/conftest.py, --dist loadgroup). PYTEST_WORKERS=0 runs in one process.
+# Two pytest-xdist workers (one per core); every test module of a shared DAG run goes to the
+# worker that holds it (tests/conftest.py: SHARED_RUNS). PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= $(CORES)
-XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
+XDIST := -n $(PYTEST_WORKERS)
 
 test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)

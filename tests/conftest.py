@@ -30,17 +30,43 @@ TINY_SPEC = {
 }
 
 
-# Session fixtures that run a whole DAG once: under pytest-xdist (`make test` runs `-n 2
-# --dist loadgroup`) every test that uses one goes to the same worker, so each runs once.
-SHARED_RUNS = ("tiny_dag", "tiny_full_dag")
+# Session fixtures that run a whole DAG once, and the test modules that use them. Under
+# pytest-xdist (`make test` runs `-n 2`) the scheduler below sends every module of one shared
+# run to the same worker, so each run happens once; other modules are scheduled one module at a
+# time (xdist's loadscope). (xdist's own `--dist loadgroup` marks are not applied under pytest
+# 9 here: its node-id suffix never appears, so the groups were split.)
+SHARED_RUNS = {
+    "tiny_dag": ("tests/workflow/test_e2e.py",),
+    "tiny_full_dag": ("tests/workflow/test_sdf_e2e.py", "tests/workflow/test_prompt_e2e.py",
+                      "tests/workflow/test_steering_e2e.py"),
+}
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the marks into node ids
+def shared_run_of(nodeid: str) -> str | None:
+    module = nodeid.split("::", 1)[0]
+    return next((run for run, modules in SHARED_RUNS.items() if module in modules), None)
+
+
 def pytest_collection_modifyitems(config, items):
+    """A test that uses a shared run from a module not listed for it would run the DAG again
+    on another worker: refuse it at collection, naming the test."""
     for item in items:
-        shared = [f for f in SHARED_RUNS if f in getattr(item, "fixturenames", ())]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
+        for run in SHARED_RUNS:
+            if run in getattr(item, "fixturenames", ()) and shared_run_of(item.nodeid) != run:
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses the shared run {run!r}: add its module to "
+                    f"SHARED_RUNS[{run!r}] in tests/conftest.py")
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRunScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return shared_run_of(nodeid) or super()._split_scope(nodeid)
+
+    return SharedRunScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
