@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +24,15 @@ log = logging.getLogger("motivation_profiles")
 
 
 def run(snakemake: Any, step: Callable[[Any], None]) -> None:
-    """Run ``step(snakemake)`` with logging and stderr sent to the job's log file."""
+    """Run ``step(snakemake)`` with logging and stderr sent to the job's log file.
+
+    Torch and its BLAS get the job's own cores (Snakemake's ``threads``, 1 unless a rule asks
+    for more; an ``OMP_NUM_THREADS`` already set wins): by default each would start one thread
+    per core of the machine, and two jobs on two cores then fight over them (measured on the
+    demo: a rollouts job at 35 % of a core beside another)."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(getattr(snakemake, "threads", None) or 1)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
     log_path = Path(snakemake.log[0]) if len(snakemake.log) else None
     stream = open(log_path, "a") if log_path else sys.stderr  # noqa: SIM115
     handler = logging.StreamHandler(stream)
