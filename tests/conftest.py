@@ -32,9 +32,10 @@ TINY_SPEC = {
 
 # Session fixtures that run a whole DAG once, and the test modules that use them. Under
 # pytest-xdist (`make test` runs `-n 2`) the scheduler below sends every module of one shared
-# run to the same worker, so each run happens once; other modules are scheduled one module at a
-# time (xdist's loadscope). (xdist's own `--dist loadgroup` marks are not applied under pytest
-# 9 here: its node-id suffix never appears, so the groups were split.)
+# run to the same worker, so each run happens once, and starts the shared runs first; other
+# modules are scheduled one module at a time (xdist's loadscope). (xdist's own `--dist
+# loadgroup` marks are not applied under pytest 9 here: its node-id suffix never appears, so
+# the groups were split.)
 SHARED_RUNS = {
     "tiny_dag": ("tests/workflow/test_e2e.py",),
     "tiny_full_dag": ("tests/workflow/test_sdf_e2e.py", "tests/workflow/test_prompt_e2e.py",
@@ -65,6 +66,14 @@ def pytest_xdist_make_scheduler(config, log):
     class SharedRunScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return shared_run_of(nodeid) or super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            # the shared runs are the longest units: start them first (loadscope would order
+            # scopes by their number of tests, which puts them last)
+            for run in reversed(list(SHARED_RUNS)):
+                if run in self.workqueue:
+                    self.workqueue.move_to_end(run, last=False)
+            super()._assign_work_unit(node)
 
     return SharedRunScheduling(config, log)
 
