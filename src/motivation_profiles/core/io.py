@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,23 @@ def write_json_atomic(path: str | Path, value: Any, *, indent: int | None = None
     text = json.dumps(value, sort_keys=True, indent=indent, ensure_ascii=False,
                       separators=None if indent is not None else (",", ":"))
     write_text_atomic(path, text + "\n")
+
+
+@contextlib.contextmanager
+def built_in_place(dest: str | Path) -> Iterator[Path]:
+    """A fresh temporary sibling directory of ``dest`` to build in, renamed onto ``dest`` when
+    the block succeeds and removed otherwise, so an interrupted job never leaves a half
+    directory (model checkpoints, organism adapters, activation caches)."""
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from motivation_profiles.core.hashing import sha256_file
+from motivation_profiles.core.io import built_in_place
 from motivation_profiles.core.provenance import write_manifest
 
 log = logging.getLogger(__name__)
@@ -134,24 +132,6 @@ def _link_local(dest: Path, src: Path) -> dict[str, Any]:
     return {"source": "local", "path": str(src.resolve())}
 
 
-@contextmanager
-def _built_in_place(dest: Path) -> Iterator[Path]:
-    """A fresh temporary sibling of ``dest`` to build in, renamed onto ``dest`` when the block
-    succeeds; removed otherwise, so an interrupted job never leaves a half directory."""
-    tmp = dest.parent / f".{dest.name}.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
 def prepare_model(name: str, spec: Mapping[str, Any], dest: str | Path) -> Path:
     """Materialize model ``name`` as a Hugging Face checkpoint directory at ``dest``.
 
@@ -160,7 +140,7 @@ def prepare_model(name: str, spec: Mapping[str, Any], dest: str | Path) -> Path:
     in provenance records).
     """
     dest = Path(dest)
-    with _built_in_place(dest) as tmp:
+    with built_in_place(dest) as tmp:
         source = spec["source"]
         if source == "embedded":
             info = _convert_embedded(tmp)
@@ -185,7 +165,7 @@ def prepare_adapter(name: str, spec: Mapping[str, Any], dest: str | Path) -> Pat
     ModelUnavailableError, with what to do, as for models."""
     dest = Path(dest)
     source = str(spec["source"])
-    with _built_in_place(dest) as tmp:
+    with built_in_place(dest) as tmp:
         local = Path(source)
         if local.is_dir():
             for f in local.iterdir():

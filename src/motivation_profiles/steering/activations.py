@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from motivation_profiles.core.io import built_in_place
 from motivation_profiles.models.layers import _hidden_size, _input_device, decoder_and_layers
 
 log = logging.getLogger(__name__)
@@ -372,12 +371,8 @@ def extract_activations(model: Any, tokenizer: Any, pairs: pl.DataFrame, out_dir
                         shard_size=shard_size, max_batch_tokens=max_batch_tokens)
     pad = pad_id(tokenizer)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.parent / f".{out_dir.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
     records = []
-    try:
+    with built_in_place(out_dir) as partial:
         with (torch.inference_mode(), _Pooler(layers, d) as pooler,
               _progress(len(rows), f"activations {out_dir.name}", show_progress) as bar):
             for s, batches in enumerate(plan):
@@ -424,12 +419,6 @@ def extract_activations(model: Any, tokenizer: Any, pairs: pl.DataFrame, out_dir
                 "layer": "output of decoder layer l (model.model.layers[l]), before the final "
                          "norm"}
         (partial / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(partial, out_dir)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
     log.info("%d rows (%d pairs, %d layers, d=%d) -> %s", len(rows), len(pairs), n_layers, d,
              out_dir)
     return index

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from motivation_profiles.backends.simulated_steering import SteeringSpec
+from motivation_profiles.core.io import built_in_place
 from motivation_profiles.steering.activations import (
     INDEX_SCHEMA,
     POOLINGS,
@@ -103,13 +102,9 @@ def extract_simulated_activations(spec: SteeringSpec, pairs: pl.DataFrame,
     sides = [side_activations(spec, row, side, max_length=max_length)
              for row in pairs.iter_rows(named=True) for side in SIDES]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.parent / f".{out_dir.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
     records = []
     n_shards = 0
-    try:
+    with built_in_place(out_dir) as partial:
         for s, first in enumerate(range(0, len(sides), shard_size)):
             chunk = sides[first:first + shard_size]
             shard = f"shard_{s:05d}.safetensors"
@@ -129,12 +124,6 @@ def extract_simulated_activations(spec: SteeringSpec, pairs: pl.DataFrame,
                 "layer": "planted residual layer l of the simulated organism "
                          "(backends/simulated_steering.py)"}
         (partial / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(partial, out_dir)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial)
     log.info("%d rows (%d pairs, %d layers, d=%d, simulated) -> %s", len(sides), len(pairs),
              spec.layers, spec.width, out_dir)
     return index
