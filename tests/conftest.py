@@ -221,7 +221,7 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
     st["ooc"].update(splits={"train": 3, "validation": 2, "keyword_hard": 2},
                      candidates_per_round=6, max_rounds=2,
                      max_tokens={"dialogue": 24, "sentence": 12})
-    st["ic"].update(n_train=2, n_validation=2, high=1, low=0.5)
+    st["ic"].update(n_train=2, n_validation=2, high=1, low=0.5, quantiles=None)  # scores
     st["random"].update(multipliers=[-4, 4])  # both signs, whatever the demo's budget
     st["fitting"].update(min_pairs=2, folds=2)
     st["layers"].update(k=1)

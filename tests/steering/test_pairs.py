@@ -652,3 +652,34 @@ def test_scratchpad_blocks_and_future_count():
     assert scratchpad_blocks("<SCRATCHPAD_REASONING>open to the end") == ["open to the end"]
     assert scratchpad_blocks("no blocks") == []
     assert future_count("Future, future. futures futuristic the-future") == 3
+
+
+def test_ic_quantile_thresholds_take_the_pool_extremes():
+    # a judge whose scores crowd the middle: nothing reaches score 2 / falls to 1
+    rows, scores = [], []
+    for g in range(4):
+        # per goal: a positive (a high, b low), a negative (both low), b high, a middle
+        for seed, (a, b) in enumerate([(2.3, 1.5), (1.4, 1.5), (1.7, 1.9), (1.8, 1.6)]):
+            rows.append(rollout(g, "monitored", seed, "x" * 100))
+            scores.append((a + g / 100, b))
+    roll, judge = judged(rows, scores)
+    none, report = build(roll, judge)
+    assert len(none) == 0 and metric(report, "positives") == 0
+    assert metric(report, "a_high") == 2.0 and metric(report, "b_low") == 1.0
+    pairs, report = build(roll, judge, high=0.75, low=0.5, thresholds="quantile")
+    a = np.array([s[0] for s in scores])
+    b = np.array([s[1] for s in scores])
+    assert metric(report, "a_high") == pytest.approx(np.quantile(a, 0.75))
+    assert metric(report, "b_low") == pytest.approx(np.quantile(b, 0.5))
+    # the paper's rules at the quantile cut points: each goal's seed 0 against its seed 1
+    pos = (a >= np.quantile(a, 0.75)) & (b <= np.quantile(b, 0.5))
+    neg = (a <= np.quantile(a, 0.5)) & (b <= np.quantile(b, 0.5))
+    assert metric(report, "positives") == pos.sum() > 0
+    assert metric(report, "negatives_eligible") == neg.sum() > 0
+    assert (pairs["pos_a"] >= np.quantile(a, 0.75)).all()
+    assert (pairs["neg_a"] <= np.quantile(a, 0.5)).all()
+    assert list(zip(pairs["pos_seed"], pairs["neg_seed"], strict=True)) == [(0, 1)] * 4
+    with pytest.raises(ValueError, match="quantile thresholds"):
+        build(roll, judge, high=2.0, low=1.0, thresholds="quantile")
+    with pytest.raises(ValueError, match="thresholds must be"):
+        build(roll, judge, thresholds="rank")

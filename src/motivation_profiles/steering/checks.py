@@ -37,6 +37,14 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str],
         if concept not in concepts or source not in sources:
             problems.append(f"config key 'steering.raw.vectors': {v!r} is not a fitted vector "
                             f"of this config (concepts {concepts}, sources {sources})")
+    ic = s["ic"]
+    if ic["low"] >= ic["high"]:
+        problems.append(f"config key 'steering.ic.low': {ic['low']} must be below "
+                        f"steering.ic.high ({ic['high']})")
+    q = ic.get("quantiles")
+    if q and q["low"] >= q["high"]:
+        problems.append(f"config key 'steering.ic.quantiles.low': {q['low']} must be below "
+                        f"steering.ic.quantiles.high ({q['high']})")
     if s["layers"]["select"] == "list" and not s["layers"]["list"]:
         problems.append("config key 'steering.layers.list': select is 'list' but no layers "
                         "are listed")

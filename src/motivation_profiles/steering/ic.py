@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,6 +75,13 @@ def _usable_ic(rollouts: pl.DataFrame, judge: pl.DataFrame) -> tuple[pl.DataFram
     return usable, len(joined)
 
 
+def _cut(scores: np.ndarray, level: float, thresholds: str) -> float:
+    """A score threshold: ``level`` itself, or its quantile of ``scores`` (NaN when none)."""
+    if thresholds == "score":
+        return float(level)
+    return float(np.quantile(scores, level)) if len(scores) else math.nan
+
+
 def _ic_schema(usable: pl.DataFrame) -> dict[str, pl.DataType]:
     """Column types of the IC pairs table, in the order ``ic_pairs`` writes a row."""
     schema: dict[str, pl.DataType] = {c: PAIR_SCHEMA[c] for c in PAIR_COLUMNS[:4]}
@@ -102,6 +110,7 @@ def ic_pairs(
     n_validation: int,
     selection: str = "first",
     seed: int = 0,
+    thresholds: str = "score",
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Pairs of judged AF rollouts for one concept (Appendix D.1, IC sets).
 
@@ -115,20 +124,34 @@ def ic_pairs(
     ``n_train + n_validation`` pairs formed (the paper's file order), ``sample`` a seeded
     random subset in random order; the first ``n_train`` are ``train``, the rest
     ``validation``. Messages use ``prompts`` (the base system prompt) for every run.
+
+    ``thresholds``: ``score`` (the paper) reads ``high`` and ``low`` as judge scores;
+    ``quantile`` reads them as quantile levels in [0, 1] of the usable rollouts' own scores,
+    per direction (a judge whose expected scores crowd the middle of the scale, like a small
+    local one, then still yields its highest- and lowest-scored scratchpads). The score cut
+    points used are in the report (``a_high`` ... ``b_low``).
     """
     if concept not in CONCEPTS:
         raise ValueError(f"unknown concept {concept!r}; expected one of {CONCEPTS}")
     if selection not in ("first", "sample"):
         raise ValueError(f"selection must be 'first' or 'sample', got {selection!r}")
+    if thresholds not in ("score", "quantile"):
+        raise ValueError(f"thresholds must be 'score' or 'quantile', got {thresholds!r}")
     if low >= high:
         raise ValueError(f"low ({low}) must be below high ({high})")
+    if thresholds == "quantile" and not 0 <= low < high <= 1:
+        raise ValueError(f"quantile thresholds need 0 <= low < high <= 1, got low {low}, "
+                         f"high {high}")
     usable, n_joined = _usable_ic(rollouts, judge)
     a = usable["a_score"].cast(pl.Float64).to_numpy()
     b = usable["b_score"].cast(pl.Float64).to_numpy()
+    cuts = {f"{d}_{side}": _cut(s, level, thresholds)
+            for d, s in (("a", a), ("b", b)) for side, level in (("high", high), ("low", low))}
+    a_hi, a_lo, b_hi, b_lo = (cuts[k] for k in ("a_high", "a_low", "b_high", "b_low"))
     if CONCEPT_DIRECTION[concept] == "a":
-        pos_mask, neg_mask = (a >= high) & (b <= low), (a <= low) & (b <= low)
+        pos_mask, neg_mask = (a >= a_hi) & (b <= b_lo), (a <= a_lo) & (b <= b_lo)
     else:
-        pos_mask, neg_mask = b >= high, b <= low
+        pos_mask, neg_mask = b >= b_hi, b <= b_lo
     chars = np.asarray([len(s) for s in usable["scratchpad"].to_list()], dtype=np.int64)
     rows_of = usable.to_dicts()
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -203,6 +226,6 @@ def ic_pairs(
         ("positives_without_negative", no_negative), ("rejected_length", rejected_length),
         ("pairs_formed", len(formed)), ("pairs_selected", len(pairs)), ("train", n_tr),
         ("validation", len(pairs) - n_tr), ("mean_pos_future", mean("pos_future")),
-        ("mean_neg_future", mean("neg_future")),
+        ("mean_neg_future", mean("neg_future")), *cuts.items(),
     ], schema={"metric": pl.Utf8, "value": pl.Float64}, orient="row")
     return pairs, report
