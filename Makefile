@@ -28,9 +28,11 @@ $(STAMP): pyproject.toml requirements/embedded-model.txt Makefile
 # the HTML report (every figure with its caption) and a summary printed from the metrics tables.
 # Snakemake prints "N of M steps done" as it goes; each job's progress is in its log
 # (tail -f results/logs/<rule>/...). A second run says "Nothing to be done" and recomputes nothing.
+# MP_WARM_START=1: model jobs fork from a server that imported torch, transformers and peft
+# once (about 7 s per job otherwise; motivation_profiles/pipeline/warm.py).
 demo: $(STAMP)
 	@t0=$$(date +%s); \
-	$(BIN)/snakemake --cores $(CORES) --scheduler greedy --configfile config.yaml && \
+	MP_WARM_START=1 $(BIN)/snakemake --cores $(CORES) --scheduler greedy --configfile config.yaml && \
 	echo "workflow: $$(( $$(date +%s) - t0 )) s" && \
 	$(BIN)/snakemake --cores 1 --configfile config.yaml --report results/report.html && \
 	echo && $(BIN)/python -m motivation_profiles.cli summary results

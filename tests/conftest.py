@@ -212,7 +212,9 @@ def tiny_config(*, sdf: bool = False, prompt: bool = False, steering: bool = Fal
     cfg["sdf"]["filters"]["min_chars"] = 1
     cfg["sdf"]["dataset"]["max_seq_len"] = 64
     cfg["goals"]["n"] = 3
-    cfg["rollouts"].update({"seeds": [0, 1], "max_new_tokens": 8, "max_turns": 2})
+    # output_tokens 8: the tiny runs generate the output body the demo leaves out
+    cfg["rollouts"].update({"seeds": [0, 1], "max_new_tokens": 8, "max_turns": 2,
+                            "output_tokens": 8})
     cfg["rollouts"].update(rollout_overrides)
     cfg["metrics"]["bootstrap_samples"] = 200
     st = cfg["steering"]
@@ -247,7 +249,10 @@ def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 600,
     next to it)."""
     cfg_path = workdir / "test-config.yaml"
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # model jobs start from the warm-start server (motivation_profiles.pipeline.warm), as in
+    # `make demo`; MP_WARM_START=0 in the environment runs each job in its own process
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "MP_WARM_START": os.environ.get("MP_WARM_START", "1")}
     # greedy: the default ILP scheduler starts a solver at every scheduling round, which costs
     # more than it saves on two cores
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile or REPO / "Snakefile"),

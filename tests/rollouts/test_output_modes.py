@@ -245,6 +245,30 @@ def test_forced_choice_protocol_continuations_and_truncation(repo):
         ACCEPT if by[("alpha", "monitored")]["final_output"].startswith(ACCEPT) else REJECT))
 
 
+def test_forced_choice_without_an_output_body(repo):
+    """output_tokens 0: no output request; the turn ends with the drawn tag, closed for the
+    model; the tags drawn are those of a run that generates a body."""
+    prompts = _prompts(repo)
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=16, stop=("</OUTPUT>",))
+    runs = {}
+    for budget in (0, 5):
+        backend = ScriptedScorer(PROTOCOL)
+        runs[budget] = run_rollouts(backend, prompts, PROTOCOL_GOALS, seeds=[0], params=params,
+                                    max_turns=2, meta={}, prefill=SCRATCH,
+                                    output_mode="forced_choice", output_tokens=budget)
+        outputs = [r for r, _ in backend.calls if r.request_id.endswith("-output")]
+        assert (len(outputs) == 0) == (budget == 0)
+    bare, body = runs[0], runs[5]
+    assert bare["outcome"].to_list() == body["outcome"].to_list()
+    assert bare["p_accept"].to_list() == body["p_accept"].to_list()
+    assert bare["output_close"].all()
+    for row in bare.iter_rows(named=True):
+        tag = ACCEPT if row["outcome"] == "compliant" else REJECT
+        assert row["turns"][-1].endswith(f"{OUTPUT_OPEN}\n{tag}\n</OUTPUT>")
+        assert row["final_output"] == tag
+        assert row["finish_reasons"][-1] == "length"
+
+
 def test_forced_choice_draws_tags_at_the_tempered_probability(repo):
     """P(accept) = 0.3 by the scores: at T = 1 the share of accepted outputs over 400 rollouts
     is 0.3 within 4 standard errors; at T = 0.5 it is sigmoid(2 log(3/7)); at T = 0 none."""

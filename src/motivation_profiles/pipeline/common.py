@@ -23,13 +23,30 @@ import polars as pl
 log = logging.getLogger("motivation_profiles")
 
 
-def run(snakemake: Any, step: Callable[[Any], None]) -> None:
+def dispatch(snakemake: Any) -> None:
+    """Run the job's entry point: in a child of the warm-start server for model rules when
+    ``MP_WARM_START`` asks for it (:mod:`motivation_profiles.pipeline.warm`), else here."""
+    from motivation_profiles.pipeline import warm
+
+    if warm.wanted(snakemake.rule):
+        status = warm.run_warm(snakemake)
+        if status is not None:
+            if status:
+                sys.exit(status)
+            return
+    from motivation_profiles.pipeline.registry import entry_point
+
+    run(snakemake, entry_point(snakemake.rule))
+
+
+def run(snakemake: Any, step: Callable[[Any], None], *, preloaded: bool = False) -> None:
     """Run ``step(snakemake)`` with logging and stderr sent to the job's log file.
 
     Torch and its BLAS get the job's own cores (Snakemake's ``threads``, 1 unless a rule asks
     for more; an ``OMP_NUM_THREADS`` already set wins): by default each would start one thread
     per core of the machine, and two jobs on two cores then fight over them (measured on the
-    demo: a rollouts job at 35 % of a core beside another)."""
+    demo: a rollouts job at 35 % of a core beside another). ``preloaded``: the job runs in a
+    warm-start child, whose model libraries the server imported (said in the log)."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(getattr(snakemake, "threads", None) or 1)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, threads)
@@ -45,8 +62,9 @@ def run(snakemake: Any, step: Callable[[Any], None]) -> None:
         with contextlib.redirect_stderr(stream):
             log.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards))
             step(snakemake)
-            log.info("rule %s done in %.1f s; model libraries loaded: %s", snakemake.rule,
-                     time.perf_counter() - t0, ", ".join(model_libraries_loaded()) or "none")
+            log.info("rule %s done in %.1f s; model libraries loaded: %s%s", snakemake.rule,
+                     time.perf_counter() - t0, ", ".join(model_libraries_loaded()) or "none",
+                     " (preloaded: warm start)" if preloaded else "")
     except BaseException:
         log.exception("rule %s failed", snakemake.rule)
         raise

@@ -201,8 +201,9 @@ class Planner:
         gen = F.rollout_generated(R, 1.0, share, max_new)
         if (r_cfg["output_mode"] == "forced_choice"
                 and self.spec(model)["source"] not in ("anthropic", "simulated")):
+            out = r_cfg.get("output_tokens")
             gen += F.forced_output(R, self.settings["turn_fill"],
-                                   r_cfg.get("output_tokens") or max_new)
+                                   max_new if out is None else out)
         prefill = F.rollout_prefill(R, turns, prompt, share / turns, max_new)
         return R, gen, prefill, share * max_new
 

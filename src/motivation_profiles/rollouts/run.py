@@ -19,7 +19,8 @@ Output modes (``rollouts.output_mode``):
   T), the argmax at T = 0, with the uniform draw taken from the choice request's own random
   stream (``backends.base.stream_seed``), so the draw does not depend on batching. The rest
   of the output is then generated as a continuation of that turn with the configured stop
-  strings and its own budget (``output_tokens``, default ``max_new_tokens``). The outcome is
+  strings and its own budget (``output_tokens``, default ``max_new_tokens``; 0 generates no
+  body: the output is the drawn tag, closed for the model, one forward pass less). The outcome is
   the drawn tag: the decision is made there, so an output body that runs out of budget before
   ``</OUTPUT>`` is closed for the model (``\n</OUTPUT>`` appended to the turn, its finish
   reason kept as ``length``) and ``output_close`` records it; the outcome is ``truncated``
@@ -206,9 +207,14 @@ def _run_forced(backend: Any, prompts: PromptSet, rollouts: list[_Rollout],
         outputs.append(ChatRequest(f"{r.request_id}-output", (*req.messages[:-1], {
             "role": "assistant", "content": prefix}), r.seed, prompt_overflow="length"))
         chosen.append((r, prefix))
-    if outputs:
-        body = SamplingParams(params.temperature, params.top_p,
-                              output_tokens or params.max_new_tokens, stop=params.stop)
+    budget = params.max_new_tokens if output_tokens is None else output_tokens
+    if outputs and budget == 0:  # no body: the tag alone, closed for the model
+        for r, prefix in chosen:
+            r.output_close = True
+            r.turns[-1] = prefix + "\n" + OUTPUT_CLOSE
+            r.finish_reasons[-1] = "length"
+    elif outputs:
+        body = SamplingParams(params.temperature, params.top_p, budget, stop=params.stop)
         for (r, prefix), c in zip(chosen, backend.generate(outputs, body), strict=True):
             # the outcome was decided at the tag: a body cut by its budget is closed for it
             r.output_close = c.finish_reason == "length" and OUTPUT_CLOSE not in c.text
