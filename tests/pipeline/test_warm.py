@@ -13,8 +13,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from conftest import REPO, run_snakemake, tiny_config
+
 from motivation_profiles.pipeline import warm
 
 pytestmark = pytest.mark.skipif(not (hasattr(os, "fork") and hasattr(warm.socket, "send_fds")),
