@@ -567,10 +567,13 @@ def test_departures_name_config_keys():
 
     check_departures(bad, problems)
     assert problems and "departures[" in problems[0] and "layerz" in problems[0]
-    # the embedded config lists nothing, but its stand-ins are detected from its values
+    # the embedded config lists its own choices; its stand-ins are detected from its values
     embedded = departure_table(load_repo_config())
-    assert set(embedded["key"]) == {"prompts.system", "sdf.external_documents"}
-    assert set(embedded["source"]) == {"detected"}
+    listed = {"rollouts.output_mode", "rollouts.prefill", "judge.backend",
+              "steering.ic.quantiles"}
+    assert set(embedded.filter(embedded["source"] == "config")["key"]) == listed
+    assert set(embedded.filter(embedded["source"] == "detected")["key"]) == {
+        "prompts.system", "sdf.external_documents"}
 
 
 # --------------------------------------------------------------------------- simulated models

@@ -74,11 +74,13 @@ def test_embedded_plan(cfg):
     plan = SteeringPlan.from_config(cfg)
     assert plan.models == ("smollm2-135m", "simulated-af")   # simulated: planted activations
     assert plan.real_models == ("smollm2-135m",)
-    assert plan.fitted_vectors() == ["expectations_ooc", "consequences_ooc"]  # no IC: embedded
+    assert plan.fitted_vectors() == ["expectations_ooc", "consequences_ooc", "expectations_ic",
+                                     "consequences_ic"]
+
     assert plan.random_vectors() == ["random_expectations_ooc_1", "random_consequences_ooc_1"]
     conds = plan.steer_conditions("smollm2-135m")
-    # 2 fitted vectors at -4 / +4, the 2 random controls at +4 only (the demo's budget)
-    assert len(conds) == 2 * 2 + 2 * 1
+    # 4 fitted vectors at -4 / +4, the 2 random controls (OOC) at +4 only (the demo's budget)
+    assert len(conds) == 4 * 2 + 2 * 1
     assert "steer-random_expectations_ooc_1-x+4" in conds
     assert plan.raw_conditions("smollm2-135m") == [
         "raw-baseline", "raw-expectations_ooc-x+4", "raw-consequences_ooc-x+4"]
@@ -91,11 +93,11 @@ def test_embedded_plan(cfg):
     figs = plan.figures(("smollm2-135m",))
     assert {"steering_ooc", "steering_random", "steering_raw",
             "token_heatmap_expectations", "sdf_steering_alignment",
-            "steering_diagnostics"} <= set(figs)
-    assert "steering_ic" not in figs
-    cfg["steering"]["sources"] = ["ooc", "ic"]
-    both = SteeringPlan.from_config(cfg)
-    assert both.fitted_vectors()[2:] == ["expectations_ic", "consequences_ic"]
+            "steering_diagnostics", "steering_ic"} <= set(figs)
+    cfg["steering"]["sources"] = ["ooc"]
+    ooc = SteeringPlan.from_config(cfg)
+    assert "steering_ic" not in ooc.figures(("smollm2-135m",))
+    both = plan
     assert "steering_ic" in both.figures(("smollm2-135m",))
     assert "sdf_steering_alignment" not in plan.figures(())
 

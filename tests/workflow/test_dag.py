@@ -21,25 +21,26 @@ def test_embedded_config_dry_run(tmp_path):
     cfg = absolutize(load_repo_config())
     cfg["models"] = {m: s for m, s in cfg["models"].items() if s["source"] != "simulated"}
     proc = run_snakemake(tmp_path, cfg, "-n")
-    # 143 jobs. Rollouts: baseline + baseline-instruct (screening) + 6 SDF branches (organism,
-    # noise, A1/B1 amp/sup) + 8 prompt conditions (A1/B1 amp/sup x 2 strengths) + 4 steered
-    # (2 OOC vectors at -4/+4) + 2 random controls at +4, each judged, + 3 raw-AdvBench
-    # conditions (baseline, two vectors at +4) judged for compliance. Steering: 3 OOC splits x
-    # 2 concepts, one activation cache per pair set (IC is off in the embedded config). The
-    # calibration's rollouts are added once calibration_select (a checkpoint) has run.
+    # 162 jobs. Rollouts: baseline + baseline-instruct (screening) + 6 SDF branches (organism,
+    # noise, A1/B1 amp/sup) + 8 prompt conditions (A1/B1 amp/sup x 2 strengths) + 8 steered
+    # (2 OOC and 2 IC vectors at -4/+4) + 2 random controls at +4, each judged, + 3
+    # raw-AdvBench conditions (baseline, two OOC vectors at +4) judged for compliance.
+    # Steering: 3 OOC splits x 2 concepts and 2 IC pair sets, one activation cache per pair
+    # set. The calibration's rollouts are added once calibration_select (a checkpoint) has run.
     assert job_counts(proc.stdout + proc.stderr) == {
         "prepare_model": 1, "goals": 1, "generate_documents": 6, "sdf_dataset": 6,
-        "train_lora": 6, "belief_check": 5, "rollouts": 25, "metrics": 22, "judge": 22,
+        "train_lora": 6, "belief_check": 5, "rollouts": 29, "metrics": 26, "judge": 26,
         "metrics_table": 1, "sdf_profile": 1, "prompt_profile": 1, "calibration_select": 1,
         "calibration": 1, "profiles": 1, "figure_baseline": 1, "figure_sdf_profile": 1,
         "figure_profile_plane": 1, "figure_prompt_strength_ablation": 1,
         "figure_prompt_calibration": 1, "figure_calibration_signal": 1,
         "figure_judge_scores": 1, "departures": 1, "browser": 1, "all": 1,
-        "ooc_pairs": 6, "activations": 6, "fit_vectors": 2, "random_vectors": 2,
-        "steering_layers": 1, "vector_norms": 1, "judge_raw": 3, "steering_summary": 1,
+        "ooc_pairs": 6, "ic_pairs": 2, "activations": 8, "fit_vectors": 4,
+        "random_vectors": 2, "steering_layers": 1, "vector_norms": 1, "judge_raw": 3,
+        "steering_summary": 1,
         "raw_summary": 1,
         "steering_profile": 1, "token_cosines": 1, "sdf_alignment": 1,
-        "figure_steering_diagnostics": 1, "figure_steering_ooc": 1,
+        "figure_steering_diagnostics": 1, "figure_steering_ooc": 1, "figure_steering_ic": 1,
         "figure_steering_random": 1, "figure_steering_raw": 1,
         "figure_token_heatmap_consequences": 1, "figure_token_heatmap_expectations": 1,
         "figure_sdf_steering_alignment": 1}
@@ -58,16 +59,18 @@ def test_simulated_model_dry_run(tmp_path):
     cfg["sdf"]["generator"]["model"] = name
     proc = run_snakemake(tmp_path, cfg, "-n")
     counts = job_counts(proc.stdout + proc.stderr)
-    # 105 jobs. Rollouts, each judged (by the simulated judge) and measured: baseline + 6 SDF
+    # 124 jobs. Rollouts, each judged (by the simulated judge) and measured: baseline + 6 SDF
     # branches (organism, noise, A1/B1 amp/sup; virtual) + 8 prompt conditions (A1/B1 amp/sup x
-    # 2 strengths) + 6 steered (2 fitted OOC vectors x +-4, 2 random controls x +4). No
+    # 2 strengths) + 10 steered (2 OOC and 2 IC vectors x +-4, 2 random controls x +4). No
     # baseline-instruct: the planted policy is the organism (no instruct model). Steering: 3
-    # OOC splits x 2 concepts of pairs and activation caches, 2 vectors, 2 random controls.
+    # OOC splits x 2 concepts and 2 IC sets of pairs and activation caches, 4 vectors, 2
+    # random controls.
     assert counts == {
-        "goals_sized": 1, "rollouts": 21, "judge": 21, "metrics": 21, "metrics_table": 1,
-        "ooc_pairs": 6, "activations": 6, "fit_vectors": 2, "random_vectors": 2,
-        "steering_layers": 1, "vector_norms": 1, "steering_summary": 1, "steering_profile": 1,
-        "figure_steering_diagnostics": 1, "figure_steering_ooc": 1, "figure_steering_random": 1,
+        "goals_sized": 1, "rollouts": 25, "judge": 25, "metrics": 25, "metrics_table": 1,
+        "ooc_pairs": 6, "ic_pairs": 2, "activations": 8, "fit_vectors": 4,
+        "random_vectors": 2, "steering_layers": 1, "vector_norms": 1, "steering_summary": 1,
+        "steering_profile": 1, "figure_steering_diagnostics": 1, "figure_steering_ooc": 1,
+        "figure_steering_ic": 1, "figure_steering_random": 1,
         "sdf_profile": 1, "prompt_profile": 1, "calibration_select": 1, "calibration": 1,
         "profiles": 1, "planted_recovery": 1, "figure_planted_recovery": 1,
         "figure_baseline": 1, "figure_sdf_profile": 1, "figure_profile_plane": 1,
@@ -77,16 +80,16 @@ def test_simulated_model_dry_run(tmp_path):
 
 
 def test_demo_dry_run_adds_the_simulated_organisms_jobs(tmp_path):
-    """`make demo` (config.yaml as shipped): the embedded model's 143 jobs plus the simulated
-    organism's own 91 (21 rollouts, judges and metrics each; its goal sample, metrics table,
+    """`make demo` (config.yaml as shipped): the embedded model's 162 jobs plus the simulated
+    organism's own 109 (25 rollouts, judges and metrics each; its goal sample, metrics table,
     SDF and prompt profiles, calibration selection and calibration, recovery table and figure;
-    its steering chain: 6 pair sets and activation caches, 2 fitted vectors, 2 random controls,
-    layers, norms, steering summary and profile; the steering figures are shared)."""
+    its steering chain: 8 pair sets (2 IC) and activation caches, 4 fitted vectors, 2 random
+    controls, layers, norms, steering summary and profile; the steering figures are shared)."""
     proc = run_snakemake(tmp_path, absolutize(load_repo_config()), "-n")
     counts = job_counts(proc.stdout + proc.stderr)
-    assert sum(counts.values()) == 143 + 91
-    assert counts["rollouts"] == 25 + 21 and counts["judge"] == counts["metrics"] == 22 + 21
-    assert counts["ooc_pairs"] == counts["activations"] == 6 + 6
+    assert sum(counts.values()) == 162 + 109
+    assert counts["rollouts"] == 29 + 25 and counts["judge"] == counts["metrics"] == 26 + 25
+    assert counts["ooc_pairs"] == 6 + 6 and counts["activations"] == 8 + 8
     assert counts["raw_summary"] == counts["token_cosines"] == counts["sdf_alignment"] == 1
     assert counts["planted_recovery"] == counts["goals_sized"] == 1
 

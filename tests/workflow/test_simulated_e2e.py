@@ -28,6 +28,7 @@ def test_simulated_organism_recovers_through_the_dag(tmp_path):
     cfg["prompt_interventions"]["strengths"] = ["standard"]
     cfg["calibration"]["candidates"] = ["A1_amp", "B1_amp"]
     cfg["hosted"]["cache_dir"] = str(tmp_path / "cache")
+    cfg["steering"]["sources"] = ["ooc"]   # this test's design: OOC vectors (the demo adds IC)
     run_snakemake(tmp_path, cfg, timeout=1500)
     res = tmp_path / "results"
     table = read_table(res / f"validation/{name}/planted_recovery.parquet")

@@ -8,6 +8,6 @@ from pathlib import Path
 # Import the package from this checkout, also inside --use-conda envs where it is not installed.
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821 (Snakemake)
 
-from motivation_profiles.pipeline.common import dispatch  # noqa: E402
+from motivation_profiles.pipeline.warm import dispatch  # noqa: E402
 
 dispatch(snakemake)  # noqa: F821

@@ -23,22 +23,6 @@ import polars as pl
 log = logging.getLogger("motivation_profiles")
 
 
-def dispatch(snakemake: Any) -> None:
-    """Run the job's entry point: in a child of the warm-start server for model rules when
-    ``MP_WARM_START`` asks for it (:mod:`motivation_profiles.pipeline.warm`), else here."""
-    from motivation_profiles.pipeline import warm
-
-    if warm.wanted(snakemake.rule):
-        status = warm.run_warm(snakemake)
-        if status is not None:
-            if status:
-                sys.exit(status)
-            return
-    from motivation_profiles.pipeline.registry import entry_point
-
-    run(snakemake, entry_point(snakemake.rule))
-
-
 def run(snakemake: Any, step: Callable[[Any], None], *, preloaded: bool = False) -> None:
     """Run ``step(snakemake)`` with logging and stderr sent to the job's log file.
 

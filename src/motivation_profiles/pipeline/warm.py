@@ -63,6 +63,24 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------- client
 
 
+def dispatch(snakemake: Any) -> None:
+    """Run the job's entry point (``workflow/scripts/run.py``): in a child of the warm server
+    for model rules when ``MP_WARM_START`` asks for it, else in this process. Not imported by
+    any entry point, so not a code input of any rule: it changes where a job runs, not what
+    it computes."""
+    if wanted(snakemake.rule):
+        status = run_warm(snakemake)
+        if status is not None:
+            if status:
+                sys.exit(status)
+            return
+    from motivation_profiles.pipeline.common import run
+    from motivation_profiles.pipeline.registry import entry_point
+
+    run(snakemake, entry_point(snakemake.rule))
+
+
+
 def wanted(rule: str, environ: dict[str, str] | None = None) -> bool:
     """Whether a job of ``rule`` should go through the warm server."""
     env = os.environ if environ is None else environ
@@ -201,10 +219,9 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     try:
         snakemake = pickle.loads(request["job"])
-        import torch
-
         threads = os.environ.get("OMP_NUM_THREADS") or str(snakemake.threads or 1)
-        torch.set_num_threads(int(threads))
+        if "torch" in sys.modules:  # preloaded: its thread count was fixed at 1 for the fork
+            sys.modules["torch"].set_num_threads(int(threads))
         import importlib
 
         from motivation_profiles.pipeline.common import run
