@@ -43,6 +43,10 @@ SHARED_RUNS = {
 }
 
 
+# the longest scopes, started first in this order (a shared run's name or a module's path)
+START_FIRST = ("tiny_full_dag", "tests/workflow/test_slurm.py", "tiny_dag")
+
+
 def shared_run_of(nodeid: str) -> str | None:
     module = nodeid.split("::", 1)[0]
     return next((run for run, modules in SHARED_RUNS.items() if module in modules), None)
@@ -68,11 +72,12 @@ def pytest_xdist_make_scheduler(config, log):
             return shared_run_of(nodeid) or super()._split_scope(nodeid)
 
         def _assign_work_unit(self, node) -> None:
-            # the shared runs are the longest units: start them first (loadscope would order
-            # scopes by their number of tests, which puts them last)
-            for run in reversed(list(SHARED_RUNS)):
-                if run in self.workqueue:
-                    self.workqueue.move_to_end(run, last=False)
+            # the longest units start first (loadscope would order scopes by their number of
+            # tests, which puts them last): the SLURM run mostly waits on the scheduler's
+            # polls, so beside the full shared run it overlaps with that run's CPU work
+            for scope in reversed(START_FIRST):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)
 
     return SharedRunScheduling(config, log)

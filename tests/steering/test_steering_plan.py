@@ -241,7 +241,7 @@ def test_repo_configs_keep_steering_consistent():
 def test_simulated_models_are_steered_without_the_weight_only_steps(cfg):
     """The demo's simulated organism runs the steering chain (pairs, vectors, steered
     conditions) but not the raw-AdvBench control, heatmaps or SDF alignment, and writes its
-    own OOC pair counts."""
+    own OOC pair counts and IC pair settings."""
     plan = SteeringPlan.from_config(cfg)
     sim = next(m for m, s in cfg["models"].items() if s["source"] == "simulated")
     real = next(m for m, s in cfg["models"].items() if s["source"] == "embedded")
@@ -253,6 +253,10 @@ def test_simulated_models_are_steered_without_the_weight_only_steps(cfg):
                                                 "keyword_hard": 40}
     assert plan.ooc_settings(sim)["max_rounds"] == cfg["steering"]["ooc"]["max_rounds"]
     assert plan.ooc_settings(real) == cfg["steering"]["ooc"]
+    # and its own IC pairs: many, at the paper's score thresholds (its judge spreads)
+    assert plan.ic_settings(sim)["n_train"] == 150 and plan.ic_settings(sim)["quantiles"] is None
+    assert plan.ic_settings(sim)["high"] == cfg["steering"]["ic"]["high"]
+    assert plan.ic_settings(real) == cfg["steering"]["ic"]
     cfg["models"] = {sim: cfg["models"][sim]}
     cfg["judge"]["model"] = cfg["sdf"]["generator"]["model"] = sim
     only = SteeringPlan.from_config(cfg)

@@ -84,7 +84,10 @@ def test_tiny_end_to_end(tiny_dag):
                                       ).read_text()
     assert "stand-in" in (tmp_path / "results/logs/rollouts/tiny/baseline.log").read_text()
     departures = pd.read_parquet(tmp_path / "results/report/departures.parquet")
-    assert set(departures["key"]) == {"prompts.system", "sdf.external_documents"}
+    # detected stand-ins, and the choices config.yaml lists (tiny_config keeps them)
+    assert set(departures["key"]) == {"prompts.system", "sdf.external_documents",
+                                      "rollouts.output_mode", "rollouts.prefill",
+                                      "judge.backend", "steering.ic.quantiles"}
     assert "Choices not in the paper" in (tmp_path / "results/report/departures.html"
                                           ).read_text()
 

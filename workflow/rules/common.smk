@@ -457,6 +457,11 @@ def model_files(wildcards):
     return f"resources/models/{wildcards.model}"
 
 
+def ic_settings(wildcards):
+    """steering.ic with the model's own overrides (models.<m>.ic, simulated models)."""
+    return STEER.ic_settings(wildcards.model)
+
+
 def ooc_settings(wildcards):
     """steering.ooc with the model's own overrides (models.<m>.ooc, simulated models)."""
     return STEER.ooc_settings(wildcards.model)

@@ -49,7 +49,7 @@ rule ic_pairs:
         pairs=f"{RESULTS}/pairs/{{model}}/ic_{{concept}}.parquet",
         report=f"{RESULTS}/pairs/{{model}}/ic_{{concept}}.report.parquet",
     params:
-        ic=STEERING["ic"],
+        ic=ic_settings,
         external=lambda wc: external_pairs(wc, f"ic_{wc.concept}") is not None,
         prompts=config["prompts"],
     log:

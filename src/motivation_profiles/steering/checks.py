@@ -87,6 +87,14 @@ def _check_simulated(config: Mapping[str, Any], base: Path, problems: list[str])
         if train is not None and "ooc" in s["sources"] and s["fitting"]["min_pairs"] > train:
             problems.append(f"config key 'models.{m}.ooc.splits.train': {train} is below "
                             f"steering.fitting.min_pairs ({s['fitting']['min_pairs']})")
+        ic_train = (spec.get("ic") or {}).get("n_train")
+        if ic_train is not None and "ic" in s["sources"] and s["fitting"]["min_pairs"] > ic_train:
+            problems.append(f"config key 'models.{m}.ic.n_train': {ic_train} is below "
+                            f"steering.fitting.min_pairs ({s['fitting']['min_pairs']})")
+        q = (spec.get("ic") or {}).get("quantiles")
+        if q and q["low"] >= q["high"]:
+            problems.append(f"config key 'models.{m}.ic.quantiles.low': {q['low']} must be "
+                            f"below its high ({q['high']})")
         path = Path(spec["policy"])
         path = path if path.is_absolute() else base / path
         if not path.is_file():

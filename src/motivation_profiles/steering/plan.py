@@ -50,6 +50,7 @@ class SteeringPlan:
     section: Mapping[str, Any]
     simulated: tuple[str, ...] = ()         # steered models that are simulated organisms
     ooc_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    ic_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SteeringPlan:
@@ -62,7 +63,9 @@ class SteeringPlan:
         return cls(enabled=enabled, models=models, concepts=tuple(s["concepts"]),
                    sources=tuple(s["sources"]), section=s, simulated=simulated,
                    ooc_overrides={m: dict(config["models"][m].get("ooc") or {})
-                                  for m in simulated})
+                                  for m in simulated},
+                   ic_overrides={m: dict(config["models"][m].get("ic") or {})
+                                 for m in simulated})
 
     @property
     def real_models(self) -> tuple[str, ...]:
@@ -78,6 +81,12 @@ class SteeringPlan:
         if "splits" in over:
             out["splits"] = {**out["splits"], **over.pop("splits")}
         return {**out, **over}
+
+    def ic_settings(self, model: str) -> dict[str, Any]:
+        """``steering.ic`` with the model's own overrides (``models.<m>.ic``, simulated
+        models: a simulated organism's judged pool fits its planted direction with many
+        pairs; the paper's score thresholds apply to its judge)."""
+        return {**self.section["ic"], **dict(self.ic_overrides.get(model) or {})}
 
     # ------------------------------------------------------------------ pairs, vectors
     def pairsets(self, source: str | None = None) -> list[str]:
