@@ -666,7 +666,7 @@ def test_ic_quantile_thresholds_take_the_pool_extremes():
     none, report = build(roll, judge)
     assert len(none) == 0 and metric(report, "positives") == 0
     assert metric(report, "a_high") == 2.0 and metric(report, "b_low") == 1.0
-    pairs, report = build(roll, judge, high=0.75, low=0.5, thresholds="quantile")
+    pairs, report = build(roll, judge, quantiles={"high": 0.75, "low": 0.5})
     a = np.array([s[0] for s in scores])
     b = np.array([s[1] for s in scores])
     assert metric(report, "a_high") == pytest.approx(np.quantile(a, 0.75))
@@ -679,7 +679,7 @@ def test_ic_quantile_thresholds_take_the_pool_extremes():
     assert (pairs["pos_a"] >= np.quantile(a, 0.75)).all()
     assert (pairs["neg_a"] <= np.quantile(a, 0.5)).all()
     assert list(zip(pairs["pos_seed"], pairs["neg_seed"], strict=True)) == [(0, 1)] * 4
-    with pytest.raises(ValueError, match="quantile thresholds"):
-        build(roll, judge, high=2.0, low=1.0, thresholds="quantile")
-    with pytest.raises(ValueError, match="thresholds must be"):
-        build(roll, judge, thresholds="rank")
+    with pytest.raises(ValueError, match="quantiles need"):
+        build(roll, judge, quantiles={"high": 2.0, "low": 1.0})
+    with pytest.raises(ValueError, match="quantiles need"):
+        build(roll, judge, quantiles={"high": 0.4, "low": 0.6})

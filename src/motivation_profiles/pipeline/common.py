@@ -34,6 +34,8 @@ def run(snakemake: Any, step: Callable[[Any], None], *, preloaded: bool = False)
     threads = os.environ.get("OMP_NUM_THREADS") or str(getattr(snakemake, "threads", None) or 1)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, threads)
+    if "torch" in sys.modules:  # imported before the job (a warm-start child): set it directly
+        sys.modules["torch"].set_num_threads(int(threads))
     log_path = Path(snakemake.log[0]) if len(snakemake.log) else None
     stream = open(log_path, "a") if log_path else sys.stderr  # noqa: SIM115
     handler = logging.StreamHandler(stream)

@@ -106,15 +106,12 @@ def ic_pairs(snakemake: Any) -> None:
         write_table(pairs, snakemake.output.pairs, prov)
         return
     prompts = PromptSet.from_config(p.prompts)
-    # ic.quantiles (optional): high / low as quantiles of the judged scores, not scores
-    quantiles = ic.get("quantiles")
-    cuts = ({"high": ic["high"], "low": ic["low"], "thresholds": "score"} if not quantiles
-            else {"high": quantiles["high"], "low": quantiles["low"], "thresholds": "quantile"})
     pairs, report = build(read_all(snakemake.input.rollouts),
                           read_all(snakemake.input.judged), prompts, concept=wc.concept,
+                          high=ic["high"], low=ic["low"], quantiles=ic.get("quantiles"),
                           max_length_ratio=ic["max_length_ratio"], n_train=ic["n_train"],
                           n_validation=ic["n_validation"], selection=ic["selection"],
-                          seed=ic["seed"], **cuts)
+                          seed=ic["seed"])
     log.info("IC pairs for %s:\n%s", wc.concept, _text(report))
     prov = job_provenance(snakemake, params=dict(p.items()))
     write_table(report, snakemake.output.report, prov)

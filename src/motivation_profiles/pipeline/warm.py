@@ -80,7 +80,6 @@ def dispatch(snakemake: Any) -> None:
     run(snakemake, entry_point(snakemake.rule))
 
 
-
 def wanted(rule: str, environ: dict[str, str] | None = None) -> bool:
     """Whether a job of ``rule`` should go through the warm server."""
     env = os.environ if environ is None else environ
@@ -148,12 +147,9 @@ def _server_connection(path: Path) -> socket.socket | None:
     return None
 
 
-def _send(conn: socket.socket, payload: bytes, fds: list[int] | None = None) -> None:
-    head = struct.pack("!Q", len(payload))
-    if fds:
-        socket.send_fds(conn, [head], fds)
-    else:
-        conn.sendall(head)
+def _send(conn: socket.socket, payload: bytes, fds: list[int]) -> None:
+    """The payload's length with the file descriptors, then the payload."""
+    socket.send_fds(conn, [struct.pack("!Q", len(payload))], fds)
     conn.sendall(payload)
 
 
@@ -219,9 +215,6 @@ def _child(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     try:
         snakemake = pickle.loads(request["job"])
-        threads = os.environ.get("OMP_NUM_THREADS") or str(snakemake.threads or 1)
-        if "torch" in sys.modules:  # preloaded: its thread count was fixed at 1 for the fork
-            sys.modules["torch"].set_num_threads(int(threads))
         import importlib
 
         from motivation_profiles.pipeline.common import run
@@ -268,6 +261,7 @@ def serve(path: Path, idle: float = IDLE_SECONDS) -> None:
             for key, _ in sel.select(timeout=0.2):
                 if key.fileobj is listener:
                     conn, _ = listener.accept()
+                    fds: list[int] = []
                     try:
                         head, fds, _, _ = socket.recv_fds(conn, 8, 3)
                         (n,) = struct.unpack("!Q", head)
@@ -276,6 +270,8 @@ def serve(path: Path, idle: float = IDLE_SECONDS) -> None:
                             raise ValueError(f"expected 3 file descriptors, got {len(fds)}")
                     except Exception as exc:  # noqa: BLE001 (a bad request fails that job only)
                         print(f"warm start: bad request: {exc!r}", file=sys.stderr, flush=True)
+                        for fd in fds:
+                            os.close(fd)
                         conn.close()
                         continue
                     pid = os.fork()

@@ -37,14 +37,6 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str],
         if concept not in concepts or source not in sources:
             problems.append(f"config key 'steering.raw.vectors': {v!r} is not a fitted vector "
                             f"of this config (concepts {concepts}, sources {sources})")
-    ic = s["ic"]
-    if ic["low"] >= ic["high"]:
-        problems.append(f"config key 'steering.ic.low': {ic['low']} must be below "
-                        f"steering.ic.high ({ic['high']})")
-    q = ic.get("quantiles")
-    if q and q["low"] >= q["high"]:
-        problems.append(f"config key 'steering.ic.quantiles.low': {q['low']} must be below "
-                        f"steering.ic.quantiles.high ({q['high']})")
     if s["layers"]["select"] == "list" and not s["layers"]["list"]:
         problems.append("config key 'steering.layers.list': select is 'list' but no layers "
                         "are listed")
@@ -53,6 +45,7 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str],
                         "pairs only")
     if s["ic"]["low"] >= s["ic"]["high"]:
         problems.append("config key 'steering.ic.low': must be below steering.ic.high")
+    _check_quantiles(s["ic"].get("quantiles"), "steering.ic.quantiles", problems)
     m = s["profile"]["multiplier"]
     if m not in s["multipliers"] or -m not in s["multipliers"]:
         problems.append(f"config key 'steering.profile.multiplier': {m} and {-m} must both be "
@@ -72,9 +65,16 @@ def check_config(config: Mapping[str, Any], base: Path, problems: list[str],
         need_file(f"steering.external_pairs.{pairset}", path)
 
 
+def _check_quantiles(q: Mapping[str, float] | None, key: str, problems: list[str]) -> None:
+    if q and q["low"] >= q["high"]:
+        problems.append(f"config key '{key}.low': {q['low']} must be below {key}.high "
+                        f"({q['high']})")
+
+
 def _check_simulated(config: Mapping[str, Any], base: Path, problems: list[str]) -> None:
     """A steered simulated model: its policy plants activations for every steered concept
-    (a ``steering`` section), and its own OOC pair counts (``models.<m>.ooc``) can be fitted."""
+    (a ``steering`` section), and its own OOC and IC pair counts (``models.<m>.ooc`` /
+    ``.ic``) can be fitted."""
     import yaml
 
     s = config["steering"]
@@ -83,18 +83,14 @@ def _check_simulated(config: Mapping[str, Any], base: Path, problems: list[str])
         spec = config["models"].get(m)
         if spec is None or spec["source"] != "simulated":
             continue
-        train = ((spec.get("ooc") or {}).get("splits") or {}).get("train")
-        if train is not None and "ooc" in s["sources"] and s["fitting"]["min_pairs"] > train:
-            problems.append(f"config key 'models.{m}.ooc.splits.train': {train} is below "
-                            f"steering.fitting.min_pairs ({s['fitting']['min_pairs']})")
-        ic_train = (spec.get("ic") or {}).get("n_train")
-        if ic_train is not None and "ic" in s["sources"] and s["fitting"]["min_pairs"] > ic_train:
-            problems.append(f"config key 'models.{m}.ic.n_train': {ic_train} is below "
-                            f"steering.fitting.min_pairs ({s['fitting']['min_pairs']})")
-        q = (spec.get("ic") or {}).get("quantiles")
-        if q and q["low"] >= q["high"]:
-            problems.append(f"config key 'models.{m}.ic.quantiles.low': {q['low']} must be "
-                            f"below its high ({q['high']})")
+        ooc, ic = spec.get("ooc") or {}, spec.get("ic") or {}
+        for source, train, key in (("ooc", (ooc.get("splits") or {}).get("train"),
+                                    "ooc.splits.train"),
+                                   ("ic", ic.get("n_train"), "ic.n_train")):
+            if train is not None and source in s["sources"] and s["fitting"]["min_pairs"] > train:
+                problems.append(f"config key 'models.{m}.{key}': {train} is below "
+                                f"steering.fitting.min_pairs ({s['fitting']['min_pairs']})")
+        _check_quantiles(ic.get("quantiles"), f"models.{m}.ic.quantiles", problems)
         path = Path(spec["policy"])
         path = path if path.is_absolute() else base / path
         if not path.is_file():

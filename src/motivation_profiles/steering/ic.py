@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,11 +75,19 @@ def _usable_ic(rollouts: pl.DataFrame, judge: pl.DataFrame) -> tuple[pl.DataFram
     return usable, len(joined)
 
 
-def _cut(scores: np.ndarray, level: float, thresholds: str) -> float:
-    """A score threshold: ``level`` itself, or its quantile of ``scores`` (NaN when none)."""
-    if thresholds == "score":
-        return float(level)
-    return float(np.quantile(scores, level)) if len(scores) else math.nan
+def _cuts(a: np.ndarray, b: np.ndarray, high: float, low: float,
+          quantiles: Mapping[str, float] | None) -> dict[str, float]:
+    """The score thresholds per direction: ``high`` / ``low`` themselves, or the
+    ``quantiles`` levels of that direction's scores (NaN when there are none)."""
+    out = {}
+    for d, scores in (("a", a), ("b", b)):
+        for side, score in (("high", high), ("low", low)):
+            if quantiles is None:
+                out[f"{d}_{side}"] = float(score)
+            else:
+                out[f"{d}_{side}"] = (float(np.quantile(scores, quantiles[side]))
+                                      if len(scores) else math.nan)
+    return out
 
 
 def _ic_schema(usable: pl.DataFrame) -> dict[str, pl.DataType]:
@@ -110,7 +118,7 @@ def ic_pairs(
     n_validation: int,
     selection: str = "first",
     seed: int = 0,
-    thresholds: str = "score",
+    quantiles: Mapping[str, float] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Pairs of judged AF rollouts for one concept (Appendix D.1, IC sets).
 
@@ -125,28 +133,24 @@ def ic_pairs(
     random subset in random order; the first ``n_train`` are ``train``, the rest
     ``validation``. Messages use ``prompts`` (the base system prompt) for every run.
 
-    ``thresholds``: ``score`` (the paper) reads ``high`` and ``low`` as judge scores;
-    ``quantile`` reads them as quantile levels in [0, 1] of the usable rollouts' own scores,
-    per direction (a judge whose expected scores crowd the middle of the scale, like a small
-    local one, then still yields its highest- and lowest-scored scratchpads). The score cut
-    points used are in the report (``a_high`` ... ``b_low``).
+    ``quantiles`` (``{high, low}`` levels in [0, 1]; None: the paper's scores ``high`` and
+    ``low``): the thresholds are those quantiles of the usable rollouts' own scores, per
+    direction (a judge whose expected scores crowd the middle of the scale, like a small local
+    one, then still yields its highest- and lowest-scored scratchpads). The score cut points
+    used are in the report (``a_high`` ... ``b_low``).
     """
     if concept not in CONCEPTS:
         raise ValueError(f"unknown concept {concept!r}; expected one of {CONCEPTS}")
     if selection not in ("first", "sample"):
         raise ValueError(f"selection must be 'first' or 'sample', got {selection!r}")
-    if thresholds not in ("score", "quantile"):
-        raise ValueError(f"thresholds must be 'score' or 'quantile', got {thresholds!r}")
     if low >= high:
         raise ValueError(f"low ({low}) must be below high ({high})")
-    if thresholds == "quantile" and not 0 <= low < high <= 1:
-        raise ValueError(f"quantile thresholds need 0 <= low < high <= 1, got low {low}, "
-                         f"high {high}")
+    if quantiles is not None and not 0 <= quantiles["low"] < quantiles["high"] <= 1:
+        raise ValueError(f"quantiles need 0 <= low < high <= 1, got {dict(quantiles)}")
     usable, n_joined = _usable_ic(rollouts, judge)
     a = usable["a_score"].cast(pl.Float64).to_numpy()
     b = usable["b_score"].cast(pl.Float64).to_numpy()
-    cuts = {f"{d}_{side}": _cut(s, level, thresholds)
-            for d, s in (("a", a), ("b", b)) for side, level in (("high", high), ("low", low))}
+    cuts = _cuts(a, b, high, low, quantiles)
     a_hi, a_lo, b_hi, b_lo = (cuts[k] for k in ("a_high", "a_low", "b_high", "b_low"))
     if CONCEPT_DIRECTION[concept] == "a":
         pos_mask, neg_mask = (a >= a_hi) & (b <= b_lo), (a <= a_lo) & (b <= b_lo)

@@ -49,8 +49,8 @@ class SteeringPlan:
     sources: tuple[str, ...]
     section: Mapping[str, Any]
     simulated: tuple[str, ...] = ()         # steered models that are simulated organisms
-    ooc_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    ic_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # simulated model -> its own {ooc: ..., ic: ...} (models.<m>.ooc / .ic), over steering.*
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SteeringPlan:
@@ -62,10 +62,8 @@ class SteeringPlan:
         simulated = tuple(m for m in models if config["models"][m]["source"] == "simulated")
         return cls(enabled=enabled, models=models, concepts=tuple(s["concepts"]),
                    sources=tuple(s["sources"]), section=s, simulated=simulated,
-                   ooc_overrides={m: dict(config["models"][m].get("ooc") or {})
-                                  for m in simulated},
-                   ic_overrides={m: dict(config["models"][m].get("ic") or {})
-                                 for m in simulated})
+                   overrides={m: {k: dict(config["models"][m].get(k) or {})
+                                  for k in ("ooc", "ic")} for m in simulated})
 
     @property
     def real_models(self) -> tuple[str, ...]:
@@ -73,20 +71,23 @@ class SteeringPlan:
         alignment run on these only."""
         return tuple(m for m in self.models if m not in self.simulated)
 
+    def settings(self, source: str, model: str) -> dict[str, Any]:
+        """``steering.<source>`` (``ooc`` or ``ic``) with the model's own overrides
+        (``models.<m>.ooc`` / ``.ic``, simulated models: a simulated organism needs, and can
+        afford, far more pairs than the demo's real model; its judge spreads over the whole
+        rubric, so the paper's IC score thresholds apply to it). A mapping value (``splits``,
+        ``quantiles``) is merged one level deep; null replaces."""
+        out = dict(self.section[source])
+        for key, value in ((self.overrides.get(model) or {}).get(source) or {}).items():
+            both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+            out[key] = {**out[key], **value} if both else value
+        return out
+
     def ooc_settings(self, model: str) -> dict[str, Any]:
-        """``steering.ooc`` with the model's own overrides (``models.<m>.ooc``: a simulated
-        model needs far more pairs than the demo's real model can write on CPU)."""
-        out = dict(self.section["ooc"])
-        over = dict(self.ooc_overrides.get(model) or {})
-        if "splits" in over:
-            out["splits"] = {**out["splits"], **over.pop("splits")}
-        return {**out, **over}
+        return self.settings("ooc", model)
 
     def ic_settings(self, model: str) -> dict[str, Any]:
-        """``steering.ic`` with the model's own overrides (``models.<m>.ic``, simulated
-        models: a simulated organism's judged pool fits its planted direction with many
-        pairs; the paper's score thresholds apply to its judge)."""
-        return {**self.section["ic"], **dict(self.ic_overrides.get(model) or {})}
+        return self.settings("ic", model)
 
     # ------------------------------------------------------------------ pairs, vectors
     def pairsets(self, source: str | None = None) -> list[str]:
