@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKS: dict[str, list[tuple[str, str, float, str]]] = {
     "prefix_reuse.py": [("speedup", ">=", 3.0,
                          "AF rollouts, shared-prefix KV reuse vs per-request prefill (x)")],
+    "kv_reuse.py": [("speedup", ">=", 1.5,
+                     "forced-choice rollouts, per-row KV reuse vs shared prefix only (x)")],
     "packing.py": [("value", ">=", 0.98, "SDF packing efficiency, embedded documents")],
     "train_throughput.py": [("ratio", ">=", 0.9, "train_lora vs bare peft loop, throughput")],
     "judge_throughput.py": [("duplicates", "==", 0, "judge: duplicate API requests, cold cache"),

@@ -59,3 +59,41 @@ def test_prepare_adapter_links_a_local_organism_and_fails_offline(tmp_path, monk
                        "'owner/honly' \\(revision abc\\).*organism: \\{adapter: DIR\\}"):
         prepare_adapter("m", {"source": "owner/honly", "revision": "abc"}, tmp_path / "o" / "h")
     assert not (tmp_path / "o" / "h").exists()
+
+
+def test_merged_adapter_generates_what_the_unmerged_one_does(tiny_model_dir, tmp_path):
+    """``merge_adapter`` folds a LoRA into the weights: the same sampled transcripts and tag
+    log-probabilities as the adapter applied on the fly, under steering too (hooks sit on the
+    decoder layers of either)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from motivation_profiles.backends.base import ChatRequest, SamplingParams
+    from motivation_profiles.backends.hf import HFBackend
+    from motivation_profiles.models.hooks import Steering
+    from motivation_profiles.models.load import load_model
+
+    base, _ = load_model(tiny_model_dir)
+    torch.manual_seed(0)
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear",
+                                           init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    hidden = base.config.hidden_size
+    steering = Steering({1: torch.randn(hidden).numpy()}, 3.0)
+    reqs = [ChatRequest(f"r{i}", ({"role": "user", "content": f"Question {i}?"},
+                                  {"role": "assistant", "content": "Answer:"}), seed=i)
+            for i in range(3)]
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=8)
+    out = {}
+    for merge in (False, True):
+        b = HFBackend.from_pretrained(tiny_model_dir, adapter=tmp_path / "adapter",
+                                      merge_adapter=merge, show_progress=False)
+        assert type(b.model).__name__.startswith("PeftModel") is not merge
+        texts = [c.text for c in b.generate(reqs, params)]
+        b.steering = steering
+        steered = [c.text for c in b.generate(reqs, params)]
+        out[merge] = (texts, steered, torch.tensor(b.continuation_logprobs(reqs, [" yes", " no"])))
+    plain = HFBackend.from_pretrained(tiny_model_dir, show_progress=False)
+    assert out[True][0] == out[False][0] != [c.text for c in plain.generate(reqs, params)]
+    assert out[True][1] == out[False][1] != out[True][0]
+    torch.testing.assert_close(out[True][2], out[False][2], rtol=0, atol=1e-5)

@@ -74,8 +74,9 @@ def model_gpus(name):
 
 
 def model_runtime_of(name):
-    """The model keys that can change generated text (params of rollouts); display names and
-    GPU counts are left out so editing them reruns nothing."""
+    """The model keys that can change generated text (params of rollouts); display names, GPU
+    counts and the speed-only keys (pipeline/common.py: RUNTIME_ONLY, read by the job from
+    its config) are left out so editing them reruns nothing."""
     spec = config["models"][name]
     if is_hosted(name):
         out = {k: spec[k] for k in ("backend", "model_id")}
@@ -83,6 +84,8 @@ def model_runtime_of(name):
         out = {k: spec[k] for k in ("backend", "policy", "seeds") if k in spec}
     else:
         out = {k: spec[k] for k in ("backend", "dtype", "device", "batch_size", "max_model_len")}
+        if spec.get("merge_adapter"):  # merged weights are rounded again: recorded, reruns
+            out["merge_adapter"] = True
     if spec.get("reasoning"):  # <think> stripping changes outcomes and continuations
         out["reasoning"] = True
     return out

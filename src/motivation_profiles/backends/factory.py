@@ -35,9 +35,18 @@ def local_backend(spec: dict[str, Any], model_dir: str, *, adapter: str | None =
             max_model_len=spec["max_model_len"], adapter=adapter, steering=steering, **extra)
     from motivation_profiles.backends.hf import HFBackend
 
+    prefix_dir = spec.get("prefix_cache")
+    weights_id = None
+    if prefix_dir:
+        from motivation_profiles.core.hashing import sha256_path
+
+        weights_id = sha256_path(model_dir) + (f"+{sha256_path(adapter)}" if adapter else "")
     return HFBackend.from_pretrained(
         model_dir, dtype=spec["dtype"], device=spec["device"], adapter=adapter,
-        batch_size=spec["batch_size"], max_model_len=spec["max_model_len"], steering=steering)
+        merge_adapter=bool(spec.get("merge_adapter", False)),
+        batch_size=spec["batch_size"], max_model_len=spec["max_model_len"], steering=steering,
+        kv_reuse_bytes=int(float(spec.get("kv_reuse_gib", 2.0)) * 2**30),
+        prefix_dir=prefix_dir, weights_id=weights_id)
 
 
 def cached_local_backend(name: str, spec: dict[str, Any], model_dir: str, hosted: dict[str, Any],

@@ -70,6 +70,19 @@ def model_libraries_loaded() -> list[str]:
     return [m for m in MODEL_LIBRARIES if m in sys.modules]
 
 
+# A local model's settings that change how fast a job runs, not what it computes: read from
+# the job's config (runtime_spec), not passed as rule parameters, so turning them on or off
+# reruns nothing.
+RUNTIME_ONLY = ("kv_reuse_gib", "prefix_cache")
+
+
+def runtime_spec(snakemake: Any, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` (model ``name``'s rule parameters) with its :data:`RUNTIME_ONLY` settings from
+    the job's config added."""
+    model = (snakemake.config.get("models") or {}).get(name) or {}
+    return {**spec, **{k: model[k] for k in RUNTIME_ONLY if k in model}}
+
+
 def job_provenance(snakemake: Any, inputs: list[str] | None = None,
                 params: dict[str, Any] | None = None) -> dict[str, Any]:
     from motivation_profiles.core.provenance import provenance_record

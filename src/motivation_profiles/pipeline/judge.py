@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from motivation_profiles.backends.factory import anthropic_client, simulated_judge
-from motivation_profiles.pipeline.common import job_provenance
+from motivation_profiles.pipeline.common import job_provenance, runtime_spec
 
 log = logging.getLogger("motivation_profiles")
 
@@ -55,7 +55,8 @@ def judge(snakemake: Any) -> None:
         if spec["backend"] == "local":
             from motivation_profiles.backends.factory import local_backend
 
-            backend = local_backend(p.model, snakemake.input.model)
+            backend = local_backend(runtime_spec(snakemake, spec["model"], p.model),
+                                    snakemake.input.model)
             table = judge_rollouts_expected(rollouts_df, backend, rubric, meta=meta)
             log.info("judge (expected scores): %d rollouts, statuses %s", len(table),
                      dict(table["status"].value_counts(sort=True).iter_rows()))

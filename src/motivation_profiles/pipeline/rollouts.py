@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from motivation_profiles.backends.factory import anthropic_client, local_backend
-from motivation_profiles.pipeline.common import job_provenance
+from motivation_profiles.pipeline.common import job_provenance, runtime_spec
 
 log = logging.getLogger("motivation_profiles")
 
@@ -56,7 +56,8 @@ def rollouts(snakemake: Any) -> None:
 
         backend = HostedBackend(anthropic_client(p.hosted), spec["model_id"])
     else:
-        backend = local_backend(spec, snakemake.input.model, adapter=adapter, steering=steering)
+        backend = local_backend(runtime_spec(snakemake, snakemake.wildcards.model, spec),
+                                snakemake.input.model, adapter=adapter, steering=steering)
     meta = rollout_meta(model=snakemake.wildcards.model, condition=snakemake.wildcards.condition,
                         adapter=cond["adapter"], backend=backend.name, prompts=prompts,
                         params=params, max_turns=1 if raw else gen["max_turns"],

@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from motivation_profiles.pipeline.common import job_provenance, read_all
+from motivation_profiles.pipeline.common import job_provenance, read_all, runtime_spec
 
 log = logging.getLogger("motivation_profiles")
 
@@ -24,7 +24,9 @@ def _document_backend(snakemake: Any):
     spec, hosted = snakemake.params.spec, snakemake.params.hosted
     gen = spec["generator"]
     if gen["backend"] == "local":
-        backend = cached_local_backend(gen["model"], spec["model"], snakemake.input.model, hosted)
+        backend = cached_local_backend(
+            gen["model"], runtime_spec(snakemake, gen["model"], spec["model"]),
+            snakemake.input.model, hosted)
         return backend, backend.ledger_frame
     client = anthropic_client(hosted)
     return HostedBackend(client, gen["model"]), client.ledger_frame

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from motivation_profiles.pipeline.common import job_provenance, read_all
+from motivation_profiles.pipeline.common import job_provenance, read_all, runtime_spec
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def ooc_pairs(snakemake: Any) -> None:
         if p.model["backend"] == "simulated":
             backend = local_backend(p.model, snakemake.input.model)
         else:
-            backend = cached_local_backend(wc.model, p.model, snakemake.input.model, p.hosted,
+            backend = cached_local_backend(wc.model, runtime_spec(snakemake, wc.model, p.model),
+                                           snakemake.input.model, p.hosted,
                                            adapter=snakemake.input.get("organism"))
         pairs, rejections = generate_ooc_pairs(
             backend, materials, concept=wc.concept, split=wc.split,
@@ -330,7 +331,9 @@ def judge_raw(snakemake: Any) -> None:
     spec = p.judge
     rubric = ComplianceRubric.load(snakemake.input.rubric)
     if spec["backend"] == "local":
-        backend = cached_local_backend(spec["model"], p.model, snakemake.input.model[0], p.hosted)
+        backend = cached_local_backend(spec["model"],
+                                       runtime_spec(snakemake, spec["model"], p.model),
+                                       snakemake.input.model[0], p.hosted)
     else:
         backend = HostedBackend(anthropic_client(p.hosted), spec["model"])
     params = SamplingParams(temperature=spec["temperature"], top_p=spec["top_p"],
