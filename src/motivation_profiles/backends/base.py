@@ -40,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -197,15 +199,17 @@ def check_prompts_fit(requests: Sequence[ChatRequest], prompt_tokens: Sequence[i
 
 
 def longest_common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence of ``seqs`` shares (vectorised: the hf backend's
+    KV reuse compares each prompt with every stored run)."""
     if not seqs:
         return 0
     n = min(len(s) for s in seqs)
-    first = seqs[0]
-    for i in range(n):
-        t = first[i]
-        if any(s[i] != t for s in seqs):
-            return i
-    return n
+    first = np.asarray(seqs[0][:n])
+    differ = np.zeros(n, dtype=bool)
+    for s in seqs[1:]:
+        differ |= np.asarray(s[:n]) != first
+    at = np.flatnonzero(differ)
+    return int(at[0]) if len(at) else n
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

@@ -242,14 +242,14 @@ class HFBackend:
                  "kept)", what, rows, computed, reused, len(self._store),
                  self._store.nbytes / 2**20)
 
-    def _reuse(self, ids: Sequence[Sequence[int]]) -> tuple[list[tuple[int, Run | None]], int]:
-        """Per row, the stored run its ids start with (tokens shared, run); and the longest."""
+    def _reuse(self, ids: Sequence[Sequence[int]]) -> list[tuple[int, Run | None]]:
+        """Per row, the stored run its ids start with (tokens shared, run)."""
         rows = ([self._store.match(self._ident(), s) for s in ids] if self._reusable()
                 else [(0, None)] * len(ids))
         reused = sum(n for n, _ in rows)
         self.kv_stats["reused"] += reused
         self.kv_stats["computed"] += sum(len(s) for s in ids) - reused
-        return rows, max(n for n, _ in rows)
+        return rows
 
     def _keep(self, cache: Any, row: int, positions: Sequence[int], tokens: Sequence[int]
               ) -> None:
@@ -318,8 +318,8 @@ class HFBackend:
         computed (``prompt_overflow="raise"``) or gets None (``"length"``).
 
         Each request's context is computed once (after the tokens it shares with stored runs,
-        reused as in ``generate``, and kept for later calls), then its KV cache is repeated for
-        the candidates' tokens; steered like ``generate``."""
+        reused as in ``generate``, and kept for later calls), then every candidate's remaining
+        tokens in one pass over that context (``_tails_packed``); steered like ``generate``."""
         out: list[list[float] | None] = [None] * len(requests)
         items: list[tuple[int, list[int], list[list[int]]]] = []
         for i, req in enumerate(requests):
@@ -363,7 +363,7 @@ class HFBackend:
         pad = self.tokenizer.pad_token_id
         pad = 0 if pad is None else pad
         device = self.model.device
-        reuse, _ = self._reuse(ctxs)
+        reuse = self._reuse(ctxs)
         rows, mask, width_c, width_w = self._layout(ctxs, [n for n, _ in reuse], pad)
         mask = torch.tensor(mask, device=device)
         cache = (batch_cache(reuse, width_c, self.model.config) if width_c
@@ -464,7 +464,7 @@ class HFBackend:
         from transformers import LogitsProcessorList
 
         pad = self.tokenizer.pad_token_id
-        reuse, _ = self._reuse(ids)
+        reuse = self._reuse(ids)
         rows, mask, width_c, width_w = self._layout(ids, [n for n, _ in reuse], pad)
         # Each row's own budget, as if generated alone; the batch runs to the largest, and a
         # row's tokens past its own budget are dropped below.

@@ -26,12 +26,20 @@ prefills every prompt in full (``supported``)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from motivation_profiles.backends.base import longest_common_prefix
+
+log = logging.getLogger(__name__)
 
 
 def supported(cache: Any) -> bool:
@@ -41,12 +49,6 @@ def supported(cache: Any) -> bool:
 
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
-
-
-def _lcp(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    diff = np.flatnonzero(a[:n] != b[:n])
-    return int(diff[0]) if len(diff) else n
 
 
 @dataclass
@@ -94,7 +96,7 @@ class KVStore:
         for key, (run_ident, run) in self._runs.items():
             if run_ident != ident:
                 continue
-            n = _lcp(run.tokens, want)
+            n = longest_common_prefix([run.tokens, want])
             if n > best:
                 best, best_key = n, key
         best = min(best, len(want) - 1)
@@ -106,7 +108,7 @@ class KVStore:
     def covers(self, ident: Any, ids: Sequence[int]) -> bool:
         """Whether some stored run (under ``ident``) starts with all of ``ids``."""
         want = np.asarray(ids, dtype=np.int64)
-        return any(run_ident == ident and _lcp(run.tokens, want) == len(want)
+        return any(run_ident == ident and longest_common_prefix([run.tokens, want]) == len(want)
                    for run_ident, run in self._runs.values())
 
     def put(self, ident: Any, tokens: Sequence[int], layers: list[tuple[Any, Any]],
@@ -122,7 +124,7 @@ class KVStore:
         for key, (run_ident, run) in list(self._runs.items()):
             if run_ident != ident:
                 continue
-            shared = _lcp(run.tokens, arr)
+            shared = longest_common_prefix([run.tokens, arr])
             if shared == len(arr):        # already held, as this run or inside a longer one
                 self._runs.move_to_end(key)
                 return
@@ -188,9 +190,6 @@ def prefix_key(*, weights: str, steering: str | None, dtype: str, device: str,
     """The file name of a shared prefix's keys and values: a hash of everything they depend on
     (the weights and adapter, the steering, dtype, device type, torch and transformers
     versions) and of the tokens."""
-    import hashlib
-    import json
-
     import torch
     import transformers
 
@@ -204,9 +203,6 @@ def prefix_key(*, weights: str, steering: str | None, dtype: str, device: str,
 def load_prefix(path: Any, n_tokens: int, device: Any) -> list[tuple[Any, Any]] | None:
     """A stored prefix's per-layer keys and values, or None when the file is missing or cannot
     be used (unreadable, other shapes: then a warning names it and the caller recomputes)."""
-    import logging
-    from pathlib import Path
-
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -222,9 +218,8 @@ def load_prefix(path: Any, n_tokens: int, device: Any) -> list[tuple[Any, Any]] 
             raise ValueError(f"not {n_tokens} tokens of keys and values")
         return layers
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        logging.getLogger(__name__).warning(
-            "stored prefix %s is unusable (%s: %s); computing it again", path,
-            type(exc).__name__, exc)
+        log.warning("stored prefix %s is unusable (%s: %s); computing it again", path,
+                    type(exc).__name__, exc)
         return None
 
 
